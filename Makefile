@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine (each creates .venv/ on first use):
+#   make run    train a model on the data folder and evaluate it (embedded default)
+#   make test   the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+# Where the photos are: the shared Fruits-360 subset when it sits beside the project.
+DATA ?= $(SHARED)/data/fruits360
+# Pretrained weights: the shared file when present, else Keras downloads ImageNet's.
+ifneq ($(wildcard $(SHARED)/models/inception_v3_notop.weights.h5),)
+export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
+endif
+export FRUITS_SHARED ?= $(SHARED)
+
+.PHONY: setup run test lint clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+run: setup
+	$(BIN)/fruits train --data "$(DATA)"
+	$(BIN)/fruits evaluate --data "$(DATA)/Test"
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check fruits batch streaming tests
+	$(BIN)/mypy fruits
+
+clean:
+	rm -rf $(VENV) fruits-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""The ``fruits`` command: argument parsing only; each subcommand calls one job function.
+
+Every subcommand takes ``--config FILE`` and honours ``FRUITS_ROOT``/``FRUITS_WEIGHTS``. Results
+go to stdout, the last line being one JSON object; progress goes to stderr. A broken setup
+(bad config, missing data, no model) prints one ``fruits: error: ...`` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fruits.config import DEFAULT_CONFIG, Config, load_config
+from fruits.errors import ConfigError, FruitsError
+
+__all__ = ["main"]
+
+
+def _train(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from batch.train import run_training
+
+    data = args.data or config.training.data
+    if not data:
+        raise ConfigError("no data folder: pass --data DIR or set 'training.data' (FRUITS_DATA)")
+    return run_training(config, data, promote=not args.no_promote)
+
+
+def _evaluate(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from batch.evaluate import run_evaluation
+
+    return run_evaluation(config, args.data, version=args.model_version)
+
+
+def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.registry import ModelRegistry
+
+    registry = ModelRegistry(config.path("models"))
+    previous = registry.current_version()
+    registry.promote(args.version)
+    return {"model_version": args.version, "previous_version": previous}
+
+
+def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.registry import ModelRegistry
+
+    registry = ModelRegistry(config.path("models"))
+    current = registry.current_version()
+    for version in registry.versions():
+        meta = registry.get(version).meta
+        marker = "*" if version == current else " "
+        print(
+            f"{marker} v{version:<4} {meta.get('created_at', '')}  {meta.get('classifier', '')}"
+            f"  test accuracy {meta.get('metrics', {}).get('test')}"
+        )
+    return {"current_version": current, "versions": registry.versions()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="YAML configuration (default: %(default)s)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train", parents=[common], help="train, evaluate, register and promote a model"
+    )
+    train.add_argument("--data", help="folder with Training/<Class>/*.jpg (and Test/)")
+    train.add_argument(
+        "--no-promote", action="store_true", help="register the version without making it current"
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common], help="score a <Class>/*.jpg folder with a model"
+    )
+    evaluate.add_argument("--data", required=True, help="folder with <Class>/*.jpg")
+    evaluate.add_argument("--model-version", type=int, help="default: the current version")
+    evaluate.set_defaults(handler=_evaluate)
+
+    promote = sub.add_parser(
+        "promote", parents=[common], help="make a version current (rollback = an older one)"
+    )
+    promote.add_argument("version", type=int)
+    promote.set_defaults(handler=_promote)
+
+    models = sub.add_parser("models", parents=[common], help="list model versions")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Callable[[Config, argparse.Namespace], dict[str, Any]] = args.handler
+    try:
+        config = load_config(args.config)
+        result = handler(config, args)
+    except FruitsError as exc:
+        print(f"fruits: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fruits: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Typed configuration: one YAML per environment, overridden by environment variables.
+
+The YAML is validated once, at start: an unknown key, a value of the wrong type or a missing
+weights file fails with a :class:`ConfigError` whose one-line message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fruits.errors import ConfigError
+
+__all__ = [
+    "CLASSIFIER_NAMES",
+    "Config",
+    "FeaturizerConfig",
+    "ImagesConfig",
+    "PathsConfig",
+    "SparkConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+CLASSIFIER_NAMES = ("logistic_regression", "decision_tree", "random_forest")
+DEFAULT_CONFIG = Path("conf/local.yaml")
+
+# Shortcut variables named in the README; any key is reachable as FRUITS__SECTION__KEY too.
+_ENV_SHORTCUTS = {
+    "FRUITS_ROOT": ("root",),
+    "FRUITS_WEIGHTS": ("featurizer", "weights"),
+    "FRUITS_DATA": ("training", "data"),
+}
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    lake: str = "{root}/lake"
+    models: str = "{root}/models"
+    checkpoints: str = "{root}/checkpoints"
+    landing: str = "{root}/landing"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "fruits"
+    driver_memory: str = "4g"
+    arrow_batch_size: int = 16
+    shuffle_partitions: int = 8
+    delta_writer: Literal["deltars", "spark"] = "deltars"
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    weights: str = "imagenet"
+    image_size: int = 299
+    backend: Literal["keras"] = "keras"
+    intra_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    extensions: tuple[str, ...] = ("jpg", "jpeg", "png")
+    max_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    data: str | None = None
+    explained_variance: float = 0.95
+    classifiers: tuple[str, ...] = CLASSIFIER_NAMES
+    classifier: str = "best"
+    validation_fraction: float = 0.2
+    unknown_reject_share: float = 0.02
+    top_k: int = 3
+    seed: int = 42
+    feature_chunk_size: int = 512
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str = "./fruits-data"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    source: str = "<defaults>"
+
+    def path(self, name: Literal["lake", "models", "checkpoints", "landing"]) -> str:
+        """A configured location with ``{root}`` resolved (a local path or a URL)."""
+        template: str = getattr(self.paths, name)
+        return template.replace("{root}", self.root)
+
+    def table_path(self, table: str) -> str:
+        return f"{self.path('lake').rstrip('/')}/{table}"
+
+
+def load_config(
+    path: str | Path | None = None, *, environ: typing.Mapping[str, str] | None = None
+) -> Config:
+    """Read ``path`` (default ``conf/local.yaml``), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {_one_line(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    _apply_environment(raw, environ)
+    config: Config = _build(Config, raw, prefix="", source=str(path))
+    config = dataclasses.replace(config, source=str(path))
+    _validate(config)
+    return config
+
+
+def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+    overrides: list[tuple[tuple[str, ...], str]] = [
+        (keys, environ[var]) for var, keys in _ENV_SHORTCUTS.items() if environ.get(var)
+    ]
+    for var, value in environ.items():
+        if var.startswith("FRUITS__"):
+            overrides.append((tuple(part.lower() for part in var[8:].split("__")), value))
+    for keys, value in overrides:
+        node = raw
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment override of '{'.'.join(keys)}': not a section")
+        # YAML parsing gives "8" -> 8 and "[a, b]" -> list, as in the file.
+        node[keys[-1]] = yaml.safe_load(value) if value.strip() else value
+
+
+def _build(cls: type[Any], raw: Any, *, prefix: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping ({source})")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' in {source}")
+    values: dict[str, Any] = {}
+    for name in known & set(raw):
+        hint = hints[name]
+        key = f"{prefix}{name}"
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], prefix=f"{key}.", source=source)
+        else:
+            values[name] = _coerce(hint, raw[name], key=key, source=source)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    wrong = ConfigError(f"config key '{key}' has an invalid value {value!r} ({source})")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key=key, source=source)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(map(str, args))
+            raise ConfigError(f"config key '{key}' must be one of: {choices} (got {value!r})")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise wrong
+        return tuple(_coerce(args[0], v, key=key, source=source) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if hint is str:
+        if isinstance(value, dict | list) or value is None:
+            raise wrong
+        return str(value)
+    raise wrong  # pragma: no cover - a type this loader does not know
+
+
+def _validate(config: Config) -> None:
+    weights = config.featurizer.weights
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise ConfigError(
+            f"config key 'featurizer.weights': weights file not found: {weights} "
+            "(use 'imagenet' or a path to an .h5 file; FRUITS_WEIGHTS overrides it)"
+        )
+    if not 75 <= config.featurizer.image_size <= 1024:
+        raise ConfigError("config key 'featurizer.image_size' must be between 75 and 1024")
+    if not 0.0 < config.training.explained_variance <= 1.0:
+        raise ConfigError("config key 'training.explained_variance' must be in (0, 1]")
+    if not 0.0 < config.training.validation_fraction < 0.9:
+        raise ConfigError("config key 'training.validation_fraction' must be in (0, 0.9)")
+    if not 0.0 <= config.training.unknown_reject_share < 1.0:
+        raise ConfigError("config key 'training.unknown_reject_share' must be in [0, 1)")
+    unknown = [c for c in config.training.classifiers if c not in CLASSIFIER_NAMES]
+    if unknown or not config.training.classifiers:
+        raise ConfigError(
+            f"config key 'training.classifiers' must list some of: {', '.join(CLASSIFIER_NAMES)}"
+        )
+    if config.training.classifier not in ("best", *config.training.classifiers):
+        raise ConfigError(
+            "config key 'training.classifier' must be 'best' or one of training.classifiers"
+        )
+    for name in ("top_k", "feature_chunk_size"):
+        if getattr(config.training, name) < 1:
+            raise ConfigError(f"config key 'training.{name}' must be at least 1")
+    for name in ("arrow_batch_size", "shuffle_partitions"):
+        if getattr(config.spark, name) < 1:
+            raise ConfigError(f"config key 'spark.{name}' must be at least 1")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,213 @@
+"""Delta tables behind one interface, with two writers and one exactly-once contract.
+
+* :class:`DeltaRsLake` (embedded default): delta-rs (``deltalake``) on the driver. An
+  idempotent append records ``Transaction(app_id, version)`` in the same commit and is skipped
+  when ``transaction_version(app_id)`` is already at or past that version.
+* :class:`SparkDeltaLake` (Databricks, or delta-spark with its jars): Spark's native writer with
+  ``txnAppId``/``txnVersion``, which Delta itself skips when already committed.
+
+Both read and write the Arrow schemas of :mod:`fruits.tables`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fruits.tables import SCHEMAS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from fruits.config import Config
+
+__all__ = ["DeltaRsLake", "Lake", "SparkDeltaLake", "Txn", "open_lake"]
+
+
+@dataclass(frozen=True)
+class Txn:
+    """An idempotency key: the writer commits ``version`` for ``app_id`` at most once."""
+
+    app_id: str
+    version: int
+
+
+class Lake(ABC):
+    def __init__(self, root: str, *, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.storage_options = storage_options
+
+    def path(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    @abstractmethod
+    def read(
+        self,
+        spark: SparkSession,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> DataFrame:
+        """The table (or ``columns`` of it, rows where column == value for each of ``equals``)
+        as a Spark DataFrame; empty, with the contract schema, if it was not created yet."""
+
+    @abstractmethod
+    def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
+        """Append ``df``; with ``txn``, at most once per key. False when nothing was written."""
+
+    @abstractmethod
+    def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
+        """:meth:`append` for rows already on the driver (small batches, e.g. features)."""
+
+    @abstractmethod
+    def count(self, spark: SparkSession, table: str) -> int:
+        """Rows in the table (0 when it does not exist yet)."""
+
+    def conform(self, data: pa.Table, table: str, *, partial: bool = False) -> pa.Table:
+        """Select and cast to the contract schema, so both writers store the same types.
+
+        With ``partial``, a projection (some of the columns) is cast to those columns."""
+        schema = SCHEMAS[table]
+        if partial:
+            schema = pa.schema([f for f in schema if f.name in data.column_names])
+        missing = set(schema.names) - set(data.column_names)
+        if missing:
+            raise ValueError(f"table {table}: columns missing from the data: {sorted(missing)}")
+        return data.select(schema.names).cast(schema)
+
+
+class DeltaRsLake(Lake):
+    """delta-rs on the driver: the embedded default and ``az://`` on Blob storage."""
+
+    def _table(self, table: str):  # type: ignore[no-untyped-def]
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.path(table), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def read_arrow(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> pa.Table:
+        delta = self._table(table)
+        if delta is None:
+            empty = SCHEMAS[table].empty_table()
+            return empty.select(columns) if columns else empty
+        condition = None
+        for column, value in (equals or {}).items():
+            term = pc.field(column) == value
+            condition = term if condition is None else condition & term
+        return delta.to_pyarrow_dataset().to_table(columns=columns, filter=condition)
+
+    def read(
+        self,
+        spark: SparkSession,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> DataFrame:
+        data = self.read_arrow(table, columns=columns, equals=equals)
+        data = self.conform(data, table, partial=True)
+        return spark.createDataFrame(data)
+
+    def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
+        return self.append_arrow(df.toArrow(), table, txn=txn)
+
+    def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        if txn is not None and self.committed_version(table, txn.app_id) >= txn.version:
+            return False  # a replayed batch: this version is already in the table
+        if data.num_rows == 0:
+            return False
+        properties = None
+        if txn is not None:
+            properties = CommitProperties(
+                app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)]
+            )
+        write_deltalake(
+            self.path(table),
+            self.conform(data, table),
+            mode="append",
+            storage_options=self.storage_options,
+            commit_properties=properties,
+        )
+        return True
+
+    def committed_version(self, table: str, app_id: str) -> int:
+        delta = self._table(table)
+        if delta is None:
+            return -1
+        version = delta.transaction_version(app_id)
+        return -1 if version is None else int(version)
+
+    def count(self, spark: SparkSession, table: str) -> int:
+        delta = self._table(table)
+        return 0 if delta is None else int(delta.to_pyarrow_dataset().count_rows())
+
+
+class SparkDeltaLake(Lake):
+    """Spark's native Delta writer (Databricks; delta-spark with its jars elsewhere)."""
+
+    def _exists(self, spark: SparkSession, table: str) -> bool:
+        from delta.tables import DeltaTable
+
+        return bool(DeltaTable.isDeltaTable(spark, self.path(table)))
+
+    def read(
+        self,
+        spark: SparkSession,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> DataFrame:
+        from pyspark.sql import functions as F
+
+        if not self._exists(spark, table):
+            df = spark.createDataFrame(SCHEMAS[table].empty_table())
+        else:
+            df = spark.read.format("delta").load(self.path(table))
+        for column, value in (equals or {}).items():
+            df = df.where(F.col(column) == value)
+        return df.select(*columns) if columns else df
+
+    def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
+        writer = df.select(*SCHEMAS[table].names).write.format("delta").mode("append")
+        if txn is not None:
+            # Delta skips the write when this (appId, version) is already committed.
+            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+        writer.save(self.path(table))
+        return True
+
+    def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+        if spark is None:  # pragma: no cover - the jobs always hold a session
+            raise RuntimeError("SparkDeltaLake needs an active SparkSession")
+        return self.append(spark.createDataFrame(self.conform(data, table)), table, txn=txn)
+
+    def count(self, spark: SparkSession, table: str) -> int:
+        if not self._exists(spark, table):
+            return 0
+        return int(spark.read.format("delta").load(self.path(table)).count())
+
+
+def open_lake(config: Config) -> Lake:
+    root = config.path("lake")
+    if config.spark.delta_writer == "spark":
+        return SparkDeltaLake(root)
+    return DeltaRsLake(root)

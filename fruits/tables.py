@@ -1,0 +1,60 @@
+"""The Delta tables' contracts (DESIGN.md): names and Arrow schemas, one place for both writers."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["FEATURES", "PREDICTIONS", "QUARANTINE", "SCHEMAS"]
+
+FEATURES = "features"
+PREDICTIONS = "predictions"
+QUARANTINE = "quarantine"
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    FEATURES: pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),  # sha256 of the photo's bytes
+            pa.field("path", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("split", pa.string()),
+            pa.field("features", pa.list_(pa.float32())),
+            pa.field("extractor", pa.string(), nullable=False),
+            pa.field("computed_at", _TIMESTAMP),
+        ]
+    ),
+    PREDICTIONS: pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field(
+                "top_k",
+                pa.list_(
+                    pa.struct([pa.field("label", pa.string()), pa.field("prob", pa.float64())])
+                ),
+            ),
+            pa.field("is_unknown", pa.bool_()),
+            pa.field("model_version", pa.int64()),
+            pa.field("uploaded_at", _TIMESTAMP),
+            pa.field("discovered_at", _TIMESTAMP),
+            pa.field("predicted_at", _TIMESTAMP),
+            pa.field("latency_ms", pa.float64()),
+            pa.field("batch_id", pa.int64()),
+        ]
+    ),
+    QUARANTINE: pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("image_id", pa.string()),  # null when the bytes could not be read
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("detail", pa.string()),
+            pa.field("size_bytes", pa.int64()),
+            pa.field("uploaded_at", _TIMESTAMP),
+            pa.field("detected_at", _TIMESTAMP),
+            pa.field("batch_id", pa.int64()),
+        ]
+    ),
+}

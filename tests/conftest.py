@@ -1,0 +1,84 @@
+"""Shared fixtures: real photos and weights from ../shared, one SparkSession per test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fruits.config import Config, load_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRUITS_SHARED", PROJECT.parent / "shared"))
+FRUITS360 = SHARED / "data" / "fruits360"
+WEIGHTS = Path(
+    os.environ.get("FRUITS_WEIGHTS", SHARED / "models" / "inception_v3_notop.weights.h5")
+)
+
+# Visually distinct classes, so a handful of photos per class is enough to learn them.
+KNOWN_CLASSES = ("Banana", "Kiwi", "Strawberry", "Pineapple")
+UNKNOWN_CLASSES = ("Eggplant", "Cauliflower")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [str(p) for p in (FRUITS360, WEIGHTS) if not p.exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"test data not found: {', '.join(missing)} (put the shared folder beside the "
+            "project, or set FRUITS_SHARED / FRUITS_WEIGHTS)"
+        )
+
+
+def real_photos(split: str, label: str, n: int, *, skip: int = 0) -> list[Path]:
+    """``n`` real photos of one class, evenly spread over its rotation sequence."""
+    photos = sorted((FRUITS360 / split / label).glob("*.jpg"))
+    step = max(1, len(photos) // (n + skip))
+    return photos[skip * step :: step][:n]
+
+
+def copy_tree(target: Path, split: str, classes: tuple[str, ...], n: int) -> Path:
+    for label in classes:
+        folder = target / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for photo in real_photos(split, label, n):
+            shutil.copy(photo, folder / photo.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
+    """``make_config(root=None, **env)``: the real conf/local.yaml under a fresh root."""
+
+    def make(root: Path | None = None, **env: str) -> Config:
+        root = root or tmp_path_factory.mktemp("root")
+        environ = {
+            "FRUITS_ROOT": str(root),
+            "FRUITS_WEIGHTS": str(WEIGHTS),
+            "FRUITS__SPARK__MASTER": "local[2]",
+            **env,
+        }
+        return load_config(PROJECT / "conf" / "local.yaml", environ=environ)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def spark(make_config: Callable[..., Config]):  # type: ignore[no-untyped-def]
+    """The one SparkSession of the run (the jobs' getOrCreate returns this same session)."""
+    from fruits.spark import get_spark
+
+    session = get_spark(make_config())
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training/ (10 per class) and Test/ (5 per class) of four real classes."""
+    root = tmp_path_factory.mktemp("fruits360-small")
+    copy_tree(root / "Training", "Training", KNOWN_CLASSES, 10)
+    copy_tree(root / "Test", "Test", KNOWN_CLASSES, 5)
+    return root

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fruits.cli import main
+from fruits.config import load_config
+from fruits.errors import ConfigError
+
+from .conftest import PROJECT, WEIGHTS
+
+LOCAL = PROJECT / "conf" / "local.yaml"
+
+
+def test_embedded_default_puts_everything_under_one_root(tmp_path: Path) -> None:
+    config = load_config(LOCAL, environ={"FRUITS_ROOT": str(tmp_path)})
+    for name in ("lake", "models", "checkpoints", "landing"):
+        assert config.path(name) == f"{tmp_path}/{name}"  # type: ignore[arg-type]
+    assert config.featurizer.weights == "imagenet"
+    assert config.featurizer.image_size == 299
+    assert config.training.explained_variance == 0.95
+
+
+def test_environment_overrides_keys(tmp_path: Path) -> None:
+    config = load_config(
+        LOCAL,
+        environ={
+            "FRUITS_WEIGHTS": str(WEIGHTS),
+            "FRUITS__FEATURIZER__IMAGE_SIZE": "150",
+            "FRUITS__TRAINING__CLASSIFIERS": "[random_forest]",
+        },
+    )
+    assert config.featurizer.weights == str(WEIGHTS)
+    assert config.featurizer.image_size == 150
+    assert config.training.classifiers == ("random_forest",)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "environ", "message"),
+    [
+        ("featurizer:\n  wieghts: imagenet\n", {}, "unknown config key 'featurizer.wieghts'"),
+        ("colour: red\n", {}, "unknown config key 'colour'"),
+        ("featurizer:\n  image_size: big\n", {}, "'featurizer.image_size' has an invalid value"),
+        ("spark:\n  delta_writer: parquet\n", {}, "'spark.delta_writer' must be one of"),
+        ("", {"FRUITS_WEIGHTS": "/nowhere/w.h5"}, "weights file not found: /nowhere/w.h5"),
+        ("training:\n  classifier: svm\n", {}, "'training.classifier' must be 'best'"),
+    ],
+)
+def test_bad_config_fails_with_one_line_naming_the_key(
+    tmp_path: Path, yaml_text: str, environ: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=environ)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_prints_one_error_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("featurizer:\n  wieghts: imagenet\n")
+    assert main(["train", "--config", str(path), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fruits: error: unknown config key 'featurizer.wieghts' in {path}"]
+
+
+def test_cli_rejects_an_unreadable_data_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRUITS_ROOT", str(tmp_path))
+    monkeypatch.setenv("FRUITS_WEIGHTS", str(WEIGHTS))
+    assert main(["train", "--config", str(LOCAL), "--data", str(tmp_path / "nope")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
