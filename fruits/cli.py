@@ -58,6 +58,52 @@ def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     return {"current_version": current, "versions": registry.versions()}
 
 
+def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.console import log
+    from fruits.registry import ModelRegistry
+    from streaming.job import run_stream
+
+    if ModelRegistry(config.path("models")).current_version() is None:
+        data = args.train_data or config.training.data
+        if not data:
+            raise ConfigError(
+                "no model yet: pass --train-data DIR (or set training.data / FRUITS_DATA) "
+                "to train a first one"
+            )
+        from batch.train import run_training
+
+        log(f"no model yet: training a first one from {data}")
+        run_training(config, data)
+    log(
+        f"drop photos into {config.path('landing')} (or: fruits upload PHOTO...); "
+        "see predictions with: fruits status"
+    )
+    return run_stream(config, once=args.once)
+
+
+def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from streaming.status import collect_status, format_status
+
+    status = collect_status(config)
+    if not args.json:
+        print(format_status(status))
+    return status
+
+
+def _upload(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.console import progress_printer
+    from fruits.landing import plan_upload, upload_to_folder
+
+    plan = plan_upload(args.paths, config.images.extensions)
+    summary = upload_to_folder(plan, config.path("landing"), progress=progress_printer("upload"))
+    return {
+        "to": config.path("landing"),
+        "uploaded": summary.uploaded,
+        "skipped_same_content": summary.skipped_same_content,
+        "failed": summary.failed,
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -90,6 +136,24 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", parents=[common], help="list model versions")
     models.set_defaults(handler=_models)
+
+    stream = sub.add_parser(
+        "stream", parents=[common], help="classify new photos in the landing area into Delta"
+    )
+    stream.add_argument(
+        "--once", action="store_true", help="process what is there now, then exit (availableNow)"
+    )
+    stream.add_argument("--train-data", help="if no model exists yet, train one from this folder")
+    stream.set_defaults(handler=_stream)
+
+    status = sub.add_parser("status", parents=[common], help="tables, model and latency")
+    status.add_argument("--json", action="store_true", help="one JSON line only")
+    status.set_defaults(handler=_status)
+
+    upload = sub.add_parser("upload", parents=[common], help="put photos into the landing area")
+    upload.add_argument("paths", nargs="+", help="photos or folders of photos")
+    upload.add_argument("--to", choices=["landing"], default="landing")
+    upload.set_defaults(handler=_upload)
     return parser
 
 

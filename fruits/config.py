@@ -25,6 +25,7 @@ __all__ = [
     "ImagesConfig",
     "PathsConfig",
     "SparkConfig",
+    "StreamConfig",
     "TrainingConfig",
     "load_config",
 ]
@@ -87,6 +88,15 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    trigger_interval: str = "1 second"
+    max_files_per_trigger: int = 1000
+    max_bytes_per_trigger: int | None = None
+    include_existing_files: bool = True
+    query_name: str = "predictions"
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "./fruits-data"
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -94,6 +104,7 @@ class Config:
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     source: str = "<defaults>"
 
     def path(self, name: Literal["lake", "models", "checkpoints", "landing"]) -> str:
@@ -230,9 +241,22 @@ def _validate(config: Config) -> None:
     for name in ("top_k", "feature_chunk_size"):
         if getattr(config.training, name) < 1:
             raise ConfigError(f"config key 'training.{name}' must be at least 1")
+    if config.stream.max_files_per_trigger < 1:
+        raise ConfigError("config key 'stream.max_files_per_trigger' must be at least 1")
+    if not _is_interval(config.stream.trigger_interval):
+        raise ConfigError(
+            "config key 'stream.trigger_interval' must look like '500 milliseconds' or "
+            f"'2 seconds' (got {config.stream.trigger_interval!r})"
+        )
     for name in ("arrow_batch_size", "shuffle_partitions"):
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
+
+
+def _is_interval(text: str) -> bool:
+    parts = text.split()
+    units = ("millisecond", "milliseconds", "second", "seconds", "minute", "minutes")
+    return len(parts) == 2 and parts[0].replace(".", "", 1).isdigit() and parts[1] in units
 
 
 def _one_line(exc: BaseException) -> str:

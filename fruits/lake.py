@@ -57,6 +57,16 @@ class Lake(ABC):
         as a Spark DataFrame; empty, with the contract schema, if it was not created yet."""
 
     @abstractmethod
+    def read_arrow(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> pa.Table:
+        """:meth:`read` onto the driver as Arrow (small reads: status, feature keys)."""
+
+    @abstractmethod
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
         """Append ``df``; with ``txn``, at most once per key. False when nothing was written."""
 
@@ -183,6 +193,18 @@ class SparkDeltaLake(Lake):
         for column, value in (equals or {}).items():
             df = df.where(F.col(column) == value)
         return df.select(*columns) if columns else df
+
+    def read_arrow(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        equals: dict[str, str] | None = None,
+    ) -> pa.Table:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.getOrCreate()
+        return self.read(spark, table, columns=columns, equals=equals).toArrow()
 
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
         writer = df.select(*SCHEMAS[table].names).write.format("delta").mode("append")

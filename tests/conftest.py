@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,34 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy_tree(root / "Training", "Training", KNOWN_CLASSES, 10)
     copy_tree(root / "Test", "Test", KNOWN_CLASSES, 5)
     return root
+
+
+@pytest.fixture(scope="session")
+def dataset_with_corrupt(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small real dataset plus one corrupt (truncated) photo among the Training ones."""
+    root = tmp_path_factory.mktemp("with-corrupt")
+    shutil.copytree(small_dataset, root, dirs_exist_ok=True)
+    good = real_photos("Training", "Banana", 1, skip=3)[0].read_bytes()
+    (root / "Training" / "Banana" / "corrupt.jpg").write_bytes(good[: len(good) // 3])
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(
+    spark: Any, dataset_with_corrupt: Path, make_config: Callable[..., Config]
+) -> tuple[Config, dict[str, Any]]:
+    """One real training run for the whole session: (its config, its summary)."""
+    from batch.train import run_training
+
+    config = make_config()
+    return config, run_training(config, str(dataset_with_corrupt))
+
+
+@pytest.fixture
+def stream_config(
+    trained: tuple[Config, dict[str, Any]], make_config: Callable[..., Config], tmp_path: Path
+) -> Config:
+    """A fresh root whose registry is a copy of the trained one (tests may promote freely)."""
+    source, _ = trained
+    shutil.copytree(source.path("models"), tmp_path / "models")
+    return make_config(tmp_path, FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,33 +10,19 @@ from typing import Any
 import pytest
 
 from batch.evaluate import run_evaluation
-from batch.train import run_training
 from fruits.cli import main
 from fruits.config import Config
 from fruits.errors import ConfigError
 from fruits.registry import ModelRegistry
 
-from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree, real_photos
+from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree
 
 pytestmark = pytest.mark.spark
 
 
-@pytest.fixture(scope="module")
-def dataset(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small real dataset plus one corrupt photo among the Training ones."""
-    root = tmp_path_factory.mktemp("with-corrupt")
-    shutil.copytree(small_dataset, root, dirs_exist_ok=True)
-    good = real_photos("Training", "Banana", 1, skip=3)[0].read_bytes()
-    (root / "Training" / "Banana" / "corrupt.jpg").write_bytes(good[: len(good) // 3])
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(
-    spark: Any, dataset: Path, make_config: Callable[..., Config]
-) -> tuple[Config, dict[str, Any]]:
-    config = make_config()
-    return config, run_training(config, str(dataset))
+@pytest.fixture
+def dataset(dataset_with_corrupt: Path) -> Path:
+    return dataset_with_corrupt
 
 
 def test_training_learns_real_classes_and_scores_held_out_photos(

@@ -1,0 +1,196 @@
+"""``fruits stream``: the long-running Structured Streaming job (or one ``--once`` pass).
+
+landing discovery -> :class:`~streaming.step.PredictionStep` in ``foreachBatch`` -> Delta.
+One log line per micro-batch from a ``StreamingQueryListener``; SIGINT/SIGTERM stop the query
+between or during a batch, which is safe because every batch commit is idempotent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fruits.config import Config
+from fruits.console import log
+from fruits.errors import FruitsError
+from fruits.lake import open_lake
+from fruits.serving import ServedModel
+from fruits.spark import get_spark
+from fruits.storage import is_url
+from streaming.sources import file_source
+from streaming.step import BatchOutcome, PredictionStep
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
+
+__all__ = ["CheckpointInUseError", "run_stream", "start_query"]
+
+
+class CheckpointInUseError(FruitsError):
+    """Another process runs a query on this checkpoint."""
+
+
+def checkpoint_path(config: Config) -> str:
+    return f"{config.path('checkpoints').rstrip('/')}/{config.stream.query_name}"
+
+
+def run_stream(config: Config, *, once: bool) -> dict[str, Any]:
+    """Run until stopped (or, with ``once``, until what is in the landing is processed)."""
+    checkpoint = checkpoint_path(config)
+    with checkpoint_lock(checkpoint):
+        served = ServedModel(config, log=log)
+        spark = get_spark(config)
+        served.refresh()  # fails now, clearly, if there is no usable model
+        source = file_source(spark, config, checkpoint)
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        query, step = start_query(spark, config, source, served=served, once=once)
+        log(
+            f"streaming {config.path('landing')} -> {config.path('lake')} "
+            f"({'once' if once else 'every ' + config.stream.trigger_interval}); "
+            f"model v{served.current.version}; Ctrl-C stops"
+        )
+        try:
+            while query.isActive and not stop.is_set():
+                query.awaitTermination(1)
+        finally:
+            if query.isActive:
+                log("stopping: the running batch is abandoned and will be replayed exactly once")
+                query.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if query.exception() is not None:
+            raise FruitsError(f"the streaming query failed: {query.exception()}")
+    outcomes = list(step.outcomes.values())
+    return {
+        "batches": len(outcomes),
+        "rows_in": sum(o.rows_in for o in outcomes),
+        "predictions": sum(o.predictions for o in outcomes),
+        "quarantined": sum(o.quarantined for o in outcomes),
+        "model_version": served.current.version,
+        "stopped_by_signal": stop.is_set(),
+    }
+
+
+def start_query(
+    spark: SparkSession,
+    config: Config,
+    source: DataFrame,
+    *,
+    served: ServedModel,
+    once: bool,
+    checkpoint: str | None = None,
+) -> tuple[StreamingQuery, PredictionStep]:
+    """Start the prediction query over any source with the binaryFile schema (tests use this
+    with the memory source)."""
+    checkpoint = checkpoint or checkpoint_path(config)
+    step = PredictionStep(
+        open_lake(config),
+        served,
+        query_id=lambda: query_id(checkpoint),
+        on_batch=_remember,
+    )
+    _install_batch_logger(spark)
+    writer = (
+        source.writeStream.foreachBatch(step)
+        .option("checkpointLocation", checkpoint)
+        .queryName(config.stream.query_name)
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if once
+        else writer.trigger(processingTime=config.stream.trigger_interval)
+    )
+    return writer.start(), step
+
+
+def query_id(checkpoint: str) -> str:
+    """The query's id, stable across restarts: Spark keeps it in the checkpoint's metadata."""
+    from pyspark.sql import SparkSession
+
+    path = f"{checkpoint.rstrip('/')}/metadata"
+    if is_url(checkpoint):
+        spark = SparkSession.getActiveSession()
+        assert spark is not None
+        text = "\n".join(r.value for r in spark.read.text(path).collect())
+    else:
+        text = Path(path).read_text()
+    return str(json.loads(text)["id"])
+
+
+@contextmanager
+def checkpoint_lock(checkpoint: str) -> Iterator[None]:
+    """Refuse a second query on a checkpoint in use. The OS drops the lock if the process dies
+    (even ``kill -9``). Remote checkpoints rely on the scheduler (max one concurrent run)."""
+    if is_url(checkpoint):
+        yield
+        return
+    lock_path = Path(f"{checkpoint.rstrip('/')}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CheckpointInUseError(
+                f"checkpoint {checkpoint} is in use by {holder}: one query per checkpoint"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+
+
+# Filled by each query's step, read by the listener: keyed by (query id, batch id).
+_OUTCOMES: dict[tuple[str, int], BatchOutcome] = {}
+_LISTENING: set[int] = set()  # sessions that have the listener
+
+
+def _remember(outcome: BatchOutcome) -> None:
+    _OUTCOMES[(outcome.query_id, outcome.batch_id)] = outcome
+
+
+def _install_batch_logger(spark: SparkSession) -> None:
+    """One log line per micro-batch, joining Spark's progress with the step's own counts."""
+    if id(spark) in _LISTENING:
+        return
+    from pyspark.sql.streaming.listener import StreamingQueryListener
+
+    class BatchLogger(StreamingQueryListener):
+        def onQueryStarted(self, event: Any) -> None:
+            pass
+
+        def onQueryProgress(self, event: Any) -> None:
+            progress = event.progress
+            outcome = _OUTCOMES.pop((str(progress.id), progress.batchId), None)
+            if outcome is None:
+                return  # an idle trigger: nothing was discovered
+            replay = " (replay: already in Delta)" if outcome.replayed else ""
+            log(
+                f"batch {progress.batchId}: {progress.numInputRows} in, "
+                f"{outcome.predictions} predicted, {outcome.quarantined} quarantined, "
+                f"{progress.batchDuration / 1000:.2f} s, model v{outcome.model_version}{replay}"
+            )
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            if event.exception:
+                log(f"query terminated with an error: {event.exception.splitlines()[0]}")
+
+    spark.streams.addListener(BatchLogger())
+    _LISTENING.add(id(spark))

@@ -1,0 +1,150 @@
+"""The micro-batch step (``foreachBatch``): photos in, predictions or quarantine rows out.
+
+Every discovered file ends in exactly one table: a usable photo in ``predictions``, anything
+else in ``quarantine`` with a reason code. Both appends carry ``Txn(query id, batch id)``, so a
+batch replayed after a crash (Delta committed, checkpoint not) writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fruits.featurizer import featurize_udf
+from fruits.lake import Lake, Txn
+from fruits.serving import ServedModel
+from fruits.tables import PREDICTIONS, QUARANTINE
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["BatchOutcome", "PredictionStep"]
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    query_id: str
+    batch_id: int
+    rows_in: int
+    predictions: int
+    quarantined: int
+    model_version: int
+    seconds: float
+    replayed: bool  # True when Delta already held this batch (a replay after a crash)
+
+
+class PredictionStep:
+    """Callable for ``writeStream.foreachBatch``; runs on the driver."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        served: ServedModel,
+        *,
+        query_id: Callable[[], str],
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+    ) -> None:
+        self._lake = lake
+        self._served = served
+        self._query_id = query_id
+        self._on_batch = on_batch
+        self.outcomes: dict[int, BatchOutcome] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        started = time.perf_counter()
+        discovered_at = dt.datetime.now(dt.UTC)
+        serving = self._served.refresh()  # hot-swap point: between micro-batches
+        featurize = featurize_udf(serving.spec)
+        # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
+        featurized = (
+            batch.select(
+                "path",
+                F.col("modificationTime").alias("uploaded_at"),
+                F.col("length").alias("size_bytes"),
+                F.sha2("content", 256).alias("image_id"),
+                featurize("content").alias("result"),
+            )
+            .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
+            .persist()
+        )
+        try:
+            quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
+            scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
+                "features", "reason", "detail", "size_bytes"
+            )
+            predictions = scored.toArrow()
+        finally:
+            featurized.unpersist()
+
+        predicted_at = dt.datetime.now(dt.UTC)
+        query_id = self._query_id()
+        # The Delta app id: one per query (stable across restarts), versions = batch ids.
+        txn = Txn(f"fruits-stream-{query_id}", batch_id)
+        wrote_quarantine = self._lake.append_arrow(
+            _quarantine_rows(quarantine, batch_id, predicted_at), QUARANTINE, txn=txn
+        )
+        wrote_predictions = self._lake.append_arrow(
+            _prediction_rows(predictions, serving.version, batch_id, discovered_at, predicted_at),
+            PREDICTIONS,
+            txn=txn,
+        )
+        outcome = BatchOutcome(
+            query_id=query_id,
+            batch_id=batch_id,
+            rows_in=predictions.num_rows + quarantine.num_rows,
+            predictions=predictions.num_rows,
+            quarantined=quarantine.num_rows,
+            model_version=serving.version,
+            seconds=round(time.perf_counter() - started, 3),
+            replayed=not (wrote_predictions or wrote_quarantine)
+            and predictions.num_rows + quarantine.num_rows > 0,
+        )
+        with self._lock:
+            self.outcomes[batch_id] = outcome
+        if self._on_batch:
+            self._on_batch(outcome)
+
+
+def _constant(value: object, n: int, kind: pa.DataType) -> pa.Array:
+    return pa.array([value] * n, kind)
+
+
+def _prediction_rows(
+    scored: pa.Table,
+    version: int,
+    batch_id: int,
+    discovered_at: dt.datetime,
+    predicted_at: dt.datetime,
+) -> pa.Table:
+    n = scored.num_rows
+    uploaded = scored.column("uploaded_at").cast(_TS)
+    predicted = _constant(predicted_at, n, _TS)
+    latency_us = pc.subtract(predicted.cast(pa.int64()), uploaded.cast(pa.int64()))
+    return (
+        scored.set_column(scored.schema.get_field_index("uploaded_at"), "uploaded_at", uploaded)
+        .append_column("model_version", _constant(version, n, pa.int64()))
+        .append_column("discovered_at", _constant(discovered_at, n, _TS))
+        .append_column("predicted_at", predicted)
+        .append_column("latency_ms", pc.divide(latency_us.cast(pa.float64()), 1000.0))
+        .append_column("batch_id", _constant(batch_id, n, pa.int64()))
+    )
+
+
+def _quarantine_rows(bad: pa.Table, batch_id: int, detected_at: dt.datetime) -> pa.Table:
+    n = bad.num_rows
+    # Bytes that cannot be decoded still have a sha256: keep it, it identifies the upload.
+    return bad.append_column("detected_at", _constant(detected_at, n, _TS)).append_column(
+        "batch_id", _constant(batch_id, n, pa.int64())
+    )

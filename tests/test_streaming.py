@@ -1,0 +1,173 @@
+"""The streaming job on real photos: exact batches, quarantine, hot-swap, file source, replay."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from fruits.config import Config
+from fruits.console import log
+from fruits.lake import DeltaRsLake
+from fruits.landing import plan_upload, upload_to_folder
+from fruits.registry import ModelRegistry
+from fruits.serving import ServedModel
+from fruits.tables import PREDICTIONS, QUARANTINE
+from streaming.job import (
+    CheckpointInUseError,
+    checkpoint_lock,
+    checkpoint_path,
+    run_stream,
+    start_query,
+)
+from streaming.memory_source import MemoryFeed, register
+from streaming.sources import file_source
+from streaming.status import collect_status
+
+from .conftest import KNOWN_CLASSES, real_photos
+
+pytestmark = pytest.mark.spark
+
+
+def _table(config: Config, table: str) -> pa.Table:
+    return DeltaRsLake(config.path("lake")).read_arrow(table)
+
+
+def _photo_rows(label: str, n: int, skip: int = 1) -> list[tuple[str, bytes, dt.datetime]]:
+    now = dt.datetime.now(dt.UTC)
+    return [
+        (f"mem://{label}/{p.name}", p.read_bytes(), now)
+        for p in real_photos("Test", label, n, skip=skip)
+    ]
+
+
+@pytest.fixture
+def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+    register(spark)
+    feed = MemoryFeed(tmp_path / "feed")
+    source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
+    query, step = start_query(
+        spark,
+        stream_config,
+        source,
+        served=ServedModel(stream_config, log=log),
+        once=False,
+        checkpoint=str(tmp_path / "checkpoint"),
+    )
+    try:
+        yield feed, query, step
+    finally:
+        query.stop()
+
+
+def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
+    memory_query: Any, stream_config: Config
+) -> None:
+    feed, query, step = memory_query
+    good = [row for label in KNOWN_CLASSES for row in _photo_rows(label, 1)]
+    now = dt.datetime.now(dt.UTC)
+    feed.add([*good, ("mem://notes.jpg", b"shopping list: kiwis\n", now)])
+    query.processAllAvailable()
+    feed.add([*_photo_rows("Kiwi", 2, skip=2), ("mem://empty.jpg", b"", now)])
+    query.processAllAvailable()
+
+    predictions = _table(stream_config, PREDICTIONS).to_pylist()
+    quarantine = _table(stream_config, QUARANTINE).to_pylist()
+    assert len(predictions) == 6
+    assert {r["batch_id"] for r in predictions} == {0, 1}
+    first = [r for r in predictions if r["batch_id"] == 0]
+    correct = sum(r["label"] == r["path"].split("/")[2] for r in first)
+    assert correct >= 3, first  # four real held-out photos of four classes
+    kiwis = [r for r in predictions if r["batch_id"] == 1]
+    assert [r["label"] for r in kiwis] == ["Kiwi", "Kiwi"]
+    assert {(r["path"], r["reason"], r["batch_id"]) for r in quarantine} == {
+        ("mem://notes.jpg", "not_an_image", 0),
+        ("mem://empty.jpg", "empty", 1),
+    }
+    for row in predictions:
+        assert row["model_version"] == 1
+        assert len(row["top_k"]) == 3
+        assert row["top_k"][0]["label"] == row["label"]
+        assert row["top_k"][0]["prob"] == row["confidence"] >= row["top_k"][1]["prob"]
+        assert row["uploaded_at"] <= row["discovered_at"] <= row["predicted_at"]
+        assert row["latency_ms"] >= 0
+        assert len(row["image_id"]) == 64
+    assert [o.rows_in for o in sorted(step.outcomes.values(), key=lambda o: o.batch_id)] == [5, 3]
+
+
+def test_promoting_a_version_mid_stream_swaps_from_the_next_batch(
+    memory_query: Any, stream_config: Config
+) -> None:
+    feed, query, _ = memory_query
+    feed.add(_photo_rows("Banana", 1))
+    query.processAllAvailable()
+
+    registry = ModelRegistry(stream_config.path("models"))
+    entry, model = registry.load(1)
+    second = registry.register(model, {k: entry.meta[k] for k in ("image_size", "classifier")})
+    registry.promote(second.version)
+    feed.add(_photo_rows("Banana", 1, skip=3))
+    query.processAllAvailable()
+
+    # A promoted version that cannot load: logged, and the last good one keeps serving.
+    broken = registry.register(model, {k: entry.meta[k] for k in ("image_size", "classifier")})
+    shutil.rmtree(broken.path / "pipeline")
+    registry.promote(broken.version)
+    feed.add(_photo_rows("Banana", 1, skip=5))
+    query.processAllAvailable()
+
+    versions = {
+        r["batch_id"]: r["model_version"] for r in _table(stream_config, PREDICTIONS).to_pylist()
+    }
+    assert versions == {0: 1, 1: second.version, 2: second.version}
+    assert query.isActive
+
+
+def test_file_source_end_to_end_with_crash_replay(spark: Any, stream_config: Config) -> None:
+    config = stream_config
+    served = ServedModel(config, log=log)
+    checkpoint = checkpoint_path(config)
+    query, _ = start_query(
+        spark, config, file_source(spark, config, checkpoint), served=served, once=False
+    )
+    try:
+        # Photos dropped while the query runs, through the uploader (hidden name, then rename).
+        for label in KNOWN_CLASSES[:2]:
+            files = [str(p) for p in real_photos("Test", label, 3, skip=1)]
+            upload_to_folder(plan_upload(files, ["jpg"]), config.path("landing"))
+            query.processAllAvailable()
+        photo = real_photos("Test", "Kiwi", 1)[0].read_bytes()
+        (Path(config.path("landing")) / "broken.jpg").write_bytes(photo[: len(photo) // 2])
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert _table(config, PREDICTIONS).num_rows == 6
+    assert _table(config, QUARANTINE).column("reason").to_pylist() == ["truncated"]
+
+    # Crash between the Delta commit and the checkpoint commit: the last batch is replayed.
+    commits = sorted(Path(checkpoint, "commits").glob("[0-9]*"), key=lambda p: int(p.name))
+    commits[-1].unlink()
+    commits[-1].with_name(f".{commits[-1].name}.crc").unlink(missing_ok=True)  # Hadoop's checksum
+    result = run_stream(config, once=True)
+    assert result["rows_in"] == 1  # the replayed batch was read again...
+    assert _table(config, PREDICTIONS).num_rows == 6  # ...and written nothing twice
+    assert _table(config, QUARANTINE).num_rows == 1
+
+    again = run_stream(config, once=True)  # a restart reprocesses nothing
+    assert again["rows_in"] == 0
+    status = collect_status(config)
+    assert (status["predictions_rows"], status["quarantine_rows"]) == (6, 1)
+    assert status["distinct_paths"] == 6 and status["model_version"] == 1
+    assert status["latency_rows"] == 6 and status["latency_p50_ms"] > 0
+
+
+def test_a_second_query_on_the_same_checkpoint_is_refused(stream_config: Config) -> None:
+    with (
+        checkpoint_lock(checkpoint_path(stream_config)),
+        pytest.raises(CheckpointInUseError, match="in use by pid"),
+    ):
+        run_stream(stream_config, once=True)
