@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (each creates .venv/ on first use):
-#   make run    train a model on the data folder and evaluate it (embedded default)
+#   make run    train a first model if none exists, then stream the landing folder (Ctrl-C stops)
 #   make test   the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,8 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/fruits train --data "$(DATA)"
-	$(BIN)/fruits evaluate --data "$(DATA)/Test"
+	$(BIN)/fruits stream --train-data "$(DATA)"
 
 test: setup
 	$(BIN)/pytest

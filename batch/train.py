@@ -54,6 +54,8 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
 
     with stages("features Training"):
         train_features, train_run = features_of(training_dir, "Training")
+        # Used by several Spark jobs below (classes, split, scoring): build the join once.
+        train_features = train_features.persist()
         log(
             f"Training photos: {train_run.images} ({train_run.cached} cached, "
             f"{train_run.computed} computed, {len(train_run.rejected)} unreadable)"
@@ -70,6 +72,7 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
             test_scores = _score(trained.model, test_features)
             log(f"Test accuracy {test_scores['accuracy']:.4f} on {test_scores['n_images']} photos")
 
+    train_features.unpersist()
     chosen = next(s for s in trained.comparison if s.name == trained.classifier)
     metrics: dict[str, Any] = {
         "n_classes": len(trained.model.classes),

@@ -68,7 +68,9 @@ class ModelRegistry:
         staging = self.versions_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            model.pipeline.save(str(staging / "pipeline"))
+            # A file: URI, so Spark writes to this local (or FUSE-mounted) folder, whatever its
+            # default filesystem is (DBFS on Databricks).
+            model.pipeline.save((staging / "pipeline").resolve().as_uri())
             if write_extras is not None:
                 write_extras(staging)
             while True:
@@ -153,7 +155,7 @@ class ModelRegistry:
 
         entry = self.get(version)
         try:
-            pipeline = PipelineModel.load(str(entry.path / "pipeline"))
+            pipeline = PipelineModel.load((entry.path / "pipeline").resolve().as_uri())
         except Exception as exc:
             reason = " ".join(str(exc).split())[:200]
             message = f"model version {entry.version} cannot be loaded: {reason}"
