@@ -80,7 +80,7 @@ def main() -> None:
         result: dict[str, object] = {
             "rate_per_s": args.rate,
             "seconds": args.seconds,
-            "n": int(len(latency)),
+            "n": len(latency),
             "p50_ms": round(float(np.percentile(latency, 50)), 1),
             "p95_ms": round(float(np.percentile(latency, 95)), 1),
             "max_ms": round(float(latency.max()), 1),
