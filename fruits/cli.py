@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -173,5 +174,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The console entry point: ``main``, then a prompt exit.
+
+    Stops Spark cleanly, then leaves with ``os._exit``: native threads of delta-rs/Arrow can
+    abort the interpreter's teardown (exit 134) after all the work is done and printed.
+    """
+    code = main()
+    try:
+        spark_sql = sys.modules.get("pyspark.sql")  # only if this command used Spark
+        active = spark_sql.SparkSession.getActiveSession() if spark_sql else None
+        if active is not None:
+            active.stop()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -118,7 +118,12 @@ class DeltaRsLake(Lake):
         for column, value in (equals or {}).items():
             term = pc.field(column) == value
             condition = term if condition is None else condition & term
-        return delta.to_pyarrow_dataset().to_table(columns=columns, filter=condition)
+        dataset = delta.to_pyarrow_dataset()
+        data = dataset.to_table(columns=columns, filter=condition)
+        # Free the scanner now, not in interpreter teardown where its threads can abort the
+        # process ("terminate called without an active exception", delta-rs #2184).
+        del dataset, delta
+        return data
 
     def read(
         self,

@@ -66,10 +66,11 @@ def run_stream(config: Config, *, once: bool) -> dict[str, Any]:
                 query.awaitTermination(1)
         finally:
             if query.isActive:
-                log("stopping: the running batch is abandoned and will be replayed exactly once")
+                log("stopping the query (a batch in flight is replayed, exactly once, on restart)")
                 query.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            _flush_batch_log(str(query.id))
         if query.exception() is not None:
             raise FruitsError(f"the streaming query failed: {query.exception()}")
     outcomes = list(step.outcomes.values())
@@ -163,6 +164,24 @@ def _remember(outcome: BatchOutcome) -> None:
     _OUTCOMES[(outcome.query_id, outcome.batch_id)] = outcome
 
 
+def _log_batch(outcome: BatchOutcome, rows_in: int, seconds: float) -> None:
+    replay = " (replay: already in Delta)" if outcome.replayed else ""
+    log(
+        f"batch {outcome.batch_id}: {rows_in} in, {outcome.predictions} predicted, "
+        f"{outcome.quarantined} quarantined, {seconds:.2f} s, model v{outcome.model_version}"
+        f"{replay}"
+    )
+
+
+def _flush_batch_log(query_id: str) -> None:
+    """Log batches whose progress event had not arrived when the query ended (the last of an
+    ``--once`` run), from the step's own counts."""
+    for key in [k for k in _OUTCOMES if k[0] == query_id]:
+        outcome = _OUTCOMES.pop(key, None)
+        if outcome is not None:
+            _log_batch(outcome, outcome.rows_in, outcome.seconds)
+
+
 def _install_batch_logger(spark: SparkSession) -> None:
     """One log line per micro-batch, joining Spark's progress with the step's own counts."""
     if id(spark) in _LISTENING:
@@ -176,14 +195,8 @@ def _install_batch_logger(spark: SparkSession) -> None:
         def onQueryProgress(self, event: Any) -> None:
             progress = event.progress
             outcome = _OUTCOMES.pop((str(progress.id), progress.batchId), None)
-            if outcome is None:
-                return  # an idle trigger: nothing was discovered
-            replay = " (replay: already in Delta)" if outcome.replayed else ""
-            log(
-                f"batch {progress.batchId}: {progress.numInputRows} in, "
-                f"{outcome.predictions} predicted, {outcome.quarantined} quarantined, "
-                f"{progress.batchDuration / 1000:.2f} s, model v{outcome.model_version}{replay}"
-            )
+            if outcome is not None:  # None: an idle trigger, nothing was discovered
+                _log_batch(outcome, progress.numInputRows, progress.batchDuration / 1000)
 
         def onQueryIdle(self, event: Any) -> None:
             pass
