@@ -69,7 +69,7 @@ class FeaturizerConfig:
 
 @dataclass(frozen=True)
 class ImagesConfig:
-    extensions: tuple[str, ...] = ("jpg", "jpeg", "png")
+    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "webp")
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
 

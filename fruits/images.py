@@ -32,7 +32,8 @@ REASONS = {
     "not_an_image": "the bytes are not an image format Pillow can identify",
     "too_many_pixels": "the declared width x height exceeds images.max_pixels",
     "zero_pixels": "the image declares a zero width or height",
-    "truncated": "the image data ends early or is corrupt",
+    "truncated": "the image data ends early (an interrupted upload)",
+    "corrupt": "the image header is readable but its data cannot be decoded",
     "unsupported_mode": "the pixel format cannot be converted to RGB",
 }
 
@@ -86,7 +87,8 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
     except _UnsupportedMode as exc:
         return Rejection("unsupported_mode", str(exc))
     except Exception as exc:  # truncated streams, bad Huffman tables, broken chunks...
-        return Rejection("truncated", _short(exc))
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        return Rejection(reason, _short(exc))
     width, height = rgb.size  # after EXIF rotation
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)

@@ -1,0 +1,116 @@
+"""Every case of the bad-input corpus ends where RELIABILITY.md says, and nothing raises."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fruits.config import Config
+from fruits.console import log
+from fruits.images import Decoded, ImageLimits, Rejection, decode_image
+from fruits.lake import DeltaRsLake
+from fruits.serving import ServedModel
+from fruits.tables import PREDICTIONS, QUARANTINE
+from streaming.job import start_query
+from streaming.memory_source import MemoryFeed, register
+
+from .bad_inputs import PREDICTED, Case, corpus
+from .conftest import real_photos
+
+LIMITS = ImageLimits()
+CASES = corpus()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decoder_decision(case: Case) -> None:
+    result = decode_image(case.data, size=99, limits=LIMITS)
+    if case.expected == PREDICTED:
+        assert isinstance(result, Decoded), result
+        assert result.pixels.shape == (99, 99, 3)
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason == case.expected, result.detail
+
+
+def test_alpha_is_composited_on_white_and_exif_rotation_applied() -> None:
+    by_name = {c.name: c for c in CASES}
+    alpha = decode_image(by_name["alpha.png"].data, size=100, limits=LIMITS)
+    assert isinstance(alpha, Decoded)
+    assert alpha.pixels[0, 0].min() > 240  # half-transparent white stays white
+    import io
+
+    from PIL import Image
+
+    base = Image.open(io.BytesIO(real_photos("Test", "Kiwi", 1)[0].read_bytes())).convert("RGB")
+    wide = base.resize((120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    wide.save(buffer, format="JPEG", exif=exif.tobytes())
+    rotated = decode_image(buffer.getvalue(), size=99, limits=LIMITS)
+    assert isinstance(rotated, Decoded)
+    assert (rotated.width, rotated.height) == (60, 120)  # displayed upright
+
+
+_JPEG = real_photos("Test", "Banana", 1)[0].read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    assert isinstance(decode_image(data, size=75, limits=LIMITS), Decoded | Rejection)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, len(_JPEG) - 1), st.integers(0, 255)), max_size=20),
+    st.integers(1, len(_JPEG)),
+)
+def test_mutated_jpegs_never_raise(flips: list[tuple[int, int]], keep: int) -> None:
+    data = bytearray(_JPEG)
+    for position, value in flips:
+        data[position] = value
+    result = decode_image(bytes(data[:keep]), size=75, limits=LIMITS)
+    assert isinstance(result, Decoded | Rejection)
+
+
+@pytest.mark.spark
+def test_every_corpus_case_ends_in_exactly_one_table(
+    spark: Any, stream_config: Config, tmp_path: Path
+) -> None:
+    register(spark)
+    feed = MemoryFeed(tmp_path / "feed")
+    now = dt.datetime.now(dt.UTC)
+    feed.add([(f"landing/{case.name}", case.data, now) for case in CASES])
+    source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
+    query, _ = start_query(
+        spark,
+        stream_config,
+        source,
+        served=ServedModel(stream_config, log=log),
+        once=False,
+        checkpoint=str(tmp_path / "checkpoint"),
+    )
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    lake = DeltaRsLake(stream_config.path("lake"))
+    predicted = {r["path"]: r for r in lake.read_arrow(PREDICTIONS).to_pylist()}
+    quarantined = {r["path"]: r for r in lake.read_arrow(QUARANTINE).to_pylist()}
+    assert not set(predicted) & set(quarantined)
+    for case in CASES:
+        path = f"landing/{case.name}"
+        if case.expected == PREDICTED:
+            assert path in predicted, case.name
+        else:
+            assert quarantined[path]["reason"] == case.expected, case.name
+            assert quarantined[path]["size_bytes"] == len(case.data)
+    assert len(predicted) + len(quarantined) == len(CASES)
+    kiwi = predicted["landing/duplicate-of-kiwi.jpg"]
+    assert kiwi["image_id"] == predicted["landing/my kiwi ünïcödé ..photo.jpg"]["image_id"]
