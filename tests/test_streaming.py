@@ -120,10 +120,15 @@ def test_promoting_a_version_mid_stream_swaps_from_the_next_batch(
     feed.add(_photo_rows("Banana", 1, skip=5))
     query.processAllAvailable()
 
+    # CURRENT naming a version that does not exist: same, the last good one keeps serving.
+    (Path(stream_config.path("models")) / "CURRENT").write_text("99\n")
+    feed.add(_photo_rows("Banana", 1, skip=7))
+    query.processAllAvailable()
+
     versions = {
         r["batch_id"]: r["model_version"] for r in _table(stream_config, PREDICTIONS).to_pylist()
     }
-    assert versions == {0: 1, 1: second.version, 2: second.version}
+    assert versions == {0: 1, 1: second.version, 2: second.version, 3: second.version}
     assert query.isActive
 
 
