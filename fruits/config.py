@@ -94,6 +94,7 @@ class StreamConfig:
     max_bytes_per_trigger: int | None = None
     include_existing_files: bool = True
     query_name: str = "predictions"
+    batch_timeout_s: float | None = 600.0
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def start_query(
         open_lake(config),
         served,
         query_id=lambda: query_id(checkpoint),
+        timeout_s=config.stream.batch_timeout_s,
         on_batch=_remember,
     )
     _install_batch_logger(spark)

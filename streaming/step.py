@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ from fruits.tables import PREDICTIONS, QUARANTINE
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["BatchOutcome", "PredictionStep"]
+__all__ = ["BatchOutcome", "BatchTimeoutError", "PredictionStep"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -51,11 +53,13 @@ class PredictionStep:
         served: ServedModel,
         *,
         query_id: Callable[[], str],
+        timeout_s: float | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
     ) -> None:
         self._lake = lake
         self._served = served
         self._query_id = query_id
+        self._timeout_s = timeout_s
         self._on_batch = on_batch
         self.outcomes: dict[int, BatchOutcome] = {}
         self._lock = threading.Lock()
@@ -67,26 +71,29 @@ class PredictionStep:
         discovered_at = dt.datetime.now(dt.UTC)
         serving = self._served.refresh()  # hot-swap point: between micro-batches
         featurize = featurize_udf(serving.spec)
-        # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
-        featurized = (
-            batch.select(
-                "path",
-                F.col("modificationTime").alias("uploaded_at"),
-                F.col("length").alias("size_bytes"),
-                F.sha2("content", 256).alias("image_id"),
-                featurize("content").alias("result"),
+        with _deadline(batch, batch_id, self._timeout_s):
+            # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
+            featurized = (
+                batch.select(
+                    "path",
+                    F.col("modificationTime").alias("uploaded_at"),
+                    F.col("length").alias("size_bytes"),
+                    F.sha2("content", 256).alias("image_id"),
+                    featurize("content").alias("result"),
+                )
+                .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
+                .persist()
             )
-            .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
-            .persist()
-        )
-        try:
-            quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
-            scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
-                "features", "reason", "detail", "size_bytes"
-            )
-            predictions = scored.toArrow()
-        finally:
-            featurized.unpersist()
+            try:
+                quarantine = (
+                    featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
+                )
+                scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
+                    "features", "reason", "detail", "size_bytes"
+                )
+                predictions = scored.toArrow()
+            finally:
+                featurized.unpersist()
 
         predicted_at = dt.datetime.now(dt.UTC)
         query_id = self._query_id()
@@ -115,6 +122,45 @@ class PredictionStep:
             self.outcomes[batch_id] = outcome
         if self._on_batch:
             self._on_batch(outcome)
+
+
+class BatchTimeoutError(RuntimeError):
+    """A micro-batch ran past ``stream.batch_timeout_s``; its Spark jobs were cancelled."""
+
+
+@contextmanager
+def _deadline(batch: DataFrame, batch_id: int, seconds: float | None) -> Iterator[None]:
+    """Cancel this batch's Spark jobs after ``seconds``: the query then fails instead of
+    stalling, and its restart (by the scheduler) replays the batch exactly once."""
+    if not seconds:
+        yield
+        return
+    context = batch.sparkSession.sparkContext
+    group = f"fruits-batch-{batch_id}-{uuid.uuid4().hex[:8]}"
+    context.setJobGroup(group, f"fruits micro-batch {batch_id}", interruptOnCancel=True)
+    expired = threading.Event()
+
+    def cancel() -> None:
+        expired.set()
+        context.cancelJobGroup(group)
+
+    timer = threading.Timer(seconds, cancel)
+    timer.daemon = True
+    timer.start()
+    message = f"micro-batch {batch_id} ran past stream.batch_timeout_s={seconds:g}: cancelled"
+    try:
+        yield
+    except Exception as exc:
+        if expired.is_set():
+            raise BatchTimeoutError(message) from exc
+        raise
+    else:
+        # The timer may fire between two Spark jobs (nothing to cancel then): still a timeout.
+        if expired.is_set():
+            raise BatchTimeoutError(message)
+    finally:
+        timer.cancel()
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
 
 
 def _constant(value: object, n: int, kind: pa.DataType) -> pa.Array:

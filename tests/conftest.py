@@ -114,3 +114,31 @@ def stream_config(
     source, _ = trained
     shutil.copytree(source.path("models"), tmp_path / "models")
     return make_config(tmp_path, FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds")
+
+
+@pytest.fixture
+def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running prediction query over the memory source: (feed, query, step).
+
+    ``feed.add(rows)`` then ``query.processAllAvailable()`` runs exactly one micro-batch.
+    """
+    from fruits.console import log
+    from fruits.serving import ServedModel
+    from streaming.job import start_query
+    from streaming.memory_source import MemoryFeed, register
+
+    register(spark)
+    feed = MemoryFeed(tmp_path / "feed")
+    source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
+    query, step = start_query(
+        spark,
+        stream_config,
+        source,
+        served=ServedModel(stream_config, log=log),
+        once=False,
+        checkpoint=str(tmp_path / "checkpoint"),
+    )
+    try:
+        yield feed, query, step
+    finally:
+        query.stop()

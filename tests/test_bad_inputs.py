@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,13 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fruits.config import Config
-from fruits.console import log
 from fruits.images import Decoded, ImageLimits, Rejection, decode_image
 from fruits.lake import DeltaRsLake
-from fruits.serving import ServedModel
 from fruits.tables import PREDICTIONS, QUARANTINE
-from streaming.job import start_query
-from streaming.memory_source import MemoryFeed, register
 
 from .bad_inputs import PREDICTED, Case, corpus
 from .conftest import real_photos
@@ -81,25 +76,12 @@ def test_mutated_jpegs_never_raise(flips: list[tuple[int, int]], keep: int) -> N
 
 @pytest.mark.spark
 def test_every_corpus_case_ends_in_exactly_one_table(
-    spark: Any, stream_config: Config, tmp_path: Path
+    memory_query: Any, stream_config: Config
 ) -> None:
-    register(spark)
-    feed = MemoryFeed(tmp_path / "feed")
+    feed, query, _ = memory_query
     now = dt.datetime.now(dt.UTC)
     feed.add([(f"landing/{case.name}", case.data, now) for case in CASES])
-    source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
-    query, _ = start_query(
-        spark,
-        stream_config,
-        source,
-        served=ServedModel(stream_config, log=log),
-        once=False,
-        checkpoint=str(tmp_path / "checkpoint"),
-    )
-    try:
-        query.processAllAvailable()
-    finally:
-        query.stop()
+    query.processAllAvailable()
     lake = DeltaRsLake(stream_config.path("lake"))
     predicted = {r["path"]: r for r in lake.read_arrow(PREDICTIONS).to_pylist()}
     quarantined = {r["path"]: r for r in lake.read_arrow(QUARANTINE).to_pylist()}

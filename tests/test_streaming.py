@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -43,25 +44,6 @@ def _photo_rows(label: str, n: int, skip: int = 1) -> list[tuple[str, bytes, dt.
         (f"mem://{label}/{p.name}", p.read_bytes(), now)
         for p in real_photos("Test", label, n, skip=skip)
     ]
-
-
-@pytest.fixture
-def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
-    register(spark)
-    feed = MemoryFeed(tmp_path / "feed")
-    source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
-    query, step = start_query(
-        spark,
-        stream_config,
-        source,
-        served=ServedModel(stream_config, log=log),
-        once=False,
-        checkpoint=str(tmp_path / "checkpoint"),
-    )
-    try:
-        yield feed, query, step
-    finally:
-        query.stop()
 
 
 def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
@@ -176,3 +158,40 @@ def test_a_second_query_on_the_same_checkpoint_is_refused(stream_config: Config)
         pytest.raises(CheckpointInUseError, match="in use by pid"),
     ):
         run_stream(stream_config, once=True)
+
+
+def test_a_batch_past_its_timeout_fails_the_query_and_is_replayed_once(
+    spark: Any, stream_config: Config, tmp_path: Path
+) -> None:
+    from pyspark.errors import StreamingQueryException
+
+    register(spark)
+    feed = MemoryFeed(tmp_path / "feed")
+    feed.add(_photo_rows("Kiwi", 3))
+    checkpoint = str(tmp_path / "checkpoint")
+
+    def query_with(config: Config) -> Any:
+        source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
+        served = ServedModel(config, log=log)
+        return start_query(spark, config, source, served=served, once=False, checkpoint=checkpoint)[
+            0
+        ]
+
+    impatient = dataclasses.replace(
+        stream_config, stream=dataclasses.replace(stream_config.stream, batch_timeout_s=0.05)
+    )
+    query = query_with(impatient)
+    try:
+        with pytest.raises(StreamingQueryException, match="batch_timeout_s"):
+            query.processAllAvailable()
+    finally:
+        query.stop()
+    assert _table(stream_config, PREDICTIONS).num_rows == 0
+
+    query = query_with(stream_config)  # the restart replays batch 0, once
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    rows = _table(stream_config, PREDICTIONS).to_pylist()
+    assert [(r["batch_id"], r["label"]) for r in rows] == [(0, "Kiwi")] * 3
