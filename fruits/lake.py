@@ -74,10 +74,6 @@ class Lake(ABC):
     def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
         """:meth:`append` for rows already on the driver (small batches, e.g. features)."""
 
-    @abstractmethod
-    def count(self, spark: SparkSession, table: str) -> int:
-        """Rows in the table (0 when it does not exist yet)."""
-
     def conform(self, data: pa.Table, table: str, *, partial: bool = False) -> pa.Table:
         """Select and cast to the contract schema, so both writers store the same types.
 
@@ -168,10 +164,6 @@ class DeltaRsLake(Lake):
         version = delta.transaction_version(app_id)
         return -1 if version is None else int(version)
 
-    def count(self, spark: SparkSession, table: str) -> int:
-        delta = self._table(table)
-        return 0 if delta is None else int(delta.to_pyarrow_dataset().count_rows())
-
 
 class SparkDeltaLake(Lake):
     """Spark's native Delta writer (Databricks; delta-spark with its jars elsewhere)."""
@@ -226,11 +218,6 @@ class SparkDeltaLake(Lake):
         if spark is None:  # pragma: no cover - the jobs always hold a session
             raise RuntimeError("SparkDeltaLake needs an active SparkSession")
         return self.append(spark.createDataFrame(self.conform(data, table)), table, txn=txn)
-
-    def count(self, spark: SparkSession, table: str) -> int:
-        if not self._exists(spark, table):
-            return 0
-        return int(spark.read.format("delta").load(self.path(table)).count())
 
 
 def open_lake(config: Config) -> Lake:
