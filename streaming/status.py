@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -35,18 +36,15 @@ def collect_status(
     last_at = None
     if predictions.num_rows:
         last_at = pc.max(predictions.column("predicted_at")).as_py()
-    reasons: dict[str, int] = {}
-    for reason in quarantine.column("reason").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
+    reasons = Counter(quarantine.column("reason").to_pylist())
+    predicted_paths = set(predictions.column("path").to_pylist())
     return {
         "predictions_rows": predictions.num_rows,
         "quarantine_rows": quarantine.num_rows,
-        "distinct_paths": len(set(predictions.column("path").to_pylist())),
-        "distinct_paths_all": len(
-            set(predictions.column("path").to_pylist()) | set(quarantine.column("path").to_pylist())
-        ),
+        "distinct_paths": len(predicted_paths),
+        "distinct_paths_all": len(predicted_paths | set(quarantine.column("path").to_pylist())),
         "unknown_rows": int(pc.sum(predictions.column("is_unknown")).as_py() or 0),
-        "quarantine_reasons": reasons,
+        "quarantine_reasons": dict(reasons),
         "last_batch_id": last_batch,
         "last_prediction_at": last_at.isoformat() if last_at else None,
         "model_version": ModelRegistry(config.path("models")).current_version(),

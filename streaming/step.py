@@ -59,10 +59,11 @@ class PredictionStep:
         self._lake = lake
         self._served = served
         self._query_id = query_id
+        self._resolved_query_id: str | None = None  # read once: fixed for a checkpoint
         self._timeout_s = timeout_s
         self._on_batch = on_batch
+        # foreachBatch calls run one after another, so no lock is needed.
         self.outcomes: dict[int, BatchOutcome] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -96,7 +97,9 @@ class PredictionStep:
                 featurized.unpersist()
 
         predicted_at = dt.datetime.now(dt.UTC)
-        query_id = self._query_id()
+        if self._resolved_query_id is None:
+            self._resolved_query_id = self._query_id()
+        query_id = self._resolved_query_id
         # The Delta app id: one per query (stable across restarts), versions = batch ids.
         txn = Txn(f"fruits-stream-{query_id}", batch_id)
         wrote_quarantine = self._lake.append_arrow(
@@ -118,8 +121,7 @@ class PredictionStep:
             replayed=not (wrote_predictions or wrote_quarantine)
             and predictions.num_rows + quarantine.num_rows > 0,
         )
-        with self._lock:
-            self.outcomes[batch_id] = outcome
+        self.outcomes[batch_id] = outcome
         if self._on_batch:
             self._on_batch(outcome)
 
