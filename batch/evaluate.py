@@ -44,6 +44,7 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
             split="evaluate",
             spec=spec,
             images=config.images,
+            azure=config.azure,
             chunk_size=config.training.feature_chunk_size,
             progress=progress_printer("features"),
         )

@@ -48,6 +48,7 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
             split=split,
             spec=spec,
             images=config.images,
+            azure=config.azure,
             chunk_size=config.training.feature_chunk_size,
             progress=progress_printer(f"features {split}"),
         )

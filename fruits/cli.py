@@ -93,10 +93,12 @@ def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def _upload(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from fruits.console import progress_printer
-    from fruits.landing import plan_upload, upload_to_folder
+    from fruits.landing import plan_upload, upload
 
     plan = plan_upload(args.paths, config.images.extensions)
-    summary = upload_to_folder(plan, config.path("landing"), progress=progress_printer("upload"))
+    summary = upload(
+        plan, config.path("landing"), azure=config.azure, progress=progress_printer("upload")
+    )
     return {
         "to": config.path("landing"),
         "uploaded": summary.uploaded,
@@ -151,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON line only")
     status.set_defaults(handler=_status)
 
-    upload = sub.add_parser("upload", parents=[common], help="put photos into the landing area")
+    upload = sub.add_parser(
+        "upload", parents=[common], help="put photos into the landing area (folder or Blob)"
+    )
     upload.add_argument("paths", nargs="+", help="photos or folders of photos")
     upload.add_argument("--to", choices=["landing"], default="landing")
     upload.set_defaults(handler=_upload)

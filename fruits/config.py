@@ -20,6 +20,7 @@ from fruits.errors import ConfigError
 
 __all__ = [
     "CLASSIFIER_NAMES",
+    "AzureConfig",
     "Config",
     "FeaturizerConfig",
     "ImagesConfig",
@@ -95,6 +96,25 @@ class StreamConfig:
     include_existing_files: bool = True
     query_name: str = "predictions"
     batch_timeout_s: float | None = 600.0
+    # Blob landing (az://): "listing" lists the container each trigger; "notification" reads
+    # BlobCreated events from a Storage Queue (cost grows with new photos, not the container).
+    discovery: Literal["listing", "notification"] = "listing"
+    queue: str = "landing-events"
+    backfill_interval: str | None = "1 hour"  # notification mode: a listing pass this often
+    max_file_age: str = "7 days"  # discovery state keeps blob keys this long (bounded state)
+    path_glob: str | None = None  # optional glob on the file name, e.g. "IMG_*"
+    # Databricks: Auto Loader (cloudFiles) instead of the Python sources; needs its runtime.
+    autoloader: bool = False
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    """The storage account behind az:// paths. Never holds a secret: the connection string is
+    read from the environment variable named here (a secret scope on Databricks)."""
+
+    use_emulator: bool = False
+    account_name: str | None = None
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    azure: AzureConfig = field(default_factory=AzureConfig)
     source: str = "<defaults>"
 
     def path(self, name: Literal["lake", "models", "checkpoints", "landing"]) -> str:
@@ -249,15 +270,45 @@ def _validate(config: Config) -> None:
             "config key 'stream.trigger_interval' must look like '500 milliseconds' or "
             f"'2 seconds' (got {config.stream.trigger_interval!r})"
         )
+    for name in ("max_file_age", "backfill_interval"):
+        value = getattr(config.stream, name)
+        if value is not None and not _is_interval(value):
+            raise ConfigError(
+                f"config key 'stream.{name}' must look like '1 hour' or '7 days' (got {value!r})"
+            )
+    if not 3 <= len(config.stream.queue) <= 63:
+        raise ConfigError("config key 'stream.queue' must be a queue name of 3 to 63 characters")
     for name in ("arrow_batch_size", "shuffle_partitions"):
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
 
 
-def _is_interval(text: str) -> bool:
+_UNIT_SECONDS = {
+    "millisecond": 0.001,
+    "second": 1.0,
+    "minute": 60.0,
+    "hour": 3600.0,
+    "day": 86400.0,
+}
+
+
+def interval_seconds(text: str) -> float:
+    """``"500 milliseconds"``, ``"2 seconds"``, ``"7 days"`` -> seconds; ValueError otherwise."""
     parts = text.split()
-    units = ("millisecond", "milliseconds", "second", "seconds", "minute", "minutes")
-    return len(parts) == 2 and parts[0].replace(".", "", 1).isdigit() and parts[1] in units
+    if len(parts) != 2 or not parts[0].replace(".", "", 1).isdigit():
+        raise ValueError(text)
+    unit = parts[1].removesuffix("s")
+    if unit not in _UNIT_SECONDS:
+        raise ValueError(text)
+    return float(parts[0]) * _UNIT_SECONDS[unit]
+
+
+def _is_interval(text: str) -> bool:
+    try:
+        interval_seconds(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,13 +9,13 @@ half-way resumes from the last committed chunk.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from fruits.config import ImagesConfig
+from fruits.config import AzureConfig, ImagesConfig
 from fruits.errors import DataError
 from fruits.featurizer import ExtractorSpec, featurize_udf
 from fruits.storage import read_image_files, read_labelled
@@ -57,6 +57,7 @@ def featurize_labelled(
     spec: ExtractorSpec,
     images: ImagesConfig,
     chunk_size: int,
+    azure: AzureConfig | None = None,
     progress: Progress | None = None,
 ) -> tuple[DataFrame, FeatureRun]:
     """Features for every usable photo of ``<location>/<Class>/*``, computing only missing ones.
@@ -67,7 +68,7 @@ def featurize_labelled(
     from pyspark.sql import functions as F
 
     extensions = images.extensions
-    listing = read_labelled(spark, location, extensions).select(
+    listing = read_labelled(spark, location, images, azure).select(
         "path", "label", F.sha2("content", 256).alias("image_id")
     )
     keys = listing.collect()
@@ -93,7 +94,7 @@ def featurize_labelled(
         progress(0, len(paths))
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start : start + chunk_size]
-        computed = _featurize_paths(spark, chunk, spec)
+        computed = _featurize_paths(read_image_files(spark, chunk, images, azure), spec)
         good = computed.filter(computed.column("reason").is_null())
         run.rejected.extend(
             Rejected(r["path"], r["reason"], r["detail"])
@@ -116,11 +117,11 @@ def featurize_labelled(
     return keys_df.join(features, on="image_id", how="inner"), run
 
 
-def _featurize_paths(spark: SparkSession, paths: Sequence[str], spec: ExtractorSpec) -> pa.Table:
+def _featurize_paths(files: DataFrame, spec: ExtractorSpec) -> pa.Table:
     from pyspark.sql import functions as F
 
     featurize = featurize_udf(spec)
-    df = read_image_files(spark, paths).select(
+    df = files.select(
         "path",
         F.sha2("content", 256).alias("image_id"),
         featurize("content").alias("result"),

@@ -27,6 +27,7 @@ __all__ = [
 
 # Reason codes written to the quarantine table and to reports; the detail column says more.
 REASONS = {
+    "missing": "the file was deleted or replaced between its discovery and its reading",
     "empty": "the file has no bytes",
     "too_large_bytes": "the file is larger than images.max_bytes",
     "not_an_image": "the bytes are not an image format Pillow can identify",
@@ -64,6 +65,8 @@ class Decoded:
 
 def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decoded | Rejection:
     """Decode ``data`` into a ``size`` x ``size`` RGB array, or say why it cannot be used."""
+    if data is None:
+        return Rejection("missing", REASONS["missing"])
     if not data:
         return Rejection("empty", "0 bytes")
     if len(data) > limits.max_bytes:

@@ -221,7 +221,16 @@ class SparkDeltaLake(Lake):
 
 
 def open_lake(config: Config) -> Lake:
+    """The configured lake: a folder, or ``az://`` on Blob (delta-rs with the account's
+    credentials), or Spark's native Delta writer."""
     root = config.path("lake")
     if config.spark.delta_writer == "spark":
-        return SparkDeltaLake(root)
-    return DeltaRsLake(root)
+        return SparkDeltaLake(root)  # credentials come from the cluster (abfss://)
+    options = None
+    if root.startswith("az://"):
+        from fruits.azure_storage import AzureStorage, BlobLocation
+
+        storage = AzureStorage(config.azure)
+        storage.container(BlobLocation.parse(root).container, create=True)  # delta-rs won't
+        options = storage.delta_storage_options()
+    return DeltaRsLake(root, storage_options=options)

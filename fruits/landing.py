@@ -1,7 +1,13 @@
 """Putting photos into the landing area so the stream sees each one exactly when complete.
 
-Local folders: copy to a hidden temporary name, then rename (atomic on one filesystem); the
-stream's file source ignores hidden names, so it never reads a half-written photo.
+* Local folders: copy to a hidden temporary name, then rename (atomic on one filesystem); the
+  stream's file source ignores hidden names, so it never reads a half-written photo.
+* Blob (``az://``): a block blob becomes visible only when its upload is committed, whole, so
+  no temporary name is needed. The photo's sha256 goes into the blob's metadata, which is how
+  a re-upload of the same content is recognised and skipped without downloading anything.
+
+Both upload in parallel (I/O bound: threads) and never raise for one bad file: the summary
+lists the failures.
 """
 
 from __future__ import annotations
@@ -15,9 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fruits.azure_storage import AzureStorage, BlobLocation, content_type, sha256_hex
+from fruits.config import AzureConfig
 from fruits.errors import DataError
 
-__all__ = ["UploadSummary", "plan_upload", "upload_to_folder"]
+__all__ = ["UploadSummary", "plan_upload", "upload", "upload_to_blob", "upload_to_folder"]
+
+Progress = Callable[[int, int], None]
+Plan = Sequence[tuple[Path, str]]
 
 
 @dataclass
@@ -48,17 +59,58 @@ def plan_upload(sources: Sequence[str], extensions: Iterable[str]) -> list[tuple
     return [(file, _safe_name(name)) for file, name in plan]
 
 
-def upload_to_folder(
-    plan: Sequence[tuple[Path, str]],
+def upload(
+    plan: Plan, landing: str, *, azure: AzureConfig, progress: Progress | None = None
+) -> UploadSummary:
+    """Upload to the configured landing, a folder or an ``az://`` location."""
+    if landing.startswith("az://"):
+        return upload_to_blob(plan, landing, AzureStorage(azure), progress=progress)
+    return upload_to_folder(plan, landing, progress=progress)
+
+
+def upload_to_blob(
+    plan: Plan,
     landing: str,
+    storage: AzureStorage,
     *,
     workers: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+) -> UploadSummary:
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    from azure.storage.blob import ContentSettings
+
+    location = BlobLocation.parse(landing)
+    container = storage.container(location.container, create=True)
+
+    def one(item: tuple[Path, str]) -> str:
+        source, name = item
+        data = source.read_bytes()
+        digest = sha256_hex(data)
+        blob = container.get_blob_client(location.child(name))
+        try:
+            if blob.get_blob_properties().metadata.get("sha256") == digest:
+                return "skipped"
+        except ResourceNotFoundError:
+            pass
+        try:
+            blob.upload_blob(
+                data,
+                overwrite=True,
+                metadata={"sha256": digest},
+                content_settings=ContentSettings(content_type=content_type(name)),
+            )
+        except AzureError as exc:
+            return f"{type(exc).__name__}: {_first_line(exc)}"
+        return "uploaded"
+
+    return _run(plan, one, workers=workers, progress=progress)
+
+
+def upload_to_folder(
+    plan: Plan, landing: str, *, workers: int = 8, progress: Progress | None = None
 ) -> UploadSummary:
     root = Path(landing)
     root.mkdir(parents=True, exist_ok=True)
-    summary = UploadSummary()
-    done = 0
 
     def one(item: tuple[Path, str]) -> str:
         source, name = item
@@ -74,6 +126,18 @@ def upload_to_folder(
             temporary.unlink(missing_ok=True)
         return "uploaded"
 
+    return _run(plan, one, workers=workers, progress=progress)
+
+
+def _run(
+    plan: Plan,
+    one: Callable[[tuple[Path, str]], str],
+    *,
+    workers: int,
+    progress: Progress | None,
+) -> UploadSummary:
+    summary = UploadSummary()
+    done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for (source, _), result in zip(plan, pool.map(_guard(one), plan), strict=True):
             if result == "uploaded":
@@ -96,6 +160,10 @@ def _guard(task: Callable[[tuple[Path, str]], str]) -> Callable[[tuple[Path, str
             return f"{type(exc).__name__}: {exc.strerror or exc}"
 
     return run
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def _safe_name(name: str) -> str:

@@ -16,6 +16,8 @@ from fruits.errors import DataError
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from fruits.config import AzureConfig, ImagesConfig
+
 __all__ = ["check_labelled_tree", "extension_glob", "is_url", "read_image_files", "read_labelled"]
 
 _URL_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://", "dbfs:/", "s3://", "gs://")
@@ -49,20 +51,57 @@ def check_labelled_tree(location: str) -> list[str]:
     return classes
 
 
-def read_labelled(spark: SparkSession, location: str, extensions: Sequence[str]) -> DataFrame:
+def read_labelled(
+    spark: SparkSession, location: str, images: ImagesConfig, azure: AzureConfig | None = None
+) -> DataFrame:
     """``<location>/<Class>/*.jpg`` as (path, label, length, modificationTime, content)."""
     from pyspark.sql import functions as F
 
-    df = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", extension_glob(extensions))
-        .option("recursiveFileLookup", "true")
-        .load(location)
-    )
+    if location.startswith("az://"):
+        df = _read_blobs(spark, location, images, azure)
+    else:
+        df = (
+            spark.read.format("binaryFile")
+            .option("pathGlobFilter", extension_glob(images.extensions))
+            .option("recursiveFileLookup", "true")
+            .load(location)
+        )
     # The label is the name of the folder holding the file.
     return df.withColumn("label", F.element_at(F.split("path", "/"), -2))
 
 
-def read_image_files(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """Exactly these files (paths as Spark's file sources print them)."""
+def read_image_files(
+    spark: SparkSession,
+    paths: Sequence[str],
+    images: ImagesConfig,
+    azure: AzureConfig | None = None,
+) -> DataFrame:
+    """Exactly these files (paths as :func:`read_labelled` gives them)."""
+    if paths and paths[0].startswith("az://"):
+        container = paths[0].split("/", 3)[2]
+        names = tuple(p.split("/", 3)[3] for p in paths)
+        return _read_blobs(spark, f"az://{container}", images, azure, names=names)
     return spark.read.format("binaryFile").load(list(paths))
+
+
+def _read_blobs(
+    spark: SparkSession,
+    location: str,
+    images: ImagesConfig,
+    azure: AzureConfig | None,
+    names: tuple[str, ...] | None = None,
+) -> DataFrame:
+    """Blob photos through the project's Python data source: Spark here has no Azure jars
+    (Databricks reads ``abfss://`` with ``binaryFile`` instead)."""
+    from fruits.blob_source import BlobSourceOptions, register
+    from fruits.config import AzureConfig
+
+    register(spark)
+    options = BlobSourceOptions(
+        location=location,
+        azure=azure or AzureConfig(),
+        extensions=images.extensions,
+        max_photo_bytes=images.max_bytes,
+        names=names,
+    )
+    return spark.read.format("fruits_blob").option("fruits", options.to_option()).load()

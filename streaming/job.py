@@ -24,7 +24,7 @@ from fruits.lake import open_lake
 from fruits.serving import ServedModel
 from fruits.spark import get_spark
 from fruits.storage import is_url
-from streaming.sources import file_source
+from streaming.sources import landing_source
 from streaming.step import BatchOutcome, PredictionStep
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def run_stream(config: Config, *, once: bool) -> dict[str, Any]:
         served = ServedModel(config, log=log)
         spark = get_spark(config)
         served.refresh()  # fails now, clearly, if there is no usable model
-        source = file_source(spark, config, checkpoint)
+        source = landing_source(spark, config, checkpoint)
         stop = threading.Event()
         previous = {
             sig: signal.signal(sig, lambda *_: stop.set())

@@ -1,7 +1,12 @@
-"""Landing discovery for the embedded default: Spark's file source over the landing folder.
+"""Landing discovery: which source finds new photos, by environment (DESIGN.md).
 
-The Auto Loader options a user expects are surfaced from ``stream.*`` config. Rows have the
-``binaryFile`` schema: path, modificationTime, length, content.
+* a local folder: Spark's file source (``binaryFile``);
+* ``az://`` (Blob, Azurite here): the project's Python data source ``fruits_blob``, listing
+  or notification mode (:mod:`fruits.blob_source`);
+* ``stream.autoloader`` (Databricks): Auto Loader, ``cloudFiles`` with ``binaryFile``.
+
+The Auto Loader options a user expects are surfaced from ``stream.*`` config. Rows always have
+the ``binaryFile`` schema: path, modificationTime, length, content.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fruits.errors import ConfigError
 from fruits.storage import extension_glob, is_url
 
 if TYPE_CHECKING:
@@ -18,10 +24,84 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["BINARY_FILE_SCHEMA", "file_source"]
+__all__ = ["BINARY_FILE_SCHEMA", "autoloader_options", "file_source", "landing_source"]
 
 # The file source needs an explicit schema for binaryFile streams.
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
+
+
+def landing_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
+    """The streaming DataFrame of new photos in ``paths.landing``, for this environment."""
+    landing = config.path("landing")
+    if config.stream.autoloader:
+        return autoloader_source(spark, config, checkpoint)
+    if landing.startswith("az://"):
+        return blob_source(spark, config, checkpoint)
+    return file_source(spark, config, checkpoint)
+
+
+def blob_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
+    """New blobs under an ``az://`` landing, discovered by listing or by queued events."""
+    from fruits import blob_source as blobs
+    from fruits.config import interval_seconds
+
+    if is_url(checkpoint):
+        raise ConfigError(
+            "an az:// landing keeps its discovery state beside the checkpoint, which must be a "
+            f"local or mounted folder (paths.checkpoints is {checkpoint})"
+        )
+    stream = config.stream
+    backfill = stream.backfill_interval
+    options = blobs.BlobSourceOptions(
+        location=config.path("landing"),
+        azure=config.azure,
+        extensions=config.images.extensions,
+        glob=stream.path_glob,
+        max_photo_bytes=config.images.max_bytes,
+        # Beside Spark's own checkpoint files: deleting the checkpoint resets both together.
+        state=f"{checkpoint.rstrip('/')}/discovery/state.json",
+        discovery=stream.discovery,
+        queue=stream.queue,
+        max_files_per_trigger=stream.max_files_per_trigger,
+        max_bytes_per_trigger=stream.max_bytes_per_trigger,
+        include_existing_files=stream.include_existing_files,
+        max_file_age_s=interval_seconds(stream.max_file_age),
+        backfill_interval_s=interval_seconds(backfill) if backfill else None,
+        parallelism=spark.sparkContext.defaultParallelism,
+    )
+    blobs.register(spark)
+    return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()
+
+
+def autoloader_options(config: Config, checkpoint: str) -> dict[str, str]:
+    """Auto Loader's options for the same ``stream.*`` settings (Databricks only)."""
+    stream = config.stream
+    options = {
+        "cloudFiles.format": "binaryFile",
+        "cloudFiles.useNotifications": str(stream.discovery == "notification").lower(),
+        "cloudFiles.includeExistingFiles": str(stream.include_existing_files).lower(),
+        "cloudFiles.maxFilesPerTrigger": str(stream.max_files_per_trigger),
+        "cloudFiles.maxFileAge": stream.max_file_age,
+        "cloudFiles.schemaLocation": f"{checkpoint.rstrip('/')}/schema",
+        "pathGlobFilter": stream.path_glob or extension_glob(config.images.extensions),
+        "recursiveFileLookup": "true",
+    }
+    if stream.max_bytes_per_trigger:
+        options["cloudFiles.maxBytesPerTrigger"] = str(stream.max_bytes_per_trigger)
+    if stream.discovery == "notification" and stream.backfill_interval:
+        options["cloudFiles.backfillInterval"] = stream.backfill_interval
+    if stream.discovery == "notification":
+        # Auto Loader sets up Event Grid + the queue itself, or reads an existing queue.
+        options["cloudFiles.queueName"] = stream.queue
+    return options
+
+
+def autoloader_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
+    """Databricks Auto Loader over an ``abfss://`` landing (cannot run outside Databricks)."""
+    reader = spark.readStream.format("cloudFiles").schema(BINARY_FILE_SCHEMA)
+    for key, value in autoloader_options(config, checkpoint).items():
+        reader = reader.option(key, value)
+    return reader.load(config.path("landing"))
 
 
 def file_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:

@@ -1,0 +1,318 @@
+"""Azure Storage (Blob and Queue): credentials, clients, ``az://`` locations, Delta options.
+
+The one module that talks to the storage account. Credentials are resolved in this order and
+never come from a committed file:
+
+1. ``azure.use_emulator``: Azurite on 127.0.0.1 with its well-known development account (the
+   SDK's ``UseDevelopmentStorage=true``; the key ships with the SDKs, it is not a secret);
+2. a connection string in the environment variable named by ``azure.connection_string_env``
+   (on Databricks, a secret scope mapped to that variable);
+3. ``azure.account_name`` with ``DefaultAzureCredential`` (managed identity, workload identity,
+   ``az login``), and delta-rs falling back to the managed identity the same way.
+
+Locations are ``az://<container>/<prefix>``; ``abfs[s]://<container>@<account>.dfs...`` is read
+the same way, so one config names a place for delta-rs, the Blob SDK and Spark alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fnmatch
+import hashlib
+import mimetypes
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from fruits.errors import ConfigError
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient, ContainerClient
+    from azure.storage.queue import QueueClient
+
+    from fruits.config import AzureConfig
+
+__all__ = [
+    "AzureStorage",
+    "BlobInfo",
+    "BlobLocation",
+    "NameFilter",
+    "content_type",
+    "sha256_hex",
+]
+
+_EMULATOR = "UseDevelopmentStorage=true"
+_EMULATOR_ACCOUNT = "devstoreaccount1"
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """A container and a name prefix inside it (``""`` or ending in ``/``)."""
+
+    container: str
+    prefix: str = ""
+    account: str | None = None  # from an abfss:// host; az:// leaves it to the config
+
+    @classmethod
+    def parse(cls, url: str) -> BlobLocation:
+        parsed = urlparse(url)
+        if parsed.scheme == "az":
+            container, account = parsed.netloc, None
+        elif parsed.scheme in ("abfs", "abfss", "wasb", "wasbs") and "@" in parsed.netloc:
+            container, host = parsed.netloc.split("@", 1)
+            account = host.split(".", 1)[0]
+        else:
+            raise ConfigError(f"not a Blob location: {url} (expected az://<container>/<prefix>)")
+        if not container:
+            raise ConfigError(f"no container in {url}")
+        prefix = parsed.path.strip("/")
+        return cls(container=container, prefix=f"{prefix}/" if prefix else "", account=account)
+
+    def url(self, name: str = "") -> str:
+        """``az://container/name`` for a blob name (full name, prefix included)."""
+        return f"az://{self.container}/{name or self.prefix}".rstrip("/")
+
+    def child(self, relative: str) -> str:
+        return f"{self.prefix}{relative.lstrip('/')}"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One blob as a listing or an event reports it; ``etag`` changes when it is rewritten."""
+
+    name: str
+    etag: str
+    size: int
+    last_modified: dt.datetime
+
+
+class NameFilter:
+    """Which blob names are photos: extension (either case) and an optional glob on the file
+    name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source."""
+
+    def __init__(self, extensions: Sequence[str], glob: str | None = None) -> None:
+        self._extensions = tuple(f".{e.lower().lstrip('.')}" for e in extensions)
+        self._globs = _expand_braces(glob) if glob else []
+
+    def __call__(self, name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        if not base or base.startswith((".", "_")):
+            return False
+        if not base.lower().endswith(self._extensions):
+            return False
+        return not self._globs or any(fnmatch.fnmatchcase(base, g) for g in self._globs)
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    """``*.{jpg,png}`` -> ``[*.jpg, *.png]`` (Hadoop globs have braces, fnmatch has not)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [p for alt in match.group(1).split(",") for p in _expand_braces(head + alt + tail)]
+
+
+class AzureStorage:
+    """Clients for one storage account, from the ``azure`` config section. Picklable (it holds
+    settings only), so Spark tasks rebuild their own clients."""
+
+    def __init__(self, settings: AzureConfig, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        env = os.environ if environ is None else environ
+        self._connection_string = env.get(settings.connection_string_env) or None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never pickle the connection string into a Spark task or a plan: tasks read it from
+        # their own environment.
+        return {"settings": self.settings}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["settings"])  # type: ignore[misc]
+
+    @property
+    def mode(self) -> str:
+        """How this process authenticates (for logs: never the secret itself)."""
+        if self.settings.use_emulator:
+            return "Azurite emulator"
+        if self._connection_string:
+            return f"connection string from ${self.settings.connection_string_env}"
+        if self.settings.account_name:
+            return f"account {self.settings.account_name} with DefaultAzureCredential"
+        return "no credentials"
+
+    def _check(self) -> None:
+        settings = self.settings
+        if not (settings.use_emulator or self._connection_string or settings.account_name):
+            raise ConfigError(
+                "Azure storage needs azure.use_emulator, azure.account_name (managed identity) "
+                f"or a connection string in ${self.settings.connection_string_env}"
+            )
+
+    def blob_service(self) -> BlobServiceClient:
+        from azure.storage.blob import BlobServiceClient
+
+        self._check()
+        if self.settings.use_emulator:
+            return BlobServiceClient.from_connection_string(_EMULATOR)
+        if self._connection_string:
+            return BlobServiceClient.from_connection_string(self._connection_string)
+        return BlobServiceClient(
+            f"https://{self.settings.account_name}.blob.core.windows.net",
+            credential=_default_credential(),
+        )
+
+    def container(self, name: str, *, create: bool = False) -> ContainerClient:
+        client = self.blob_service().get_container_client(name)
+        if create:
+            from azure.core.exceptions import ResourceExistsError
+
+            with contextlib.suppress(ResourceExistsError):
+                client.create_container()
+        return client
+
+    def queue(self, name: str, *, create: bool = False) -> QueueClient:
+        from azure.storage.queue import QueueClient
+
+        self._check()
+        if self.settings.use_emulator:
+            client = QueueClient.from_connection_string(_EMULATOR, name)
+        elif self._connection_string:
+            client = QueueClient.from_connection_string(self._connection_string, name)
+        else:
+            client = QueueClient(
+                f"https://{self.settings.account_name}.queue.core.windows.net",
+                name,
+                credential=_default_credential(),
+            )
+        if create:
+            from azure.core.exceptions import ResourceExistsError
+
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue()
+        return client
+
+    def delta_storage_options(self) -> dict[str, str]:
+        """delta-rs (object_store) options for ``az://`` tables in this account."""
+        self._check()
+        if self.settings.use_emulator:
+            return {"account_name": _EMULATOR_ACCOUNT, "use_emulator": "true"}
+        if self._connection_string:
+            parts = _parse_connection_string(self._connection_string)
+            options = {"account_name": parts.get("AccountName", self.settings.account_name or "")}
+            if "AccountKey" in parts:
+                options["account_key"] = parts["AccountKey"]
+            if "SharedAccessSignature" in parts:
+                options["sas_token"] = parts["SharedAccessSignature"]
+            endpoint = parts.get("BlobEndpoint", "")
+            if urlparse(endpoint).hostname in ("127.0.0.1", "localhost"):
+                options["use_emulator"] = "true"  # an Azurite connection string
+            return options
+        # No secret: object_store falls back to the managed identity (IMDS), like the SDK.
+        return {"account_name": str(self.settings.account_name)}
+
+    def list_blobs(self, location: BlobLocation, accept: NameFilter) -> Iterator[BlobInfo]:
+        """Every photo under ``location`` (the whole listing: O(blobs in the prefix))."""
+        container = self.container(location.container)
+        for blob in container.list_blobs(name_starts_with=location.prefix or None):
+            if accept(blob.name):
+                yield BlobInfo(
+                    name=blob.name,
+                    etag=str(blob.etag),
+                    size=int(blob.size),
+                    last_modified=blob.last_modified,
+                )
+
+    def blob_info(self, container: str, name: str) -> BlobInfo | None:
+        """The blob's current properties, or None when it does not exist (any more)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.container(container).get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return BlobInfo(name, str(props.etag), int(props.size), props.last_modified)
+
+
+def content_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name)
+    if name.lower().endswith(".webp"):
+        return "image/webp"
+    return guessed or "application/octet-stream"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parse_connection_string(text: str) -> dict[str, str]:
+    parts = {}
+    for item in text.split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            parts[key.strip()] = value.strip()
+    return parts
+
+
+def _default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+@dataclass(frozen=True)
+class BlobCreated:
+    """What a ``Microsoft.Storage.BlobCreated`` event says about a blob."""
+
+    container: str
+    name: str
+    etag: str | None
+    size: int | None
+
+
+def parse_blob_events(text: str) -> list[BlobCreated] | None:
+    """The BlobCreated events in one queue message (Event Grid schema), or None when the
+    message is not Event Grid JSON at all.
+
+    Event Grid writes one event per message, Base64-encoded JSON by default; plain JSON and a
+    JSON array of events are accepted too. Other event types (BlobDeleted...) give ``[]``.
+    """
+    import base64
+    import binascii
+    import json
+
+    payload: Any
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        try:
+            payload = json.loads(base64.b64decode(text, validate=True))
+        except (ValueError, binascii.Error):
+            return None
+    events = payload if isinstance(payload, list) else [payload]
+    found: list[BlobCreated] = []
+    for event in events:
+        if not isinstance(event, dict) or "eventType" not in event:
+            return None
+        if event["eventType"] != "Microsoft.Storage.BlobCreated":
+            continue
+        # subject: /blobServices/default/containers/<container>/blobs/<name>
+        match = re.fullmatch(
+            r"/blobServices/default/containers/([^/]+)/blobs/(.+)", str(event.get("subject", ""))
+        )
+        if not match:
+            return None
+        data = event.get("data") or {}
+        size = data.get("contentLength")
+        found.append(
+            BlobCreated(
+                container=match.group(1),
+                name=match.group(2),
+                etag=data.get("eTag"),
+                size=int(size) if isinstance(size, int) else None,
+            )
+        )
+    return found
