@@ -42,6 +42,7 @@ __all__ = [
     "BlobLocation",
     "NameFilter",
     "content_type",
+    "plain_etag",
     "sha256_hex",
 ]
 
@@ -221,7 +222,7 @@ class AzureStorage:
             if accept(blob.name):
                 yield BlobInfo(
                     name=blob.name,
-                    etag=str(blob.etag),
+                    etag=plain_etag(blob.etag),
                     size=int(blob.size),
                     last_modified=blob.last_modified,
                 )
@@ -234,7 +235,13 @@ class AzureStorage:
             props = self.container(container).get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
             return None
-        return BlobInfo(name, str(props.etag), int(props.size), props.last_modified)
+        return BlobInfo(name, plain_etag(props.etag), int(props.size), props.last_modified)
+
+
+def plain_etag(etag: object) -> str:
+    """ETags without quotes: listings and Event Grid give ``0x8D..``, a blob's properties
+    ``"0x8D.."``; one form, so the same blob version is recognised from either."""
+    return str(etag).strip('"')
 
 
 def content_type(name: str) -> str:
@@ -311,7 +318,7 @@ def parse_blob_events(text: str) -> list[BlobCreated] | None:
             BlobCreated(
                 container=match.group(1),
                 name=match.group(2),
-                etag=data.get("eTag"),
+                etag=plain_etag(data["eTag"]) if data.get("eTag") else None,
                 size=int(size) if isinstance(size, int) else None,
             )
         )

@@ -68,8 +68,9 @@ class BlobSourceOptions:
     glob: str | None = None
     max_photo_bytes: int = 20_000_000
     names: tuple[str, ...] | None = None  # batch: exactly these blobs instead of a listing
-    # streaming only
-    state: str = ""
+    # streaming only: the query's checkpoint (local or mounted); the discovery state lives in
+    # it, so deleting the checkpoint resets both together
+    checkpoint: str = ""
     discovery: str = "listing"
     queue: str = "landing-events"
     max_files_per_trigger: int = 1000
@@ -121,12 +122,16 @@ def _download(options: BlobSourceOptions, partition: InputPartition) -> Iterator
         length = options.max_photo_bytes + 1 if size > options.max_photo_bytes else None
         content: bytes | None
         try:
-            content = container.download_blob(
-                name,
-                length=length,
-                etag=etag,  # None: whatever is there (a batch read of named blobs)
-                match_condition=MatchConditions.IfNotModified if etag else None,
-            ).readall()
+            if etag is None:  # a batch read of named blobs: whatever is there now
+                download = container.download_blob(name, length=length)
+            else:  # exactly the version discovered, not a rewrite that came after it
+                download = container.download_blob(
+                    name,
+                    length=length,
+                    etag=f'"{etag}"',
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            content = download.readall()
         except (ResourceNotFoundError, ResourceModifiedError):
             content = None
         yield (location.url(name), utc(modified), size, content)
@@ -161,7 +166,8 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._storage = AzureStorage(options.azure)
         self._location = BlobLocation.parse(options.location)
         self._accept = NameFilter(options.extensions, options.glob)
-        self._state_path = Path(options.state)
+        self._checkpoint = Path(options.checkpoint)
+        self._state_path = self._checkpoint / "discovery" / "state.json"
         self._state = DiscoveryState.load(self._state_path, max_file_age_s=options.max_file_age_s)
         self._queue: Any = None
 
@@ -180,6 +186,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ReadMaxFiles(self.options.max_files_per_trigger)
 
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
+        self._sync_commits()
         self._discover()
         if isinstance(limit, ReadAllAvailable):
             max_files, max_bytes = None, None
@@ -191,6 +198,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def prepareForTriggerAvailableNow(self) -> None:
         """``--once``: what is discoverable now, and nothing that arrives later."""
+        self._sync_commits()
         self._discover()
         self._state.target = self._state.last_seq
         self._state.save(self._state_path)
@@ -209,12 +217,31 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return _download(self.options, partition)
 
     def commit(self, end: dict[str, int]) -> None:
+        if end["seq"] <= self._state.committed:
+            return
         done = self._state.commit(end["seq"])
         self._state.save(self._state_path)
         self._delete_messages([r for a in done for r in a.receipts])
 
     def stop(self) -> None:
+        self._sync_commits()  # the last batch of a run: Spark commits it without telling us
         self._queue = None
+
+    def _sync_commits(self) -> None:
+        """Catch up with Spark's commit log. Spark calls :meth:`commit` for a batch only when
+        it plans the next one, so the last batch before a pause, a stop or the end of a
+        ``--once`` run would keep its queue messages; the checkpoint says it is committed."""
+        commits = [int(p.name) for p in self._checkpoint.glob("commits/[0-9]*") if p.name.isdigit()]
+        if not commits:
+            return
+        offsets = self._checkpoint / "offsets" / str(max(commits))
+        try:
+            # Spark's offset log: "v1", the batch metadata, then one line per source.
+            end = json.loads(offsets.read_text().splitlines()[2])
+        except (OSError, IndexError, ValueError):
+            return
+        if isinstance(end, dict) and isinstance(end.get("seq"), int):
+            self.commit(end)
 
     # -- discovery ---------------------------------------------------------------------------
 

@@ -50,6 +50,11 @@ def blob_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFra
             "an az:// landing keeps its discovery state beside the checkpoint, which must be a "
             f"local or mounted folder (paths.checkpoints is {checkpoint})"
         )
+    from fruits.azure_storage import AzureStorage, BlobLocation
+
+    # As for a landing folder: the container exists from the start, empty until uploads come.
+    landing = BlobLocation.parse(config.path("landing"))
+    AzureStorage(config.azure).container(landing.container, create=True)
     stream = config.stream
     backfill = stream.backfill_interval
     options = blobs.BlobSourceOptions(
@@ -58,8 +63,7 @@ def blob_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFra
         extensions=config.images.extensions,
         glob=stream.path_glob,
         max_photo_bytes=config.images.max_bytes,
-        # Beside Spark's own checkpoint files: deleting the checkpoint resets both together.
-        state=f"{checkpoint.rstrip('/')}/discovery/state.json",
+        checkpoint=checkpoint,
         discovery=stream.discovery,
         queue=stream.queue,
         max_files_per_trigger=stream.max_files_per_trigger,

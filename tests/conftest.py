@@ -142,3 +142,57 @@ def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ig
         yield feed, query, step
     finally:
         query.stop()
+
+
+def _azurite_answers() -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("http://127.0.0.1:10000/devstoreaccount1?comp=list", timeout=2)
+    except urllib.error.HTTPError:
+        return True  # an HTTP error is an answer: Azurite is up
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Any:
+    """The real Azure Storage emulator: the one already running (``make azurite-start``, as
+    ``.ci/run`` does), or started here by the project's own script and stopped afterwards."""
+    import subprocess
+
+    started = False
+    if not _azurite_answers():
+        subprocess.run([str(PROJECT / "scripts" / "azurite.sh"), "start"], check=True)
+        started = True
+    yield
+    if started:
+        subprocess.run([str(PROJECT / "scripts" / "azurite.sh"), "stop"], check=True)
+
+
+@pytest.fixture
+def azure_config(
+    azurite: Any,
+    trained: tuple[Config, dict[str, Any]],
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+) -> Config:
+    """conf/azurite.yaml under a fresh root, with its own containers (so tests never share a
+    landing or a lake) and a copy of the trained registry."""
+    import uuid
+
+    source, _ = trained
+    shutil.copytree(source.path("models"), tmp_path / "models")
+    suffix = uuid.uuid4().hex[:12]
+    environ = {
+        "FRUITS_ROOT": str(tmp_path),
+        "FRUITS_WEIGHTS": str(WEIGHTS),
+        "FRUITS__SPARK__MASTER": "local[2]",
+        "FRUITS__STREAM__TRIGGER_INTERVAL": "200 milliseconds",
+        "FRUITS__PATHS__LANDING": f"az://landing-{suffix}/photos",
+        "FRUITS__PATHS__LAKE": f"az://lake-{suffix}/fruits",
+        "FRUITS__STREAM__QUEUE": f"events-{suffix}",
+    }
+    return load_config(PROJECT / "conf" / "azurite.yaml", environ=environ)
