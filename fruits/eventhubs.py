@@ -339,38 +339,43 @@ class EventHubsPublisher:
         return result
 
     def _publish(self, *, deadline: float) -> PublishResult:
+        # Delta errors propagate (storage is not Event Hubs); only the sends are an outage.
         cursor = outbox_cursor(self._lake, self.app_id)
+        head = self._lake.version(PREDICTIONS)
         published = 0
-        try:
-            head = self._lake.version(PREDICTIONS)
-            while cursor < head and time.monotonic() < deadline:
-                rows, until = self._lake.read_appended(
-                    PREDICTIONS, cursor, until_version=min(head, cursor + _CHUNK_VERSIONS)
-                )
-                events = prediction_events(rows)
-                self._send(events)
-                # Only now, confirmed by Event Hubs, does the cursor move (a crash before this
-                # line publishes the chunk again: same event ids).
-                self._commit_cursor(until, len(events))
-                published += len(events)
-                cursor = until
-                if cursor >= head:  # batches committed during this pass are taken too
-                    head = self._lake.version(PREDICTIONS)
-        except _outage_errors() as exc:
-            self._drop_client()
-            reason = _reason(exc, self.target)
-            pending, _, head = pending_events(self._lake, self.app_id)
-            self._log(
-                f"Event Hubs unavailable: {reason}; {pending} events wait in the outbox "
-                f"(Delta version {cursor + 1}..{head})"
+        while cursor < head and time.monotonic() < deadline:
+            rows, until = self._lake.read_appended(
+                PREDICTIONS, cursor, until_version=min(head, cursor + _CHUNK_VERSIONS)
             )
-            self._last_error = reason
-            return PublishResult(published=published, pending=pending, cursor=cursor, error=reason)
+            events = prediction_events(rows)
+            try:
+                self._send(events)
+            except _outage_errors() as exc:
+                return self._unavailable(exc, published=published, cursor=cursor)
+            # Only now, confirmed by Event Hubs, does the cursor move (a crash before this
+            # line publishes the chunk again: same event ids).
+            self._commit_cursor(until, len(events))
+            published += len(events)
+            cursor = until
+            if cursor >= head:  # batches committed during this pass are taken too
+                head = self._lake.version(PREDICTIONS)
         if self._last_error is not None and published:
             self._log(f"Event Hubs available again: {published} events published from the outbox")
             self._last_error = None
         pending = 0 if cursor >= head else pending_events(self._lake, self.app_id)[0]
         return PublishResult(published=published, pending=pending, cursor=cursor)
+
+    def _unavailable(self, exc: BaseException, *, published: int, cursor: int) -> PublishResult:
+        """One redacted line; the events stay in the outbox for the next pass."""
+        self._drop_client()
+        reason = _reason(exc, self.target)
+        pending, _, head = pending_events(self._lake, self.app_id)
+        self._log(
+            f"Event Hubs unavailable: {reason}; {pending} events wait in the outbox "
+            f"(Delta version {cursor + 1}..{head})"
+        )
+        self._last_error = reason
+        return PublishResult(published=published, pending=pending, cursor=cursor, error=reason)
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         # Partition key = image_id, and an EventDataBatch carries ONE partition key, so events
