@@ -309,13 +309,15 @@ class EventHubsPublisher:
         client_factory: Callable[[HubTarget], Producer] | None = None,
         log: Callable[[str], None] = console_log,
     ) -> EventHubsPublisher:
-        return cls(
+        publisher = cls(
             lake or open_lake(config),
             hub_target(config, environ=environ),
             client_factory=client_factory or sdk_producer,
             retry_interval_s=config.eventhub.retry_interval_s,
             log=log,
         )
+        publisher._producer()  # a malformed connection string fails now; nothing connects yet
+        return publisher
 
     # -- passes --
 

@@ -359,6 +359,10 @@ def test_enabled_without_a_connection_string_or_namespace_says_which_variable(
         hub_target(config, environ={})
     target = hub_target(config, environ={"EVENTHUB_CONNECTION_STR": FAKE_CONN})
     assert target.connection_string == FAKE_CONN and SECRET not in repr(target)
+    # A malformed string fails at start, with one line, through the real SDK client.
+    with pytest.raises(ConfigError, match="connection string is not valid") as malformed:
+        EventHubsPublisher.from_config(config, environ={"EVENTHUB_CONNECTION_STR": SECRET})
+    assert SECRET not in str(malformed.value)
 
 
 # --- through the real streaming query ---------------------------------------------------------
