@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "CLASSIFIER_NAMES",
     "AzureConfig",
     "Config",
+    "EventHubConfig",
     "FeaturizerConfig",
     "ImagesConfig",
     "PathsConfig",
@@ -118,6 +120,19 @@ class AzureConfig:
 
 
 @dataclass(frozen=True)
+class EventHubConfig:
+    """Event Hubs publishing of predictions (fruits/eventhubs.py). No secret lives here:
+    ``connection_string_env`` is the NAME of the environment variable that holds it."""
+
+    enabled: bool = False
+    connection_string_env: str = "EVENTHUB_CONNECTION_STR"
+    fully_qualified_namespace: str | None = None  # with no connection string: managed identity
+    name: str = "predictions"  # the event hub (must match EntityPath when the string has one)
+    publish_timeout_s: float = 10.0
+    retry_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "./fruits-data"
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -127,6 +142,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     azure: AzureConfig = field(default_factory=AzureConfig)
+    eventhub: EventHubConfig = field(default_factory=EventHubConfig)
     source: str = "<defaults>"
 
     def path(self, name: Literal["lake", "models", "checkpoints", "landing"]) -> str:
@@ -281,6 +297,27 @@ def _validate(config: Config) -> None:
     for name in ("arrow_batch_size", "shuffle_partitions"):
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
+    _validate_eventhub(config.eventhub)
+
+
+def _validate_eventhub(eventhub: EventHubConfig) -> None:
+    # The value is never echoed: someone may have pasted the connection string itself here.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", eventhub.connection_string_env):
+        raise ConfigError(
+            "config key 'eventhub.connection_string_env' must be the NAME of an environment "
+            "variable (e.g. EVENTHUB_CONNECTION_STR), never the connection string itself"
+        )
+    namespace = eventhub.fully_qualified_namespace
+    if namespace is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]+)?", namespace):
+        raise ConfigError(
+            "config key 'eventhub.fully_qualified_namespace' must be a host name such as "
+            "<namespace>.servicebus.windows.net"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", eventhub.name):
+        raise ConfigError("config key 'eventhub.name' must be an event hub name")
+    for name in ("publish_timeout_s", "retry_interval_s"):
+        if getattr(eventhub, name) <= 0:
+            raise ConfigError(f"config key 'eventhub.{name}' must be positive")
 
 
 _UNIT_SECONDS = {

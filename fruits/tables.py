@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["FEATURES", "PREDICTIONS", "QUARANTINE", "SCHEMAS"]
+__all__ = ["EVENTHUB_OUTBOX", "FEATURES", "PREDICTIONS", "QUARANTINE", "SCHEMAS"]
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
 QUARANTINE = "quarantine"
+# The Event Hubs outbox cursor (fruits/eventhubs.py): up to which Delta version of
+# `predictions` the events are published, one row per published chunk.
+EVENTHUB_OUTBOX = "eventhub_outbox"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -55,6 +58,14 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("uploaded_at", _TIMESTAMP),
             pa.field("detected_at", _TIMESTAMP),
             pa.field("batch_id", pa.int64()),
+        ]
+    ),
+    EVENTHUB_OUTBOX: pa.schema(
+        [
+            pa.field("app_id", pa.string(), nullable=False),  # "eventhub/<hub name>"
+            pa.field("predictions_version", pa.int64(), nullable=False),  # published up to
+            pa.field("events", pa.int64()),  # events sent in this chunk
+            pa.field("published_at", _TIMESTAMP),
         ]
     ),
 }

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
+    from fruits.eventhubs import HubTarget, Producer
+
 __all__ = ["CheckpointInUseError", "run_stream", "start_query"]
 
 
@@ -42,10 +44,17 @@ def checkpoint_path(config: Config) -> str:
     return f"{config.path('checkpoints').rstrip('/')}/{config.stream.query_name}"
 
 
-def run_stream(config: Config, *, once: bool) -> dict[str, Any]:
-    """Run until stopped (or, with ``once``, until what is in the landing is processed)."""
+def run_stream(
+    config: Config,
+    *,
+    once: bool,
+    eventhub_client: Callable[[HubTarget], Producer] | None = None,
+) -> dict[str, Any]:
+    """Run until stopped (or, with ``once``, until what is in the landing is processed).
+
+    ``eventhub_client`` replaces the Event Hubs SDK client (tests)."""
     checkpoint = checkpoint_path(config)
-    with checkpoint_lock(checkpoint):
+    with checkpoint_lock(checkpoint), _event_publishing(config, eventhub_client) as publish:
         served = ServedModel(config, log=log)
         spark = get_spark(config)
         served.refresh()  # fails now, clearly, if there is no usable model
@@ -55,7 +64,7 @@ def run_stream(config: Config, *, once: bool) -> dict[str, Any]:
             sig: signal.signal(sig, lambda *_: stop.set())
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
-        query, step = start_query(spark, config, source, served=served, once=once)
+        query, step = start_query(spark, config, source, served=served, once=once, on_batch=publish)
         log(
             f"streaming {config.path('landing')} -> {config.path('lake')} "
             f"({'once' if once else 'every ' + config.stream.trigger_interval}); "
@@ -92,16 +101,23 @@ def start_query(
     served: ServedModel,
     once: bool,
     checkpoint: str | None = None,
+    on_batch: Callable[[BatchOutcome], None] | None = None,
 ) -> tuple[StreamingQuery, PredictionStep]:
     """Start the prediction query over any source with the binaryFile schema (tests use this
-    with the memory source)."""
+    with the memory source). ``on_batch`` runs after each batch's Delta commit."""
     checkpoint = checkpoint or checkpoint_path(config)
+
+    def after_commit(outcome: BatchOutcome) -> None:
+        _remember(outcome)
+        if on_batch is not None:
+            on_batch(outcome)
+
     step = PredictionStep(
         open_lake(config),
         served,
         query_id=lambda: query_id(checkpoint),
         timeout_s=config.stream.batch_timeout_s,
-        on_batch=_remember,
+        on_batch=after_commit,
     )
     _install_batch_logger(spark)
     writer = (
@@ -154,6 +170,26 @@ def checkpoint_lock(checkpoint: str) -> Iterator[None]:
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
+
+
+@contextmanager
+def _event_publishing(
+    config: Config, client: Callable[[HubTarget], Producer] | None = None
+) -> Iterator[Callable[[BatchOutcome], None] | None]:
+    """With ``eventhub.enabled``, an ``on_batch`` hook publishing the predictions' events
+    (fruits/eventhubs.py): what a previous run left at start, after each batch commit, every
+    ``eventhub.retry_interval_s`` while Event Hubs is down, and once more before exit."""
+    if not config.eventhub.enabled:
+        yield None
+        return
+    from fruits.eventhubs import EventHubsPublisher
+
+    publisher = EventHubsPublisher.from_config(config, client_factory=client)
+    publisher.start()
+    try:
+        yield publisher.after_batch
+    finally:
+        publisher.close()
 
 
 # Filled by each query's step, read by the listener: keyed by (query id, batch id).

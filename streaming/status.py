@@ -38,7 +38,7 @@ def collect_status(
         last_at = pc.max(predictions.column("predicted_at")).as_py()
     reasons = Counter(quarantine.column("reason").to_pylist())
     predicted_paths = set(predictions.column("path").to_pylist())
-    return {
+    status = {
         "predictions_rows": predictions.num_rows,
         "quarantine_rows": quarantine.num_rows,
         "distinct_paths": len(predicted_paths),
@@ -54,6 +54,13 @@ def collect_status(
         "latency_p95_ms": _percentile(latencies, 95),
         "latency_max_ms": float(latencies.max()) if len(latencies) else None,
     }
+    if config.eventhub.enabled:  # the outbox lag: predictions not yet published as events
+        from fruits.eventhubs import outbox_id, pending_events
+
+        pending, cursor, _ = pending_events(lake, outbox_id(config.eventhub.name))
+        status["eventhub_pending_events"] = pending
+        status["eventhub_published_version"] = cursor
+    return status
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -72,6 +79,11 @@ def format_status(status: dict[str, Any]) -> str:
             f"last batch:    {status['last_batch_id']} at {status['last_prediction_at']}",
             f"model version: {status['model_version']}",
             f"latency (last {status['latency_window_s'] // 60} min): {latency}",
+            *(
+                [f"event hubs:    {status['eventhub_pending_events']} events wait in the outbox"]
+                if "eventhub_pending_events" in status
+                else []
+            ),
         ]
     )
 

@@ -117,7 +117,16 @@ def stream_config(
 
 
 @pytest.fixture
-def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+def on_batch() -> Callable[..., None] | None:
+    """The hook ``memory_query`` runs after each batch commit; a test module overrides this
+    fixture to add one (e.g. the Event Hubs publisher)."""
+    return None
+
+
+@pytest.fixture
+def memory_query(  # type: ignore[no-untyped-def]
+    spark: Any, stream_config: Config, tmp_path: Path, on_batch: Callable[..., None] | None
+):
     """A running prediction query over the memory source: (feed, query, step).
 
     ``feed.add(rows)`` then ``query.processAllAvailable()`` runs exactly one micro-batch.
@@ -137,6 +146,7 @@ def memory_query(spark: Any, stream_config: Config, tmp_path: Path):  # type: ig
         served=ServedModel(stream_config, log=log),
         once=False,
         checkpoint=str(tmp_path / "checkpoint"),
+        on_batch=on_batch,
     )
     try:
         yield feed, query, step
