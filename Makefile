@@ -14,13 +14,13 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean azurite-start azurite-stop
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,spark]"
 	touch $@
 
 run: setup
@@ -33,5 +33,13 @@ lint: setup
 	$(BIN)/ruff check fruits batch streaming tests
 	$(BIN)/mypy fruits
 
+# Azurite (Azure Storage emulator, npm): installed into .azurite/ on first use; blob :10000,
+# queue :10001 on 127.0.0.1. conf/azurite.yaml points the system at it.
+azurite-start:
+	scripts/azurite.sh start
+
+azurite-stop:
+	scripts/azurite.sh stop
+
 clean:
-	rm -rf $(VENV) fruits-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) fruits-data .azurite .pytest_cache .mypy_cache .ruff_cache

@@ -63,7 +63,7 @@ def upload(
     plan: Plan, landing: str, *, azure: AzureConfig, progress: Progress | None = None
 ) -> UploadSummary:
     """Upload to the configured landing, a folder or an ``az://`` location."""
-    if landing.startswith("az://"):
+    if landing.startswith(("az://", "abfs://", "abfss://", "wasb://", "wasbs://")):
         return upload_to_blob(plan, landing, AzureStorage(azure), progress=progress)
     return upload_to_folder(plan, landing, progress=progress)
 
