@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 _EMULATOR = "UseDevelopmentStorage=true"
+# Fail within ~15 s when storage is down instead of the SDK's default ~1 min of retries: a
+# failed micro-batch is replayed exactly once by the restart, a stalled one holds everything.
+_RETRY_TOTAL, _BACKOFF_S, _BACKOFF_BASE = 3, 2, 2
 _EMULATOR_ACCOUNT = "devstoreaccount1"
 
 
@@ -154,16 +157,22 @@ class AzureStorage:
             )
 
     def blob_service(self) -> BlobServiceClient:
-        from azure.storage.blob import BlobServiceClient
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         self._check()
+        retry = ExponentialRetry(
+            initial_backoff=_BACKOFF_S, increment_base=_BACKOFF_BASE, retry_total=_RETRY_TOTAL
+        )
         if self.settings.use_emulator:
-            return BlobServiceClient.from_connection_string(_EMULATOR)
+            return BlobServiceClient.from_connection_string(_EMULATOR, retry_policy=retry)
         if self._connection_string:
-            return BlobServiceClient.from_connection_string(self._connection_string)
+            return BlobServiceClient.from_connection_string(
+                self._connection_string, retry_policy=retry
+            )
         return BlobServiceClient(
             f"https://{self.settings.account_name}.blob.core.windows.net",
             credential=_default_credential(),
+            retry_policy=retry,
         )
 
     def container(self, name: str, *, create: bool = False) -> ContainerClient:
@@ -176,18 +185,24 @@ class AzureStorage:
         return client
 
     def queue(self, name: str, *, create: bool = False) -> QueueClient:
-        from azure.storage.queue import QueueClient
+        from azure.storage.queue import ExponentialRetry, QueueClient
 
         self._check()
+        retry = ExponentialRetry(
+            initial_backoff=_BACKOFF_S, increment_base=_BACKOFF_BASE, retry_total=_RETRY_TOTAL
+        )
         if self.settings.use_emulator:
-            client = QueueClient.from_connection_string(_EMULATOR, name)
+            client = QueueClient.from_connection_string(_EMULATOR, name, retry_policy=retry)
         elif self._connection_string:
-            client = QueueClient.from_connection_string(self._connection_string, name)
+            client = QueueClient.from_connection_string(
+                self._connection_string, name, retry_policy=retry
+            )
         else:
             client = QueueClient(
                 f"https://{self.settings.account_name}.queue.core.windows.net",
                 name,
                 credential=_default_credential(),
+                retry_policy=retry,
             )
         if create:
             from azure.core.exceptions import ResourceExistsError
@@ -323,3 +338,32 @@ def parse_blob_events(text: str) -> list[BlobCreated] | None:
             )
         )
     return found
+
+
+def blob_created_message(account: str, container: str, name: str, etag: str, size: int) -> str:
+    """A queue message as Event Grid writes one for a new blob (Base64-encoded JSON, one
+    ``Microsoft.Storage.BlobCreated`` event): what tests and the emulated setup put on the
+    queue, since Azurite has no Event Grid."""
+    import base64
+    import json
+    import uuid
+
+    event = {
+        "topic": f"/subscriptions/-/resourceGroups/-/providers/Microsoft.Storage/"
+        f"storageAccounts/{account}",
+        "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "eventTime": dt.datetime.now(dt.UTC).isoformat(),
+        "id": str(uuid.uuid4()),
+        "data": {
+            "api": "PutBlob",
+            "eTag": etag,
+            "contentType": content_type(name),
+            "contentLength": size,
+            "blobType": "BlockBlob",
+            "url": f"https://{account}.blob.core.windows.net/{container}/{name}",
+        },
+        "dataVersion": "",
+        "metadataVersion": "1",
+    }
+    return base64.b64encode(json.dumps(event).encode()).decode()

@@ -11,11 +11,13 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fruits.config import DEFAULT_CONFIG, Config, load_config
 from fruits.errors import ConfigError, FruitsError
+from fruits.secrets import redact
 
 __all__ = ["main"]
 
@@ -169,11 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         result = handler(config, args)
     except FruitsError as exc:
-        print(f"fruits: error: {exc}", file=sys.stderr)
+        print(f"fruits: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fruits: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # An unexpected failure keeps its traceback (for whoever debugs it), with any key,
+        # token or connection string an SDK put into a message masked.
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
     print(json.dumps(result, default=str))
     return 0
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter
+from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, blob_created_message
 from fruits.config import Config, load_config
 from fruits.console import log
 from fruits.feature_store import featurize_labelled
@@ -123,29 +121,6 @@ def test_listing_mode_loses_nothing_when_50_blobs_arrive_during_a_running_query(
     assert again["rows_in"] == 0 and _table(config, PREDICTIONS).num_rows == 50
 
 
-def _blob_created(container: str, name: str, etag: str = "0x0") -> str:
-    """A queue message as Event Grid writes it: one event, Base64-encoded JSON."""
-    event = {
-        "topic": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/"
-        "storageAccounts/devstoreaccount1",
-        "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "eventTime": "2026-11-24T12:00:00.0000000Z",
-        "id": f"event-{name}",
-        "data": {
-            "api": "PutBlob",
-            "eTag": etag,
-            "contentType": "image/jpeg",
-            "contentLength": 1,
-            "blobType": "BlockBlob",
-            "url": f"http://127.0.0.1:10000/devstoreaccount1/{container}/{name}",
-        },
-        "dataVersion": "",
-        "metadataVersion": "1",
-    }
-    return base64.b64encode(json.dumps(event).encode()).decode()
-
-
 def test_notification_mode_delivers_each_announced_photo_once_and_backfills_lost_events(
     azure_config: Config, tmp_path: Path
 ) -> None:
@@ -158,6 +133,10 @@ def test_notification_mode_delivers_each_announced_photo_once_and_backfills_lost
     storage = AzureStorage(config.azure)
     location = BlobLocation.parse(config.path("landing"))
     queue = storage.queue(config.stream.queue, create=True)
+
+    def event(container: str, name: str, etag: str) -> str:
+        return blob_created_message("devstoreaccount1", container, name, etag, 1)
+
     assert run_stream(config, once=True)["rows_in"] == 0  # first start: empty landing
 
     photos = _unique_photos(tmp_path / "photos", 7)
@@ -165,11 +144,11 @@ def test_notification_mode_delivers_each_announced_photo_once_and_backfills_lost
     assert _upload(config, announced).uploaded == 6
     container = storage.container(location.container)
     for blob in container.list_blobs(name_starts_with=location.prefix):
-        queue.send_message(_blob_created(location.container, blob.name, str(blob.etag)))
-    first_name = next(iter(container.list_blobs())).name
-    queue.send_message(_blob_created(location.container, first_name))  # a duplicate event
-    queue.send_message(_blob_created(location.container, "photos/deleted-since.jpg"))
-    queue.send_message(_blob_created("another-container", "photos/x.jpg"))
+        queue.send_message(event(location.container, blob.name, str(blob.etag)))
+    first = next(iter(container.list_blobs()))
+    queue.send_message(event(location.container, first.name, str(first.etag)))  # a duplicate
+    queue.send_message(event(location.container, "photos/deleted-since.jpg", "0x1"))
+    queue.send_message(event("another-container", "photos/x.jpg", "0x2"))
     queue.send_message("not an Event Grid message")
     _upload(config, lost)  # a photo whose event was lost: only a listing (backfill) finds it
 
