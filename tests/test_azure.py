@@ -199,9 +199,7 @@ def test_training_data_on_blob_reads_like_a_folder(
 
 
 def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> None:
-    config = load_config(
-        PROJECT / "conf" / "databricks.yaml", environ={"FRUITS__STREAM__DISCOVERY": "notification"}
-    )
+    config = load_config(PROJECT / "conf" / "databricks.yaml", environ={})
     assert config.stream.autoloader and config.spark.delta_writer == "spark"
     assert config.path("landing").startswith("abfss://")
     options = autoloader_options(config, "abfss://lake@acct.dfs.core.windows.net/ck/predictions")
@@ -211,7 +209,10 @@ def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> N
     assert options["cloudFiles.schemaLocation"].endswith("/ck/predictions/schema")
     assert options["pathGlobFilter"].startswith("*.{") and "JPG" in options["pathGlobFilter"]
     listing = autoloader_options(
-        load_config(PROJECT / "conf" / "databricks.yaml", environ={}), "/ck"
+        load_config(
+            PROJECT / "conf" / "databricks.yaml", environ={"FRUITS__STREAM__DISCOVERY": "listing"}
+        ),
+        "/ck",
     )
     assert listing["cloudFiles.useNotifications"] == "false"
     assert "cloudFiles.queueName" not in listing
