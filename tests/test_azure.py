@@ -39,6 +39,13 @@ def _upload(config: Config, files: list[Path]) -> Any:
     )
 
 
+def start_landing_query(spark: Any, config: Config) -> Any:
+    """The prediction query over the configured (Blob) landing, as ``fruits stream`` runs it."""
+    source = landing_source(spark, config, checkpoint_path(config))
+    query, _ = start_query(spark, config, source, served=ServedModel(config, log=log), once=False)
+    return query
+
+
 def _landed_names(config: Config) -> list[str]:
     location = BlobLocation.parse(config.path("landing"))
     blobs = AzureStorage(config.azure).list_blobs(location, NameFilter(["jpg"]))
@@ -82,13 +89,7 @@ def test_listing_mode_loses_nothing_when_50_blobs_arrive_during_a_running_query(
 ) -> None:
     config = azure_config
     photos = _unique_photos(tmp_path / "photos", 50)
-    query, _ = start_query(
-        spark,
-        config,
-        landing_source(spark, config, checkpoint_path(config)),
-        served=ServedModel(config, log=log),
-        once=False,
-    )
+    query = start_landing_query(spark, config)
     failures: list[str] = []
 
     def uploader() -> None:

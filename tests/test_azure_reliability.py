@@ -12,16 +12,13 @@ import pytest
 from pyspark.errors import StreamingQueryException
 
 from fruits.config import Config
-from fruits.console import log
 from fruits.lake import open_lake
 from fruits.landing import plan_upload, upload
-from fruits.serving import ServedModel
 from fruits.tables import PREDICTIONS, QUARANTINE
-from streaming.job import checkpoint_path, run_stream, start_query
-from streaming.sources import landing_source
+from streaming.job import run_stream
 
 from .conftest import PROJECT, WEIGHTS
-from .test_azure import _landed_names, _unique_photos
+from .test_azure import _landed_names, _unique_photos, start_landing_query
 
 pytestmark = pytest.mark.spark
 
@@ -41,13 +38,7 @@ def test_storage_outage_mid_stream_fails_cleanly_and_the_restart_loses_nothing(
     config = azure_config
     photos = _unique_photos(tmp_path / "photos", 12)
     _upload(config, photos[:6])
-    query, _ = start_query(
-        spark,
-        config,
-        landing_source(spark, config, checkpoint_path(config)),
-        served=ServedModel(config, log=log),
-        once=False,
-    )
+    query = start_landing_query(spark, config)
     try:
         query.processAllAvailable()
         _upload(config, photos[6:])
