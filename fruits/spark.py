@@ -37,9 +37,6 @@ def get_spark(config: Config) -> SparkSession:
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(spark_conf.arrow_batch_size))
         # Keep Python workers alive between tasks so each builds InceptionV3 only once.
         .config("spark.python.worker.reuse", "true")
-        # How long the JVM waits for a new Python process (a worker, or the planner of a Python
-        # data source) to connect back: 15 s by default, too short on a saturated machine.
-        .config("spark.python.authenticate.socketTimeout", "120s")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
     )
