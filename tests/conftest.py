@@ -50,7 +50,13 @@ def copy_tree(target: Path, split: str, classes: tuple[str, ...], n: int) -> Pat
 
 
 @pytest.fixture(scope="session")
-def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export folder per run: every root of the run shares one export per size."""
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="session")
+def make_config(tmp_path_factory: pytest.TempPathFactory, onnx_dir: Path) -> Callable[..., Config]:
     """``make_config(root=None, **env)``: the real conf/local.yaml under a fresh root."""
 
     def make(root: Path | None = None, **env: str) -> Config:
@@ -59,6 +65,7 @@ def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Confi
             "FRUITS_ROOT": str(root),
             "FRUITS_WEIGHTS": str(WEIGHTS),
             "FRUITS__SPARK__MASTER": "local[2]",
+            "FRUITS__FEATURIZER__ONNX_DIR": str(onnx_dir),
             **env,
         }
         return load_config(PROJECT / "conf" / "local.yaml", environ=environ)
