@@ -30,8 +30,8 @@ test: setup
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check fruits batch streaming tests
-	$(BIN)/mypy fruits
+	$(BIN)/ruff check fruits batch streaming bench tests
+	$(BIN)/mypy fruits bench
 
 clean:
 	rm -rf $(VENV) fruits-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,182 @@
+"""What every benchmark shares: the machine's description, process-tree memory, photo picks,
+a throw-away root with a trained model, and uploads the way ``fruits upload`` makes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fruits.config import Config
+from fruits.console import log
+from fruits.errors import ConfigError
+from fruits.featurizer import Backend, onnx_dir
+
+__all__ = [
+    "TreeMemory",
+    "bench_config",
+    "drop_photo",
+    "machine",
+    "pick_photos",
+    "prepare_model",
+    "spark_cores",
+]
+
+_VERSIONS = ("pyspark", "tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "deltalake", "numpy")
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model and library versions: printed with every figure."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def spark_cores(master: str) -> int:
+    """Task slots of a local master: ``local[N]`` -> N, ``local[*]``/``local`` -> cores/1."""
+    if master.startswith("local[") and master.endswith("]"):
+        inner = master[6:-1].split(",")[0]
+        return os.cpu_count() or 1 if inner == "*" else int(inner)
+    return 1 if master == "local" else os.cpu_count() or 1
+
+
+class TreeMemory:
+    """Peak resident memory of this process and all its descendants (the Spark JVM, Spark's
+    Python daemon and workers), sampled from /proc in a background thread. A sum of RSS, so
+    pages shared by forked workers count more than once: an upper bound."""
+
+    def __init__(self, pid: int | None = None, interval_s: float = 0.2) -> None:
+        self._pid = os.getpid() if pid is None else pid
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, tree_rss_mb(self._pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self._pid))
+
+
+def tree_rss_mb(root: int) -> float:
+    """RSS of ``root`` and its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            statm = Path(entry.path, "statm").read_text().split()
+        except OSError:  # the process ended while we looked
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+        rss[int(entry.name)] = int(statm[1]) * page
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total / 2**20
+
+
+def pick_photos(images: str | Path, n: int) -> list[Path]:
+    """``n`` photos spread evenly over the sorted ``<Class>/*.jpg`` files (all classes)."""
+    photos = sorted(Path(images).rglob("*.jpg"))
+    if len(photos) < n:
+        raise ConfigError(f"--images {images}: {len(photos)} photos, {n} needed")
+    return photos[:: len(photos) // n][:n]
+
+
+def bench_config(
+    config: Config, root: Path, *, backend: Backend | None, image_size: int | None
+) -> Config:
+    """``config`` under a fresh root, with the backend and size asked for. The ONNX export stays
+    where the original configuration caches it, so a benchmark does not re-export each run."""
+    featurizer = dataclasses.replace(
+        config.featurizer,
+        backend=backend or config.featurizer.backend,
+        image_size=image_size or config.featurizer.image_size,
+        onnx_dir=str(Path(onnx_dir(config)).resolve()),
+    )
+    return dataclasses.replace(config, root=str(root), featurizer=featurizer)
+
+
+def prepare_model(config: Config, *, images: str, models: str | None) -> str:
+    """A promoted model in ``config``'s registry: a copy of ``models``, or a small one trained
+    now (LogisticRegression on 4 classes x 8 photos of ``<images>/../Training``) at the
+    configured size. Returns how, for the output."""
+    target = Path(config.path("models"))
+    if models:
+        shutil.copytree(models, target)
+        return f"copy of {models}"
+    training = Path(images).resolve().parent / "Training"
+    if not training.is_dir():
+        raise ConfigError(f"no --models and no {training} to train a small model from")
+    data = Path(config.root) / "tiny-dataset"
+    classes = sorted(p.name for p in training.iterdir() if p.is_dir())[:4]
+    for label in classes:
+        (data / "Training" / label).mkdir(parents=True)
+        for photo in sorted((training / label).glob("*.jpg"))[::15][:8]:
+            shutil.copy(photo, data / "Training" / label / photo.name)
+    from batch.train import run_training
+
+    small = dataclasses.replace(
+        config,
+        training=dataclasses.replace(
+            config.training, classifiers=("logistic_regression",), classifier="best"
+        ),
+    )
+    log(f"bench: training a small model ({', '.join(classes)}) at {config.featurizer.image_size}")
+    run_training(small, str(data))
+    return f"trained now on {len(classes)} classes x 8 photos of {training}"
+
+
+def drop_photo(photo: Path, landing: Path) -> str:
+    """Copy under a hidden name, then rename: the stream never sees a partial file."""
+    name = f"{photo.parent.name.replace(' ', '_')}-{uuid.uuid4().hex[:8]}.jpg"
+    temporary = landing / f".{name}.tmp"
+    shutil.copyfile(photo, temporary)
+    os.replace(temporary, landing / name)
+    return name
+
+
+def drop_photos(photos: Sequence[Path], landing: Path) -> list[str]:
+    landing.mkdir(parents=True, exist_ok=True)
+    return [drop_photo(p, landing) for p in photos]

@@ -1,0 +1,132 @@
+"""``fruits bench throughput``: photos per second of the bare featurizer and of the full
+streaming job, measured one after the other in one process run on the same photos.
+
+(a) bare: decode + preprocess + model on Arrow-sized batches, no Spark, in as many processes as
+    Spark has task slots, one inference thread each (what ``local[N]`` does);
+(b) stream: ``fruits stream --once`` on a fresh root whose registry holds a trained model.
+
+Warm-up is excluded from both: (a) each process featurizes one batch before the clock starts
+(model load); (b) a first ``--once`` pass over a few other photos starts Spark's Python workers
+and loads their models, then the timed pass runs on the N photos in the same SparkSession.
+The ratio stream / bare is what Spark, Delta and the model cost on top of the featurizer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench._harness import (
+    TreeMemory,
+    bench_config,
+    drop_photos,
+    machine,
+    pick_photos,
+    prepare_model,
+    spark_cores,
+)
+from fruits.config import Config
+from fruits.console import log
+from fruits.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
+
+__all__ = ["bare_throughput", "run_throughput"]
+
+
+def run_throughput(
+    config: Config,
+    *,
+    images: str,
+    n: int,
+    backend: Backend | None = None,
+    image_size: int | None = None,
+    models: str | None = None,
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="fruits-bench-throughput-"))
+    config = bench_config(config, root, backend=backend, image_size=image_size)
+    slots = spark_cores(config.spark.master)
+    batch = config.spark.arrow_batch_size
+    warm_n = 2 * slots * batch
+    photos = pick_photos(images, warm_n + n)
+    warm_up, timed = photos[:warm_n], photos[warm_n:]
+    spec = ExtractorSpec.from_config(config)
+    prepare_backend(spec)  # the ONNX export, if needed, is not part of either figure
+
+    log(f"bench: (a) bare featurizer on {n} photos, {slots} processes x 1 thread, batch {batch}")
+    bare_s = bare_throughput([p.read_bytes() for p in timed], spec, processes=slots, batch=batch)
+
+    log(f"bench: (b) fruits stream --once on the same {n} photos, fresh root {root}")
+    from streaming.job import run_stream
+
+    with TreeMemory() as memory:
+        model_from = prepare_model(config, images=images, models=models)
+        landing = Path(config.path("landing"))
+        drop_photos(warm_up, landing)
+        run_stream(config, once=True)  # warm-up: Spark's Python workers load the model
+        drop_photos(timed, landing)
+        started = time.perf_counter()
+        summary = run_stream(config, once=True)
+        stream_s = time.perf_counter() - started
+    if summary["predictions"] != n:
+        raise RuntimeError(f"the stream predicted {summary['predictions']} of {n} photos")
+
+    bare = n / bare_s
+    streamed = n / stream_s
+    return {
+        "backend": spec.backend,
+        "image_size": spec.image_size,
+        "n": n,
+        "bare_photos_per_s": round(bare, 2),
+        "stream_photos_per_s": round(streamed, 2),
+        "ratio": round(streamed / bare, 3),
+        "bare_seconds": round(bare_s, 2),
+        "stream_seconds": round(stream_s, 2),
+        "stream_photos_per_s_per_core": round(streamed / slots, 2),
+        "peak_rss_mb": round(memory.peak_mb),
+        "peak_rss_scope": "stream phase: driver + Spark JVM + Python workers (sum of RSS)",
+        "warm_up": f"excluded: 1 batch per bare process; a first --once pass of {warm_n} photos",
+        "spark_master": config.spark.master,
+        "task_slots": slots,
+        "arrow_batch_size": batch,
+        "model": model_from,
+        **machine(),
+    }
+
+
+def bare_throughput(
+    blobs: list[bytes], spec: ExtractorSpec, *, processes: int, batch: int
+) -> float:
+    """Seconds for ``processes`` processes to featurize ``blobs`` (split evenly), from the
+    moment all of them have loaded their model, to the moment the last one is done."""
+    shards = [blobs[i::processes] for i in range(processes)]
+    context = multiprocessing.get_context("spawn")  # no Spark, no TF state inherited
+    barrier = context.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
+    ) as pool:
+        spans = list(pool.map(_featurize_shard, shards, [spec] * processes, [batch] * processes))
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+_BARRIER: Any = None
+
+
+def _set_barrier(barrier: Any) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _featurize_shard(blobs: list[bytes], spec: ExtractorSpec, batch: int) -> tuple[float, float]:
+    featurize_frame(pd.Series(blobs[:batch]), spec)  # model load + first inference: excluded
+    _BARRIER.wait()
+    start = time.time()
+    for i in range(0, len(blobs), batch):
+        result = featurize_frame(pd.Series(blobs[i : i + batch]), spec)
+        if result["reason"].notna().any():
+            raise RuntimeError(f"unusable photo in the benchmark set: {result['detail'].dropna()}")
+    return start, time.time()
