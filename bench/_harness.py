@@ -7,6 +7,8 @@ import dataclasses
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +30,7 @@ __all__ = [
     "pick_photos",
     "prepare_model",
     "spark_cores",
+    "stream_environment",
 ]
 
 _VERSIONS = ("pyspark", "tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "deltalake", "numpy")
@@ -141,7 +144,8 @@ def bench_config(
 def prepare_model(config: Config, *, images: str, models: str | None) -> str:
     """A promoted model in ``config``'s registry: a copy of ``models``, or a small one trained
     now (LogisticRegression on 4 classes x 8 photos of ``<images>/../Training``) at the
-    configured size. Returns how, for the output."""
+    configured size, in a child process so that the benchmark's own Spark JVM holds no training
+    memory. Returns how, for the output."""
     target = Path(config.path("models"))
     if models:
         shutil.copytree(models, target)
@@ -155,17 +159,25 @@ def prepare_model(config: Config, *, images: str, models: str | None) -> str:
         (data / "Training" / label).mkdir(parents=True)
         for photo in sorted((training / label).glob("*.jpg"))[::15][:8]:
             shutil.copy(photo, data / "Training" / label / photo.name)
-    from batch.train import run_training
-
-    small = dataclasses.replace(
-        config,
-        training=dataclasses.replace(
-            config.training, classifiers=("logistic_regression",), classifier="best"
-        ),
-    )
     log(f"bench: training a small model ({', '.join(classes)}) at {config.featurizer.image_size}")
-    run_training(small, str(data))
+    env = {**stream_environment(config), "FRUITS__TRAINING__CLASSIFIERS": "[logistic_regression]"}
+    command = [sys.executable, "-m", "fruits.cli", "train", "--config", config.source]
+    done = subprocess.run([*command, "--data", str(data)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the benchmark's model failed:\n{done.stderr[-2000:]}")
     return f"trained now on {len(classes)} classes x 8 photos of {training}"
+
+
+def stream_environment(config: Config) -> dict[str, str]:
+    """The environment that gives a child ``fruits`` command this benchmark's configuration."""
+    return {
+        **os.environ,
+        "FRUITS_ROOT": config.root,
+        "FRUITS__FEATURIZER__BACKEND": config.featurizer.backend,
+        "FRUITS__FEATURIZER__IMAGE_SIZE": str(config.featurizer.image_size),
+        "FRUITS__FEATURIZER__ONNX_DIR": f"'{config.featurizer.onnx_dir}'",
+        "FRUITS__STREAM__TRIGGER_INTERVAL": config.stream.trigger_interval,
+    }
 
 
 def drop_photo(photo: Path, landing: Path) -> str:

@@ -10,7 +10,6 @@ rename, as ``fruits upload`` does). Latency comes from the prediction rows' own 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from bench._harness import (
     machine,
     pick_photos,
     prepare_model,
+    stream_environment,
 )
 from fruits.config import Config
 from fruits.console import log
@@ -56,19 +56,11 @@ def run_latency(
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-latency-"))
     config = bench_config(config, root, backend=backend, image_size=image_size)
     model_from = prepare_model(config, images=images, models=models)
-    _stop_local_spark()  # the stream runs in its own process, as in production
     trickle_n = int(rate * seconds) + 1
     feeder = iter(pick_photos(images, WARM_UP_PHOTOS + trickle_n + burst + 1))
     landing, lake = Path(config.path("landing")), DeltaRsLake(config.path("lake"))
     landing.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "FRUITS_ROOT": str(root),
-        "FRUITS__FEATURIZER__BACKEND": config.featurizer.backend,
-        "FRUITS__FEATURIZER__IMAGE_SIZE": str(config.featurizer.image_size),
-        "FRUITS__FEATURIZER__ONNX_DIR": f"'{config.featurizer.onnx_dir}'",
-        "FRUITS__STREAM__TRIGGER_INTERVAL": config.stream.trigger_interval,
-    }
+    env = stream_environment(config)
     log_path = root / "stream.log"
     with open(log_path, "w") as stream_log:
         stream = subprocess.Popen(
@@ -161,11 +153,3 @@ def _rows(lake: DeltaRsLake, names: list[str], *, timeout: float) -> list[dict[s
 
 def _latencies(lake: DeltaRsLake, names: list[str], *, timeout: float) -> list[float]:
     return [float(r["latency_ms"]) for r in _rows(lake, names, timeout=timeout)]
-
-
-def _stop_local_spark() -> None:
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()

@@ -63,19 +63,20 @@ def run_throughput(
     log(f"bench: (b) fruits stream --once on the same {n} photos, fresh root {root}")
     from streaming.job import run_stream
 
+    model_from = prepare_model(config, images=images, models=models)
     with TreeMemory() as memory:
-        model_from = prepare_model(config, images=images, models=models)
         landing = Path(config.path("landing"))
         drop_photos(warm_up, landing)
         run_stream(config, once=True)  # warm-up: Spark's Python workers load the model
         drop_photos(timed, landing)
         started = time.perf_counter()
         summary = run_stream(config, once=True)
-        stream_s = time.perf_counter() - started
+        wall_s = time.perf_counter() - started
     if summary["predictions"] != n:
         raise RuntimeError(f"the stream predicted {summary['predictions']} of {n} photos")
 
     bare = n / bare_s
+    stream_s = summary["busy_seconds"]
     streamed = n / stream_s
     return {
         "backend": spec.backend,
@@ -86,6 +87,13 @@ def run_throughput(
         "ratio": round(streamed / bare, 3),
         "bare_seconds": round(bare_s, 2),
         "stream_seconds": round(stream_s, 2),
+        "stream_seconds_scope": "Spark's triggerExecution of the batches: listing, featurize, "
+        "classify, Delta commits, offset and commit logs",
+        "stream_wall_seconds": round(wall_s, 2),
+        "stream_wall_photos_per_s": round(n / wall_s, 2),
+        "stream_wall_scope": "the whole --once run: query start and model load from the "
+        "registry included (paid once by a long-running stream)",
+        "batches": summary["batches"],
         "stream_photos_per_s_per_core": round(streamed / slots, 2),
         "peak_rss_mb": round(memory.peak_mb),
         "peak_rss_scope": "stream phase: driver + Spark JVM + Python workers (sum of RSS)",
