@@ -70,9 +70,10 @@ def spark_cores(master: str) -> int:
 
 
 class TreeMemory:
-    """Peak resident memory of this process and all its descendants (the Spark JVM, Spark's
+    """Peak resident memory of a process and all its descendants (the Spark JVM, Spark's
     Python daemon and workers), sampled from /proc in a background thread. A sum of RSS, so
-    pages shared by forked workers count more than once: an upper bound."""
+    pages shared by forked workers count more than once: an upper bound. ``peak_by_kind`` is
+    the breakdown at the peak (java / python processes)."""
 
     def __init__(self, pid: int | None = None, interval_s: float = 0.2) -> None:
         self._pid = os.getpid() if pid is None else pid
@@ -80,6 +81,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.peak_mb = 0.0
+        self.peak_by_kind: dict[str, Any] = {}
 
     def __enter__(self) -> TreeMemory:
         self._thread.start()
@@ -88,17 +90,34 @@ class TreeMemory:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, tree_rss_mb(self._pid))
+        self._sample()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(self._pid))
+            self._sample()
+
+    def _sample(self) -> None:
+        processes = tree_processes(self._pid)
+        total = sum(mb for _, mb in processes)
+        if total > self.peak_mb:
+            self.peak_mb = total
+            kinds: dict[str, list[float]] = {}
+            for name, mb in processes:
+                kinds.setdefault(name, []).append(mb)
+            self.peak_by_kind = {
+                name: {"processes": len(mbs), "mb": round(sum(mbs))} for name, mbs in kinds.items()
+            }
 
 
 def tree_rss_mb(root: int) -> float:
     """RSS of ``root`` and its descendants, in MiB."""
+    return sum(mb for _, mb in tree_processes(root))
+
+
+def tree_processes(root: int) -> list[tuple[str, float]]:
+    """(command name, RSS MiB) of ``root`` and each of its descendants."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    found: dict[int, tuple[str, float]] = {}
     page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -108,15 +127,17 @@ def tree_rss_mb(root: int) -> float:
             statm = Path(entry.path, "statm").read_text().split()
         except OSError:  # the process ended while we looked
             continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
-        rss[int(entry.name)] = int(statm[1]) * page
-    total, todo = 0, [root]
+        found[int(entry.name)] = (name, int(statm[1]) * page / 2**20)
+    result, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        if pid in found:
+            result.append(found[pid])
         todo.extend(children.get(pid, []))
-    return total / 2**20
+    return result
 
 
 def pick_photos(images: str | Path, n: int) -> list[Path]:

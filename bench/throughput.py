@@ -13,6 +13,7 @@ The ratio stream / bare is what Spark, Delta and the model cost on top of the fe
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import tempfile
 import time
@@ -46,6 +47,7 @@ def run_throughput(
     backend: Backend | None = None,
     image_size: int | None = None,
     models: str | None = None,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-throughput-"))
     config = bench_config(config, root, backend=backend, image_size=image_size)
@@ -57,8 +59,21 @@ def run_throughput(
     spec = ExtractorSpec.from_config(config)
     prepare_backend(spec)  # the ONNX export, if needed, is not part of either figure
 
+    blobs = [p.read_bytes() for p in timed]
     log(f"bench: (a) bare featurizer on {n} photos, {slots} processes x 1 thread, batch {batch}")
-    bare_s = bare_throughput([p.read_bytes() for p in timed], spec, processes=slots, batch=batch)
+    bare_s = bare_throughput(blobs, spec, processes=slots, batch=batch)
+    baseline_figures: dict[str, Any] = {}
+    if baseline:
+        # The same bare run for the seed's setting, right after: a speed-up measured side by
+        # side, which a loaded machine distorts far less than two separate runs.
+        reference = dataclasses.replace(spec, backend="keras", image_size=299)
+        log("bench: (a') bare featurizer, baseline keras at 299")
+        reference_s = bare_throughput(blobs, reference, processes=slots, batch=batch)
+        baseline_figures = {
+            "baseline": "keras/299",
+            "baseline_bare_photos_per_s": round(n / reference_s, 2),
+            "bare_speedup_vs_baseline": round(reference_s / bare_s, 2),
+        }
 
     log(f"bench: (b) fruits stream --once on the same {n} photos, fresh root {root}")
     from streaming.job import run_stream
@@ -96,12 +111,14 @@ def run_throughput(
         "batches": summary["batches"],
         "stream_photos_per_s_per_core": round(streamed / slots, 2),
         "peak_rss_mb": round(memory.peak_mb),
+        "peak_rss_by_process": memory.peak_by_kind,
         "peak_rss_scope": "stream phase: driver + Spark JVM + Python workers (sum of RSS)",
         "warm_up": f"excluded: 1 batch per bare process; a first --once pass of {warm_n} photos",
         "spark_master": config.spark.master,
         "task_slots": slots,
         "arrow_batch_size": batch,
         "model": model_from,
+        **baseline_figures,
         **machine(),
     }
 

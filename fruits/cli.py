@@ -121,6 +121,7 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             backend=args.backend,
             image_size=args.image_size,
             models=args.models,
+            baseline=args.baseline,
         )
     if args.kind == "latency":
         from bench.latency import run_latency
@@ -212,6 +213,9 @@ def _parser() -> argparse.ArgumentParser:
         help="bare featurizer vs fruits stream --once, same photos, one run",
     )
     throughput.add_argument("--n", type=int, default=512, help="photos (default: %(default)s)")
+    throughput.add_argument(
+        "--baseline", action="store_true", help="also time the bare featurizer at keras/299"
+    )
     latency = bench_kinds.add_parser(
         "latency", parents=[common, model_options], help="upload-to-Delta latency of a stream"
     )
