@@ -36,7 +36,7 @@ from fruits.config import Config
 from fruits.console import log
 from fruits.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
 
-__all__ = ["bare_throughput", "run_throughput"]
+__all__ = ["bare_throughput", "run_sizes", "run_throughput"]
 
 
 def run_throughput(
@@ -119,6 +119,42 @@ def run_throughput(
         "arrow_batch_size": batch,
         "model": model_from,
         **baseline_figures,
+        **machine(),
+    }
+
+
+def run_sizes(
+    config: Config, *, images: str, n: int, sizes: list[int], backends: list[Backend]
+) -> dict[str, Any]:
+    """The bare featurizer for every (backend, size), one after the other in this process on
+    the same photos: the speed column of the input-size study."""
+    slots = spark_cores(config.spark.master)
+    batch = config.spark.arrow_batch_size
+    blobs = [p.read_bytes() for p in pick_photos(images, n)]
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        for backend in backends:
+            spec = dataclasses.replace(
+                ExtractorSpec.from_config(config), backend=backend, image_size=size
+            )
+            prepare_backend(spec)
+            log(f"bench: bare featurizer, {backend} at {size}")
+            seconds = bare_throughput(blobs, spec, processes=slots, batch=batch)
+            rows.append({"backend": backend, "image_size": size, "photos_per_s": n / seconds})
+    reference = next(
+        (r["photos_per_s"] for r in rows if (r["backend"], r["image_size"]) == ("keras", 299)),
+        None,
+    )
+    for row in rows:
+        if reference:
+            row["speedup_vs_keras_299"] = round(row["photos_per_s"] / reference, 2)
+        row["photos_per_s"] = round(row["photos_per_s"], 2)
+    return {
+        "n": n,
+        "processes": slots,
+        "arrow_batch_size": batch,
+        "results": rows,
+        "warm_up": "excluded: 1 batch per process",
         **machine(),
     }
 

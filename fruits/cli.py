@@ -137,6 +137,12 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             image_size=args.image_size,
             models=args.models,
         )
+    if args.kind == "sizes":
+        from bench.throughput import run_sizes
+
+        return run_sizes(
+            config, images=args.images, n=args.n, sizes=args.sizes, backends=args.backends
+        )
     from bench.discovery import run_discovery
 
     return run_discovery(sizes=args.files, new_files=args.new_files, triggers=args.triggers)
@@ -228,6 +234,15 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="then wait S quiet seconds and time one photo (Spark ends workers idle > 60 s)",
+    )
+    sizes = bench_kinds.add_parser(
+        "sizes", parents=[common], help="bare featurizer speed per backend and input size"
+    )
+    sizes.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
+    sizes.add_argument("--n", type=int, default=64, help="photos (default: %(default)s)")
+    sizes.add_argument("--sizes", type=int, nargs="+", default=[299, 224, 150, 100])
+    sizes.add_argument(
+        "--backends", nargs="+", choices=["keras", "onnx"], default=["keras", "onnx"]
     )
     discovery = bench_kinds.add_parser(
         "discovery", parents=[common], help="listing vs notification cost, simulated"
