@@ -72,8 +72,10 @@ def spark_cores(master: str) -> int:
 class TreeMemory:
     """Peak resident memory of a process and all its descendants (the Spark JVM, Spark's
     Python daemon and workers), sampled from /proc in a background thread. A sum of RSS, so
-    pages shared by forked workers count more than once: an upper bound. ``peak_by_kind`` is
-    the breakdown at the peak (java / python processes)."""
+    pages shared by forked processes count more than once: an upper bound (a JVM caught between
+    fork and exec of a child counts twice). ``peak_pss_mb`` sums the proportional set size
+    instead (shared pages split between their users): the memory the tree really holds.
+    ``peak_by_kind`` is the RSS breakdown at the RSS peak."""
 
     def __init__(self, pid: int | None = None, interval_s: float = 0.2) -> None:
         self._pid = os.getpid() if pid is None else pid
@@ -81,6 +83,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
         self.peak_by_kind: dict[str, Any] = {}
 
     def __enter__(self) -> TreeMemory:
@@ -98,11 +101,12 @@ class TreeMemory:
 
     def _sample(self) -> None:
         processes = tree_processes(self._pid)
-        total = sum(mb for _, mb in processes)
+        self.peak_pss_mb = max(self.peak_pss_mb, sum(pss for _, _, pss in processes))
+        total = sum(mb for _, mb, _ in processes)
         if total > self.peak_mb:
             self.peak_mb = total
             kinds: dict[str, list[float]] = {}
-            for name, mb in processes:
+            for name, mb, _ in processes:
                 kinds.setdefault(name, []).append(mb)
             self.peak_by_kind = {
                 name: {"processes": len(mbs), "mb": round(sum(mbs))} for name, mbs in kinds.items()
@@ -111,11 +115,11 @@ class TreeMemory:
 
 def tree_rss_mb(root: int) -> float:
     """RSS of ``root`` and its descendants, in MiB."""
-    return sum(mb for _, mb in tree_processes(root))
+    return sum(mb for _, mb, _ in tree_processes(root))
 
 
-def tree_processes(root: int) -> list[tuple[str, float]]:
-    """(command name, RSS MiB) of ``root`` and each of its descendants."""
+def tree_processes(root: int) -> list[tuple[str, float, float]]:
+    """(command name, RSS MiB, PSS MiB) of ``root`` and each of its descendants."""
     children: dict[int, list[int]] = {}
     found: dict[int, tuple[str, float]] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -135,9 +139,19 @@ def tree_processes(root: int) -> list[tuple[str, float]]:
     while todo:
         pid = todo.pop()
         if pid in found:
-            result.append(found[pid])
+            result.append((*found[pid], _pss_mb(pid)))
         todo.extend(children.get(pid, []))
     return result
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def pick_photos(images: str | Path, n: int) -> list[Path]:

@@ -87,6 +87,7 @@ def run_latency(
         "backend": config.featurizer.backend,
         "trigger_interval": config.stream.trigger_interval,
         "peak_rss_mb": round(memory.peak_mb),
+        "peak_pss_mb": round(memory.peak_pss_mb),
         "peak_rss_by_process": memory.peak_by_kind,
         "peak_rss_scope": "the stream process + Spark JVM + Python workers (sum of RSS)",
         "warm_up": f"excluded: the first {WARM_UP_PHOTOS} photos (Python workers load the model)",

@@ -111,6 +111,7 @@ def run_throughput(
         "batches": summary["batches"],
         "stream_photos_per_s_per_core": round(streamed / slots, 2),
         "peak_rss_mb": round(memory.peak_mb),
+        "peak_pss_mb": round(memory.peak_pss_mb),
         "peak_rss_by_process": memory.peak_by_kind,
         "peak_rss_scope": "stream phase: driver + Spark JVM + Python workers (sum of RSS)",
         "warm_up": f"excluded: 1 batch per bare process; a first --once pass of {warm_n} photos",

@@ -48,6 +48,7 @@ def test_tree_memory_counts_child_processes() -> None:
             while tree_rss_mb(child.pid) < 200:
                 pass
         assert memory.peak_mb >= tree_rss_mb(os.getpid()) >= 200
+        assert 200 <= memory.peak_pss_mb <= memory.peak_mb
     finally:
         child.kill()
         child.wait()
