@@ -157,7 +157,9 @@ def export_onnx(spec: ExtractorSpec) -> str:
 
     Process-safe: an exclusive lock beside the file serialises exporters (a second one waits,
     then finds the file), and the file appears atomically (temp file + ``os.replace``), so a
-    reader never sees half an export. About 25 s with TF import; done once per weights and size.
+    reader never sees half an export. The conversion runs in a child process: TensorFlow and
+    tf2onnx take ~3 GB while converting, which the caller (a job's driver) should not keep.
+    About 25 s; done once per weights and size.
     """
     target = Path(spec.onnx_path)
     if target.is_file():
@@ -167,30 +169,45 @@ def export_onnx(spec: ExtractorSpec) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():  # exported by another process while we waited
             return str(target)
-        _tf_setup(spec.intra_op_threads)
-        import tensorflow as tf
-        import tf2onnx
-
-        model = _keras_model(spec.weights, spec.image_size, spec.intra_op_threads)
-        signature = [
-            tf.TensorSpec((None, spec.image_size, spec.image_size, 3), tf.float32, name="pixels")
-        ]
-
-        @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
-        def forward(pixels: Any) -> Any:
-            return model(pixels, training=False)
-
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         os.close(handle)
         try:
-            tf2onnx.convert.from_function(
-                forward, input_signature=signature, opset=ONNX_OPSET, output_path=temporary
+            import multiprocessing
+
+            child = multiprocessing.get_context("spawn").Process(
+                target=_convert, args=(spec, temporary), name="fruits-onnx-export"
             )
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(
+                    f"exporting InceptionV3 ({spec.extractor_id}) to ONNX failed "
+                    f"(exit code {child.exitcode}); see the messages above"
+                )
             os.replace(temporary, target)
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
     return str(target)
+
+
+def _convert(spec: ExtractorSpec, output_path: str) -> None:
+    """In the export's child process: Keras model -> ONNX file at ``output_path``."""
+    _tf_setup(spec.intra_op_threads)
+    import tensorflow as tf
+    import tf2onnx
+
+    model = _keras_model(spec.weights, spec.image_size, spec.intra_op_threads)
+    size = spec.image_size
+    signature = [tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")]
+
+    @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+    def forward(pixels: Any) -> Any:
+        return model(pixels, training=False)
+
+    tf2onnx.convert.from_function(
+        forward, input_signature=signature, opset=ONNX_OPSET, output_path=output_path
+    )
 
 
 def _tf_setup(intra_op_threads: int) -> None:
