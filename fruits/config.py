@@ -54,7 +54,7 @@ class SparkConfig:
     master: str = "local[*]"
     app_name: str = "fruits"
     driver_memory: str = "4g"
-    arrow_batch_size: int = 16
+    arrow_batch_size: int = 8
     shuffle_partitions: int = 8
     delta_writer: Literal["deltars", "spark"] = "deltars"
 
@@ -63,7 +63,7 @@ class SparkConfig:
 class FeaturizerConfig:
     weights: str = "imagenet"
     image_size: int = 299
-    backend: Literal["keras", "onnx"] = "keras"
+    backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
     # else "{root}/cache/onnx" (fruits.featurizer.onnx_dir).
