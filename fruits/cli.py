@@ -111,31 +111,27 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
         confs = " ".join(f"--conf {item}" for item in args.spark_conf)
         os.environ["PYSPARK_SUBMIT_ARGS"] = f"{confs} pyspark-shell"
     print(f"command: fruits {' '.join(sys.argv[1:])}", file=sys.stderr)
-    if args.kind == "throughput":
-        from bench.throughput import run_throughput
+    if args.kind in ("throughput", "latency"):
+        # What both benchmarks share: the photos, the featurizer setting, the model.
+        setting = {
+            "images": args.images,
+            "backend": args.backend,
+            "image_size": args.image_size,
+            "models": args.models,
+        }
+        if args.kind == "throughput":
+            from bench.throughput import run_throughput
 
-        return run_throughput(
-            config,
-            images=args.images,
-            n=args.n,
-            backend=args.backend,
-            image_size=args.image_size,
-            models=args.models,
-            baseline=args.baseline,
-        )
-    if args.kind == "latency":
+            return run_throughput(config, n=args.n, baseline=args.baseline, **setting)
         from bench.latency import run_latency
 
         return run_latency(
             config,
-            images=args.images,
             rate=args.rate,
             seconds=args.seconds,
             burst=args.burst,
             idle_probe_s=args.idle_probe,
-            backend=args.backend,
-            image_size=args.image_size,
-            models=args.models,
+            **setting,
         )
     if args.kind == "sizes":
         from bench.throughput import run_sizes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -31,6 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
             f"test data not found: {', '.join(missing)} (put the shared folder beside the "
             "project, or set FRUITS_SHARED / FRUITS_WEIGHTS)"
         )
+
+
+def with_backend(config: Config, backend: str) -> Config:
+    """``config`` with another ``featurizer.backend``."""
+    featurizer = dataclasses.replace(config.featurizer, backend=backend)
+    return dataclasses.replace(config, featurizer=featurizer)
 
 
 def real_photos(split: str, label: str, n: int, *, skip: int = 0) -> list[Path]:

@@ -3,7 +3,6 @@ benchmarks, not tests: ``fruits bench ...``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -16,18 +15,13 @@ from bench.throughput import bare_throughput
 from fruits.config import Config
 from fruits.featurizer import ExtractorSpec
 
-from .conftest import FRUITS360
+from .conftest import FRUITS360, with_backend
 
 
 def test_bare_featurizer_runs_in_parallel_processes_on_real_photos(
     make_config: Callable[..., Config],
 ) -> None:
-    config = make_config()
-    spec = ExtractorSpec.from_config(
-        dataclasses.replace(
-            config, featurizer=dataclasses.replace(config.featurizer, backend="onnx")
-        )
-    )
+    spec = ExtractorSpec.from_config(with_backend(make_config(), "onnx"))
     blobs = [p.read_bytes() for p in pick_photos(FRUITS360 / "Test", 8)]
     seconds = bare_throughput(blobs, spec, processes=2, batch=2)
     assert 0 < seconds < 60

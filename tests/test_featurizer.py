@@ -16,7 +16,7 @@ from fruits.errors import ConfigError
 from fruits.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
 from fruits.images import ImageLimits, decode_batch
 
-from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos
+from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos, with_backend
 
 LOCAL = PROJECT / "conf" / "local.yaml"
 
@@ -29,11 +29,7 @@ def test_onnx_and_keras_give_the_same_features_on_real_photos(
     make_config: Callable[..., Config],
 ) -> None:
     config = make_config()
-    onnx = ExtractorSpec.from_config(
-        dataclasses.replace(
-            config, featurizer=dataclasses.replace(config.featurizer, backend="onnx")
-        )
-    )
+    onnx = ExtractorSpec.from_config(with_backend(config, "onnx"))
     keras = dataclasses.replace(onnx, backend="keras")
     assert onnx.extractor_id == keras.extractor_id  # one feature cache for both backends
     pixels, _ = decode_batch(_photos(), size=onnx.image_size, limits=ImageLimits())
