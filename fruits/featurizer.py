@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from fruits.config import Config
+from fruits.errors import ConfigError
 from fruits.images import Decoded, ImageLimits, decode_batch, preprocess_input
+from fruits.storage import is_url
 
 __all__ = [
     "FEATURE_DIM",
@@ -125,16 +127,22 @@ def onnx_dir(config: Config) -> str:
     say read-only (a shared, read-only weights folder) is never written to, even by root."""
     configured = config.featurizer.onnx_dir
     if configured:
-        return configured.replace("{root}", config.root)
-    weights = config.featurizer.weights
-    folder = (
-        Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-        if weights == "imagenet"
-        else Path(weights).resolve().parent
-    )
-    if _writable(folder):
-        return str(folder)
-    return f"{config.root.rstrip('/')}/cache/onnx"
+        chosen = configured.replace("{root}", config.root)
+    else:
+        weights = config.featurizer.weights
+        folder = (
+            Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+            if weights == "imagenet"
+            else Path(weights).resolve().parent
+        )
+        chosen = str(folder) if _writable(folder) else f"{config.root.rstrip('/')}/cache/onnx"
+    if is_url(chosen):
+        raise ConfigError(
+            f"config key 'featurizer.onnx_dir' must be a local folder (or a FUSE path such as "
+            f"/dbfs/...), got {chosen}"
+        )
+    # Absolute: Spark's Python workers need not share the driver's working directory.
+    return os.path.abspath(chosen)
 
 
 def _writable(folder: Path) -> bool:
