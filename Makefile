@@ -30,8 +30,8 @@ test: setup
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check fruits batch streaming tests
-	$(BIN)/mypy fruits
+	$(BIN)/ruff check fruits batch streaming bench tests
+	$(BIN)/mypy fruits bench
 
 # Azurite (Azure Storage emulator, npm): installed into .azurite/ on first use; blob :10000,
 # queue :10001 on 127.0.0.1. conf/azurite.yaml points the system at it.

@@ -109,6 +109,45 @@ def _upload(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "spark_conf", None):
+        # Read by PySpark when it launches the JVM: extra Spark settings for this run only.
+        confs = " ".join(f"--conf {item}" for item in args.spark_conf)
+        os.environ["PYSPARK_SUBMIT_ARGS"] = f"{confs} pyspark-shell"
+    print(f"command: fruits {' '.join(sys.argv[1:])}", file=sys.stderr)
+    if args.kind in ("throughput", "latency"):
+        # What both benchmarks share: the photos, the featurizer setting, the model.
+        setting = {
+            "images": args.images,
+            "backend": args.backend,
+            "image_size": args.image_size,
+            "models": args.models,
+        }
+        if args.kind == "throughput":
+            from bench.throughput import run_throughput
+
+            return run_throughput(config, n=args.n, baseline=args.baseline, **setting)
+        from bench.latency import run_latency
+
+        return run_latency(
+            config,
+            rate=args.rate,
+            seconds=args.seconds,
+            burst=args.burst,
+            idle_probe_s=args.idle_probe,
+            **setting,
+        )
+    if args.kind == "sizes":
+        from bench.throughput import run_sizes
+
+        return run_sizes(
+            config, images=args.images, n=args.n, sizes=args.sizes, backends=args.backends
+        )
+    from bench.discovery import run_discovery
+
+    return run_discovery(sizes=args.files, new_files=args.new_files, triggers=args.triggers)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -161,6 +200,61 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("paths", nargs="+", help="photos or folders of photos")
     upload.add_argument("--to", choices=["landing"], default="landing")
     upload.set_defaults(handler=_upload)
+
+    bench = sub.add_parser(
+        "bench", parents=[common], help="benchmarks: throughput, latency, discovery"
+    )
+    bench_kinds = bench.add_subparsers(dest="kind", required=True)
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
+    model_options.add_argument("--backend", choices=["keras", "onnx"], help="default: config")
+    model_options.add_argument("--image-size", type=int, help="default: featurizer.image_size")
+    model_options.add_argument(
+        "--models", help="a trained registry to copy (default: train a small one now)"
+    )
+    model_options.add_argument(
+        "--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf"
+    )
+    throughput = bench_kinds.add_parser(
+        "throughput",
+        parents=[common, model_options],
+        help="bare featurizer vs fruits stream --once, same photos, one run",
+    )
+    throughput.add_argument("--n", type=int, default=512, help="photos (default: %(default)s)")
+    throughput.add_argument(
+        "--baseline", action="store_true", help="also time the bare featurizer at keras/299"
+    )
+    latency = bench_kinds.add_parser(
+        "latency", parents=[common, model_options], help="upload-to-Delta latency of a stream"
+    )
+    latency.add_argument("--rate", type=float, default=1.0, help="photos per second")
+    latency.add_argument("--seconds", type=float, default=60.0, help="trickle duration")
+    latency.add_argument("--burst", type=int, default=0, help="then drop this many at once")
+    latency.add_argument(
+        "--idle-probe",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="then wait S quiet seconds and time one photo (Spark ends workers idle > 60 s)",
+    )
+    sizes = bench_kinds.add_parser(
+        "sizes", parents=[common], help="bare featurizer speed per backend and input size"
+    )
+    sizes.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
+    sizes.add_argument("--n", type=int, default=64, help="photos (default: %(default)s)")
+    sizes.add_argument("--sizes", type=int, nargs="+", default=[299, 224, 150, 100])
+    sizes.add_argument(
+        "--backends", nargs="+", choices=["keras", "onnx"], default=["keras", "onnx"]
+    )
+    discovery = bench_kinds.add_parser(
+        "discovery", parents=[common], help="listing vs notification cost, simulated"
+    )
+    discovery.add_argument(
+        "--files", type=int, nargs="+", default=[1000, 10000, 100000], help="files in the landing"
+    )
+    discovery.add_argument("--new-files", type=int, default=10, help="new files per trigger")
+    discovery.add_argument("--triggers", type=int, default=5, help="triggers timed per size")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

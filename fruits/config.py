@@ -57,7 +57,7 @@ class SparkConfig:
     master: str = "local[*]"
     app_name: str = "fruits"
     driver_memory: str = "4g"
-    arrow_batch_size: int = 16
+    arrow_batch_size: int = 8
     shuffle_partitions: int = 8
     delta_writer: Literal["deltars", "spark"] = "deltars"
 
@@ -66,8 +66,11 @@ class SparkConfig:
 class FeaturizerConfig:
     weights: str = "imagenet"
     image_size: int = 299
-    backend: Literal["keras"] = "keras"
+    backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
+    # Where the ONNX export is cached; None: beside the weights if that folder is writable,
+    # else "{root}/cache/onnx" (fruits.featurizer.onnx_dir).
+    onnx_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,8 @@ def _validate(config: Config) -> None:
         )
     if not 75 <= config.featurizer.image_size <= 1024:
         raise ConfigError("config key 'featurizer.image_size' must be between 75 and 1024")
+    if config.featurizer.intra_op_threads < 0:
+        raise ConfigError("config key 'featurizer.intra_op_threads' must be at least 0")
     if not 0.0 < config.training.explained_variance <= 1.0:
         raise ConfigError("config key 'training.explained_variance' must be in (0, 1]")
     if not 0.0 < config.training.validation_fraction < 0.9:

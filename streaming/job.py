@@ -82,6 +82,13 @@ def run_stream(
             _flush_batch_log(str(query.id))
         if query.exception() is not None:
             raise FruitsError(f"the streaming query failed: {query.exception()}")
+        # Spark's own time for the triggers that had photos: discovery (listing), the batch,
+        # and the offset/commit log writes; not the query's start-up or idle triggers.
+        busy_ms = sum(
+            p["durationMs"].get("triggerExecution", 0)
+            for p in query.recentProgress
+            if p.get("numInputRows")
+        )
     outcomes = list(step.outcomes.values())
     return {
         "batches": len(outcomes),
@@ -89,6 +96,7 @@ def run_stream(
         "predictions": sum(o.predictions for o in outcomes),
         "quarantined": sum(o.quarantined for o in outcomes),
         "model_version": served.current.version,
+        "busy_seconds": round(busy_ms / 1000, 3),
         "stopped_by_signal": stop.is_set(),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -33,6 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+def with_backend(config: Config, backend: str) -> Config:
+    """``config`` with another ``featurizer.backend``."""
+    featurizer = dataclasses.replace(config.featurizer, backend=backend)
+    return dataclasses.replace(config, featurizer=featurizer)
+
+
 def real_photos(split: str, label: str, n: int, *, skip: int = 0) -> list[Path]:
     """``n`` real photos of one class, evenly spread over its rotation sequence."""
     photos = sorted((FRUITS360 / split / label).glob("*.jpg"))
@@ -50,7 +57,13 @@ def copy_tree(target: Path, split: str, classes: tuple[str, ...], n: int) -> Pat
 
 
 @pytest.fixture(scope="session")
-def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export folder per run: every root of the run shares one export per size."""
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="session")
+def make_config(tmp_path_factory: pytest.TempPathFactory, onnx_dir: Path) -> Callable[..., Config]:
     """``make_config(root=None, **env)``: the real conf/local.yaml under a fresh root."""
 
     def make(root: Path | None = None, **env: str) -> Config:
@@ -59,6 +72,7 @@ def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Confi
             "FRUITS_ROOT": str(root),
             "FRUITS_WEIGHTS": str(WEIGHTS),
             "FRUITS__SPARK__MASTER": "local[2]",
+            "FRUITS__FEATURIZER__ONNX_DIR": str(onnx_dir),
             **env,
         }
         return load_config(PROJECT / "conf" / "local.yaml", environ=environ)

@@ -1,0 +1,194 @@
+"""``fruits bench throughput``: photos per second of the bare featurizer and of the full
+streaming job, measured one after the other in one process run on the same photos.
+
+(a) bare: decode + preprocess + model on Arrow-sized batches, no Spark, in as many processes as
+    Spark has task slots, one inference thread each (what ``local[N]`` does);
+(b) stream: ``fruits stream --once`` on a fresh root whose registry holds a trained model.
+
+Warm-up is excluded from both: (a) each process featurizes one batch before the clock starts
+(model load); (b) a first ``--once`` pass over a few other photos starts Spark's Python workers
+and loads their models, then the timed pass runs on the N photos in the same SparkSession.
+The ratio stream / bare is what Spark, Delta and the model cost on top of the featurizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench._harness import (
+    TreeMemory,
+    bench_config,
+    drop_photos,
+    machine,
+    pick_photos,
+    prepare_model,
+    spark_cores,
+)
+from fruits.config import Config
+from fruits.console import log
+from fruits.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
+
+__all__ = ["bare_throughput", "run_sizes", "run_throughput"]
+
+
+def run_throughput(
+    config: Config,
+    *,
+    images: str,
+    n: int,
+    backend: Backend | None = None,
+    image_size: int | None = None,
+    models: str | None = None,
+    baseline: bool = False,
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="fruits-bench-throughput-"))
+    config = bench_config(config, root, backend=backend, image_size=image_size)
+    slots = spark_cores(config.spark.master)
+    batch = config.spark.arrow_batch_size
+    warm_n = 2 * slots * batch
+    photos = pick_photos(images, warm_n + n)
+    warm_up, timed = photos[:warm_n], photos[warm_n:]
+    spec = ExtractorSpec.from_config(config)
+    prepare_backend(spec)  # the ONNX export, if needed, is not part of either figure
+
+    blobs = [p.read_bytes() for p in timed]
+    log(f"bench: (a) bare featurizer on {n} photos, {slots} processes x 1 thread, batch {batch}")
+    bare_s = bare_throughput(blobs, spec, processes=slots, batch=batch)
+    baseline_figures: dict[str, Any] = {}
+    if baseline:
+        # The same bare run for the seed's setting, right after: a speed-up measured side by
+        # side, which a loaded machine distorts far less than two separate runs.
+        reference = dataclasses.replace(spec, backend="keras", image_size=299)
+        log("bench: (a') bare featurizer, baseline keras at 299")
+        reference_s = bare_throughput(blobs, reference, processes=slots, batch=batch)
+        baseline_figures = {
+            "baseline": "keras/299",
+            "baseline_bare_photos_per_s": round(n / reference_s, 2),
+            "bare_speedup_vs_baseline": round(reference_s / bare_s, 2),
+        }
+
+    log(f"bench: (b) fruits stream --once on the same {n} photos, fresh root {root}")
+    from streaming.job import run_stream
+
+    model_from = prepare_model(config, images=images, models=models)
+    with TreeMemory() as memory:
+        landing = Path(config.path("landing"))
+        drop_photos(warm_up, landing)
+        run_stream(config, once=True)  # warm-up: Spark's Python workers load the model
+        drop_photos(timed, landing)
+        started = time.perf_counter()
+        summary = run_stream(config, once=True)
+        wall_s = time.perf_counter() - started
+    if summary["predictions"] != n:
+        raise RuntimeError(f"the stream predicted {summary['predictions']} of {n} photos")
+
+    bare = n / bare_s
+    stream_s = summary["busy_seconds"]
+    streamed = n / stream_s
+    return {
+        "backend": spec.backend,
+        "image_size": spec.image_size,
+        "n": n,
+        "bare_photos_per_s": round(bare, 2),
+        "stream_photos_per_s": round(streamed, 2),
+        "ratio": round(streamed / bare, 3),
+        "bare_seconds": round(bare_s, 2),
+        "stream_seconds": round(stream_s, 2),
+        "stream_seconds_scope": "Spark's triggerExecution of the batches: listing, featurize, "
+        "classify, Delta commits, offset and commit logs",
+        "stream_wall_seconds": round(wall_s, 2),
+        "stream_wall_photos_per_s": round(n / wall_s, 2),
+        "stream_wall_scope": "the whole --once run: query start and model load from the "
+        "registry included (paid once by a long-running stream)",
+        "batches": summary["batches"],
+        "stream_photos_per_s_per_core": round(streamed / slots, 2),
+        "peak_rss_mb": round(memory.peak_mb),
+        "peak_pss_mb": round(memory.peak_pss_mb),
+        "peak_rss_by_process": memory.peak_by_kind,
+        "peak_rss_scope": "stream phase: driver + Spark JVM + Python workers (sum of RSS)",
+        "warm_up": f"excluded: 1 batch per bare process; a first --once pass of {warm_n} photos",
+        "spark_master": config.spark.master,
+        "task_slots": slots,
+        "arrow_batch_size": batch,
+        "model": model_from,
+        **baseline_figures,
+        **machine(),
+    }
+
+
+def run_sizes(
+    config: Config, *, images: str, n: int, sizes: list[int], backends: list[Backend]
+) -> dict[str, Any]:
+    """The bare featurizer for every (backend, size), one after the other in this process on
+    the same photos: the speed column of the input-size study."""
+    slots = spark_cores(config.spark.master)
+    batch = config.spark.arrow_batch_size
+    blobs = [p.read_bytes() for p in pick_photos(images, n)]
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        for backend in backends:
+            spec = dataclasses.replace(
+                ExtractorSpec.from_config(config), backend=backend, image_size=size
+            )
+            prepare_backend(spec)
+            log(f"bench: bare featurizer, {backend} at {size}")
+            seconds = bare_throughput(blobs, spec, processes=slots, batch=batch)
+            rows.append({"backend": backend, "image_size": size, "photos_per_s": n / seconds})
+    reference = next(
+        (r["photos_per_s"] for r in rows if (r["backend"], r["image_size"]) == ("keras", 299)),
+        None,
+    )
+    for row in rows:
+        if reference:
+            row["speedup_vs_keras_299"] = round(row["photos_per_s"] / reference, 2)
+        row["photos_per_s"] = round(row["photos_per_s"], 2)
+    return {
+        "n": n,
+        "processes": slots,
+        "arrow_batch_size": batch,
+        "results": rows,
+        "warm_up": "excluded: 1 batch per process",
+        **machine(),
+    }
+
+
+def bare_throughput(
+    blobs: list[bytes], spec: ExtractorSpec, *, processes: int, batch: int
+) -> float:
+    """Seconds for ``processes`` processes to featurize ``blobs`` (split evenly), from the
+    moment all of them have loaded their model, to the moment the last one is done."""
+    shards = [blobs[i::processes] for i in range(processes)]
+    context = multiprocessing.get_context("spawn")  # no Spark, no TF state inherited
+    barrier = context.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
+    ) as pool:
+        spans = list(pool.map(_featurize_shard, shards, [spec] * processes, [batch] * processes))
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+_BARRIER: Any = None
+
+
+def _set_barrier(barrier: Any) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _featurize_shard(blobs: list[bytes], spec: ExtractorSpec, batch: int) -> tuple[float, float]:
+    featurize_frame(pd.Series(blobs[:batch]), spec)  # model load + first inference: excluded
+    _BARRIER.wait()
+    start = time.time()
+    for i in range(0, len(blobs), batch):
+        result = featurize_frame(pd.Series(blobs[i : i + batch]), spec)
+        if result["reason"].notna().any():
+            raise RuntimeError(f"unusable photo in the benchmark set: {result['detail'].dropna()}")
+    return start, time.time()

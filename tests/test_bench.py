@@ -1,0 +1,72 @@
+"""The benchmark harness's parts that decide its figures, on real photos (the full runs are
+benchmarks, not tests: ``fruits bench ...``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench._harness import TreeMemory, bench_config, pick_photos, spark_cores, tree_rss_mb
+from bench.discovery import run_discovery
+from bench.throughput import bare_throughput
+from fruits.config import Config
+from fruits.featurizer import ExtractorSpec
+
+from .conftest import FRUITS360, with_backend
+
+
+def test_bare_featurizer_runs_in_parallel_processes_on_real_photos(
+    make_config: Callable[..., Config],
+) -> None:
+    spec = ExtractorSpec.from_config(with_backend(make_config(), "onnx"))
+    blobs = [p.read_bytes() for p in pick_photos(FRUITS360 / "Test", 8)]
+    seconds = bare_throughput(blobs, spec, processes=2, batch=2)
+    assert 0 < seconds < 60
+
+
+def test_photos_are_spread_over_all_classes() -> None:
+    photos = pick_photos(FRUITS360 / "Test", 20)
+    assert len(photos) == len(set(photos)) == 20
+    assert len({p.parent.name for p in photos}) >= 15
+
+
+def test_tree_memory_counts_child_processes() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(3)"]
+    )
+    try:
+        with TreeMemory(interval_s=0.05) as memory:
+            while tree_rss_mb(child.pid) < 200:
+                pass
+        assert memory.peak_mb >= tree_rss_mb(os.getpid()) >= 200
+        assert 200 <= memory.peak_pss_mb <= memory.peak_mb
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_spark_cores_of_local_masters() -> None:
+    assert spark_cores("local[3]") == 3
+    assert spark_cores("local[*]") == os.cpu_count()
+    assert spark_cores("local") == 1
+
+
+def test_bench_root_keeps_the_configured_onnx_cache(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = make_config()
+    bench = bench_config(config, tmp_path, backend="keras", image_size=150)
+    assert bench.root == str(tmp_path)
+    assert (bench.featurizer.backend, bench.featurizer.image_size) == ("keras", 150)
+    assert bench.featurizer.onnx_dir == str(Path(config.featurizer.onnx_dir or "").resolve())
+
+
+def test_discovery_listing_reads_the_whole_container_notification_only_new_files() -> None:
+    result = run_discovery(sizes=[100, 6000], new_files=3, triggers=2)
+    small, large = result["sizes"]
+    assert (small["files"], large["files"]) == (100, 6000)
+    assert (small["blob_list_pages_per_trigger"], large["blob_list_pages_per_trigger"]) == (1, 2)
+    assert result["cores"] == os.cpu_count()

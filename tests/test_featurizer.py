@@ -1,0 +1,97 @@
+"""The two featurizer backends on real photos: same features, one export shared by processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fruits.config import Config, load_config
+from fruits.errors import ConfigError
+from fruits.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
+from fruits.images import ImageLimits, decode_batch
+
+from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos, with_backend
+
+LOCAL = PROJECT / "conf" / "local.yaml"
+
+
+def _photos() -> list[bytes | None]:
+    return [real_photos("Test", label, 1)[0].read_bytes() for label in KNOWN_CLASSES]
+
+
+def test_onnx_and_keras_give_the_same_features_on_real_photos(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config()
+    onnx = ExtractorSpec.from_config(with_backend(config, "onnx"))
+    keras = dataclasses.replace(onnx, backend="keras")
+    assert onnx.extractor_id == keras.extractor_id  # one feature cache for both backends
+    pixels, _ = decode_batch(_photos(), size=onnx.image_size, limits=ImageLimits())
+
+    from_keras = extract_features(pixels, keras)
+    from_onnx = extract_features(pixels, onnx)  # exports on first use
+
+    assert from_onnx.shape == from_keras.shape == (len(KNOWN_CLASSES), 2048)
+    assert from_onnx.dtype == np.float32
+    relative = np.abs(from_onnx - from_keras).max() / np.abs(from_keras).max()
+    assert relative < 1e-4
+    # Distinct fruits give distinct features (the comparison is not between zeros).
+    assert np.linalg.norm(from_keras[0] - from_keras[1]) > 0.1 * np.linalg.norm(from_keras[0])
+    assert Path(onnx.onnx_path).is_file()
+    assert str(onnx.image_size) in Path(onnx.onnx_path).name
+    assert onnx.weights_digest.removeprefix("sha256:") in Path(onnx.onnx_path).name
+
+
+def _export_in_child(spec: ExtractorSpec) -> tuple[str, float]:
+    path = export_onnx(spec)
+    return path, os.stat(path).st_mtime
+
+
+def test_concurrent_exports_make_one_file(tmp_path: Path) -> None:
+    """Two processes asking at once: one exports, the other waits and reuses it; no temp
+    file is left behind."""
+    spec = ExtractorSpec(
+        weights=str(WEIGHTS),
+        image_size=75,  # the smallest InceptionV3 input: the cheapest export
+        weights_digest="sha256:test",
+        backend="onnx",
+        onnx_dir=str(tmp_path),
+    )
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_export_in_child, [spec, spec]))
+    assert results[0] == results[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "inception_v3_avg_75_test.onnx",
+        "inception_v3_avg_75_test.onnx.lock",
+    ]
+
+
+def test_onnx_dir_defaults_beside_writable_weights_else_under_the_root(tmp_path: Path) -> None:
+    weights = tmp_path / "weights" / "w.h5"
+    weights.parent.mkdir()
+    weights.write_bytes(WEIGHTS.read_bytes()[:16])
+    environ = {"FRUITS_ROOT": str(tmp_path / "root"), "FRUITS_WEIGHTS": str(weights)}
+    config = load_config(LOCAL, environ=environ)
+    assert config.featurizer.onnx_dir is None
+    assert onnx_dir(config) == str(weights.parent)
+    weights.parent.chmod(0o555)  # a read-only weights folder (the shared one) is never written
+    try:
+        assert onnx_dir(config) == f"{tmp_path}/root/cache/onnx"
+    finally:
+        weights.parent.chmod(0o755)
+    configured = load_config(
+        LOCAL, environ={**environ, "FRUITS__FEATURIZER__ONNX_DIR": "'{root}/onnx'"}
+    )
+    assert onnx_dir(configured) == f"{tmp_path}/root/onnx"
+
+
+def test_backend_is_validated() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(LOCAL, environ={"FRUITS__FEATURIZER__BACKEND": "torch"})
+    assert "'featurizer.backend' must be one of: keras, onnx" in str(error.value)
