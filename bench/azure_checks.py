@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fruits.azure_storage import AzureStorage, BlobLocation, blob_created_message
+from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, blob_created_message
 from fruits.config import load_config
 from fruits.lake import open_lake
 from fruits.tables import PREDICTIONS, QUARANTINE
@@ -88,7 +88,7 @@ def check(mode: str, staging: Path, args: argparse.Namespace) -> dict[str, objec
         storage = AzureStorage(config.azure)
         location = BlobLocation.parse(config.path("landing"))
         queue = storage.queue(config.stream.queue, create=True)
-        for blob in storage.list_blobs(location, lambda name: True):
+        for blob in storage.list_blobs(location, NameFilter(config.images.extensions)):
             queue.send_message(
                 blob_created_message(
                     "devstoreaccount1", location.container, blob.name, blob.etag, blob.size

@@ -198,10 +198,7 @@ def azurite() -> Any:
 
 @pytest.fixture
 def azure_config(
-    azurite: Any,
-    trained: tuple[Config, dict[str, Any]],
-    make_config: Callable[..., Config],
-    tmp_path: Path,
+    azurite: Any, trained: tuple[Config, dict[str, Any]], onnx_dir: Path, tmp_path: Path
 ) -> Config:
     """conf/azurite.yaml under a fresh root, with its own containers (so tests never share a
     landing or a lake) and a copy of the trained registry."""
@@ -218,5 +215,6 @@ def azure_config(
         "FRUITS__PATHS__LANDING": f"az://landing-{suffix}/photos",
         "FRUITS__PATHS__LAKE": f"az://lake-{suffix}/fruits",
         "FRUITS__STREAM__QUEUE": f"events-{suffix}",
+        "FRUITS__FEATURIZER__ONNX_DIR": str(onnx_dir),
     }
     return load_config(PROJECT / "conf" / "azurite.yaml", environ=environ)

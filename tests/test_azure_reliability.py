@@ -83,6 +83,7 @@ def test_an_account_key_in_the_environment_leaves_no_trace(
         "AZURE_STORAGE_CONNECTION_STRING": connection,
         "FRUITS__PATHS__LANDING": azure_config.path("landing"),
         "FRUITS__PATHS__LAKE": azure_config.path("lake"),
+        "FRUITS__FEATURIZER__ONNX_DIR": str(azure_config.featurizer.onnx_dir),
     }
 
     def fruits(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
