@@ -128,10 +128,11 @@ class AzureStorage:
         self.settings = settings
         env = os.environ if environ is None else environ
         self._connection_string = env.get(settings.connection_string_env) or None
+        self._blob_service: BlobServiceClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Never pickle the connection string into a Spark task or a plan: tasks read it from
-        # their own environment.
+        # Never pickle the connection string (or a client holding it) into a Spark task or a
+        # plan: tasks read it from their own environment.
         return {"settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -156,24 +157,34 @@ class AzureStorage:
                 f"or a connection string in ${self.settings.connection_string_env}"
             )
 
-    def blob_service(self) -> BlobServiceClient:
-        from azure.storage.blob import BlobServiceClient, ExponentialRetry
-
+    def _client(self, client_cls: Any, retry_cls: Any, service: str, *args: Any) -> Any:
+        """A Blob or Queue client by this account's credentials (the order in the module
+        docstring), with the bounded retries."""
         self._check()
-        retry = ExponentialRetry(
+        retry = retry_cls(
             initial_backoff=_BACKOFF_S, increment_base=_BACKOFF_BASE, retry_total=_RETRY_TOTAL
         )
         if self.settings.use_emulator:
-            return BlobServiceClient.from_connection_string(_EMULATOR, retry_policy=retry)
+            return client_cls.from_connection_string(_EMULATOR, *args, retry_policy=retry)
         if self._connection_string:
-            return BlobServiceClient.from_connection_string(
-                self._connection_string, retry_policy=retry
+            return client_cls.from_connection_string(
+                self._connection_string, *args, retry_policy=retry
             )
-        return BlobServiceClient(
-            f"https://{self.settings.account_name}.blob.core.windows.net",
+        return client_cls(
+            f"https://{self.settings.account_name}.{service}.core.windows.net",
+            *args,
             credential=_default_credential(),
             retry_policy=retry,
         )
+
+    def blob_service(self) -> BlobServiceClient:
+        """One client per instance: its connection pool serves every call (a discovery pass
+        asks for one blob's properties per event)."""
+        if self._blob_service is None:
+            from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+            self._blob_service = self._client(BlobServiceClient, ExponentialRetry, "blob")
+        return self._blob_service
 
     def container(self, name: str, *, create: bool = False) -> ContainerClient:
         client = self.blob_service().get_container_client(name)
@@ -187,23 +198,7 @@ class AzureStorage:
     def queue(self, name: str, *, create: bool = False) -> QueueClient:
         from azure.storage.queue import ExponentialRetry, QueueClient
 
-        self._check()
-        retry = ExponentialRetry(
-            initial_backoff=_BACKOFF_S, increment_base=_BACKOFF_BASE, retry_total=_RETRY_TOTAL
-        )
-        if self.settings.use_emulator:
-            client = QueueClient.from_connection_string(_EMULATOR, name, retry_policy=retry)
-        elif self._connection_string:
-            client = QueueClient.from_connection_string(
-                self._connection_string, name, retry_policy=retry
-            )
-        else:
-            client = QueueClient(
-                f"https://{self.settings.account_name}.queue.core.windows.net",
-                name,
-                credential=_default_credential(),
-                retry_policy=retry,
-            )
+        client: QueueClient = self._client(QueueClient, ExponentialRetry, "queue", name)
         if create:
             from azure.core.exceptions import ResourceExistsError
 
