@@ -42,7 +42,7 @@ from pyspark.sql.streaming.datasource import (
     SupportsTriggerAvailableNow,
 )
 
-from fruits.azure_storage import AzureStorage, BlobInfo, BlobLocation, NameFilter, parse_blob_events
+from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, parse_blob_events
 from fruits.config import AzureConfig
 from fruits.discovery import Arrival, DiscoveryState, utc
 
@@ -246,15 +246,21 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- discovery ---------------------------------------------------------------------------
 
     def _discover(self) -> None:
+        """Find new blobs; the state is written only when this changed it (listing mode runs
+        every trigger, and the state holds every key of the retention window)."""
         now = time.time()
+        before = (self._state.last_seq, len(self._state.seen))
         first = self._state.last_listing == 0.0
+        offer = self.options.include_existing_files or not first
+        listed = first or self.options.discovery == "listing" or self._backfill_due(now)
+        if listed:
+            self._listing(now, offer=offer)
         if self.options.discovery == "notification":
-            if first or self._backfill_due(now):
-                self._listing(now, offer=self.options.include_existing_files or not first)
             self._receive_events()
-        else:
-            self._listing(now, offer=self.options.include_existing_files or not first)
-        self._state.save(self._state_path)
+        # A backfill's time is kept, so a restart does not list again before it is due.
+        backfilled = listed and self.options.discovery == "notification"
+        if first or backfilled or (self._state.last_seq, len(self._state.seen)) != before:
+            self._state.save(self._state_path)
 
     def _backfill_due(self, now: float) -> bool:
         interval = self.options.backfill_interval_s
@@ -271,21 +277,24 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _receive_events(self) -> None:
         queue = self._queue_client()
+        received = False
         delete_now: list[list[str]] = []
         for message in queue.receive_messages(
             messages_per_page=32,
             visibility_timeout=_VISIBILITY_TIMEOUT_S,
             max_messages=_MESSAGES_PER_TRIGGER,
         ):
+            received = True
             receipt = [message.id, message.pop_receipt]
             holder = self._arrival_for(message.content)
             if holder is None:
                 delete_now.append(receipt)  # nothing left to deliver: done with the message
             else:
                 holder.receipts = [r for r in holder.receipts if r[0] != message.id] + [receipt]
-        # The state (with the new arrivals) is saved before any message is deleted.
-        self._state.save(self._state_path)
-        self._delete_messages(delete_now)
+        if received:
+            # The state (new arrivals, new pop receipts) is saved before any message is deleted.
+            self._state.save(self._state_path)
+            self._delete_messages(delete_now)
 
     def _arrival_for(self, text: str) -> Arrival | None:
         """The pending arrival a message announces (created if new), or None when the message
@@ -302,7 +311,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 holder = self._state.arrival(event.name, event.etag) or holder
                 continue
             # The blob's current properties: it may be gone, or rewritten since the event.
-            info: BlobInfo | None = self._storage.blob_info(event.container, event.name)
+            info = self._storage.blob_info(event.container, event.name)
             if info is None:
                 continue
             new = self._state.add([info])
