@@ -26,7 +26,7 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
     check_labelled_tree(data)
     registry = ModelRegistry(config.path("models"))
     entry = registry.get(version)  # fails early, before Spark starts, if there is no model
-    spec = ExtractorSpec.from_config(config, image_size=int(entry.meta["image_size"]))
+    spec = ExtractorSpec.for_model(config, entry.meta)
     if spec.extractor_id != entry.meta["extractor"]:
         raise ConfigError(
             f"config key 'featurizer.weights' gives extractor {spec.extractor_id} but model "

@@ -81,6 +81,7 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
         "classifier": trained.classifier,
         "extractor": spec.extractor_id,
         "image_size": spec.image_size,
+        "layer": spec.layer,
         "pca_components": trained.pca_components,
         "explained_variance": round(trained.explained_variance, 6),
         "explained_variance_target": config.training.explained_variance,
@@ -106,6 +107,7 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
                 for key in (
                     "classifier",
                     "image_size",
+                    "layer",
                     "pca_components",
                     "explained_variance",
                     "data",

@@ -163,14 +163,20 @@ def pick_photos(images: str | Path, n: int) -> list[Path]:
 
 
 def bench_config(
-    config: Config, root: Path, *, backend: Backend | None, image_size: int | None
+    config: Config,
+    root: Path,
+    *,
+    backend: Backend | None,
+    image_size: int | None,
+    layer: str | None = None,
 ) -> Config:
-    """``config`` under a fresh root, with the backend and size asked for. The ONNX export stays
-    where the original configuration caches it, so a benchmark does not re-export each run."""
+    """``config`` under a fresh root, with the backend, size and layer asked for. The ONNX export
+    stays where the original configuration caches it, so a benchmark does not re-export."""
     featurizer = dataclasses.replace(
         config.featurizer,
         backend=backend or config.featurizer.backend,
         image_size=image_size or config.featurizer.image_size,
+        layer=layer or config.featurizer.layer,
         onnx_dir=str(Path(onnx_dir(config)).resolve()),
     )
     return dataclasses.replace(config, root=str(root), featurizer=featurizer)
@@ -194,7 +200,11 @@ def prepare_model(config: Config, *, images: str, models: str | None) -> str:
         (data / "Training" / label).mkdir(parents=True)
         for photo in sorted((training / label).glob("*.jpg"))[::15][:8]:
             shutil.copy(photo, data / "Training" / label / photo.name)
-    log(f"bench: training a small model ({', '.join(classes)}) at {config.featurizer.image_size}")
+    featurizer = config.featurizer
+    log(
+        f"bench: training a small model ({', '.join(classes)}) at {featurizer.image_size}, "
+        f"{featurizer.layer}"
+    )
     env = {**stream_environment(config), "FRUITS__TRAINING__CLASSIFIERS": "[logistic_regression]"}
     command = [sys.executable, "-m", "fruits.cli", "train", "--config", config.source]
     done = subprocess.run([*command, "--data", str(data)], env=env, capture_output=True, text=True)
@@ -210,6 +220,7 @@ def stream_environment(config: Config) -> dict[str, str]:
         "FRUITS_ROOT": config.root,
         "FRUITS__FEATURIZER__BACKEND": config.featurizer.backend,
         "FRUITS__FEATURIZER__IMAGE_SIZE": str(config.featurizer.image_size),
+        "FRUITS__FEATURIZER__LAYER": config.featurizer.layer,
         "FRUITS__FEATURIZER__ONNX_DIR": f"'{config.featurizer.onnx_dir}'",
         "FRUITS__STREAM__TRIGGER_INTERVAL": config.stream.trigger_interval,
     }

@@ -51,10 +51,11 @@ def run_latency(
     idle_probe_s: float = 0.0,
     backend: Backend | None = None,
     image_size: int | None = None,
+    layer: str | None = None,
     models: str | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-latency-"))
-    config = bench_config(config, root, backend=backend, image_size=image_size)
+    config = bench_config(config, root, backend=backend, image_size=image_size, layer=layer)
     model_from = prepare_model(config, images=images, models=models)
     trickle_n = int(rate * seconds) + 1
     feeder = iter(pick_photos(images, WARM_UP_PHOTOS + trickle_n + burst + 1))

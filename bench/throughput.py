@@ -35,6 +35,7 @@ from bench._harness import (
 from fruits.config import Config
 from fruits.console import log
 from fruits.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
+from fruits.inception import FULL_NETWORK
 
 __all__ = ["bare_throughput", "run_sizes", "run_throughput"]
 
@@ -46,11 +47,12 @@ def run_throughput(
     n: int,
     backend: Backend | None = None,
     image_size: int | None = None,
+    layer: str | None = None,
     models: str | None = None,
     baseline: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-throughput-"))
-    config = bench_config(config, root, backend=backend, image_size=image_size)
+    config = bench_config(config, root, backend=backend, image_size=image_size, layer=layer)
     slots = spark_cores(config.spark.master)
     batch = config.spark.arrow_batch_size
     warm_n = 2 * slots * batch
@@ -66,11 +68,13 @@ def run_throughput(
     if baseline:
         # The same bare run for the seed's setting, right after: a speed-up measured side by
         # side, which a loaded machine distorts far less than two separate runs.
-        reference = dataclasses.replace(spec, backend="keras", image_size=299)
-        log("bench: (a') bare featurizer, baseline keras at 299")
+        # The seed's pipeline: Keras, 299 pixels, the whole network.
+        reference = ExtractorSpec.from_config(config, image_size=299, layer=FULL_NETWORK)
+        reference = dataclasses.replace(reference, backend="keras")
+        log("bench: (a') bare featurizer, baseline keras at 299, whole network")
         reference_s = bare_throughput(blobs, reference, processes=slots, batch=batch)
         baseline_figures = {
-            "baseline": "keras/299",
+            "baseline": f"keras/299/{FULL_NETWORK}",
             "baseline_bare_photos_per_s": round(n / reference_s, 2),
             "bare_speedup_vs_baseline": round(reference_s / bare_s, 2),
         }
@@ -96,6 +100,7 @@ def run_throughput(
     return {
         "backend": spec.backend,
         "image_size": spec.image_size,
+        "layer": spec.layer,
         "n": n,
         "bare_photos_per_s": round(bare, 2),
         "stream_photos_per_s": round(streamed, 2),
@@ -125,25 +130,39 @@ def run_throughput(
 
 
 def run_sizes(
-    config: Config, *, images: str, n: int, sizes: list[int], backends: list[Backend]
+    config: Config,
+    *,
+    images: str,
+    n: int,
+    sizes: list[int],
+    backends: list[Backend],
+    layers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The bare featurizer for every (backend, size), one after the other in this process on
-    the same photos: the speed column of the input-size study."""
+    """The bare featurizer for every (layer, size, backend), one after the other in this
+    process on the same photos: the speed column of the input-size study."""
     slots = spark_cores(config.spark.master)
     batch = config.spark.arrow_batch_size
     blobs = [p.read_bytes() for p in pick_photos(images, n)]
     rows: list[dict[str, Any]] = []
-    for size in sizes:
-        for backend in backends:
-            spec = dataclasses.replace(
-                ExtractorSpec.from_config(config), backend=backend, image_size=size
-            )
-            prepare_backend(spec)
-            log(f"bench: bare featurizer, {backend} at {size}")
-            seconds = bare_throughput(blobs, spec, processes=slots, batch=batch)
-            rows.append({"backend": backend, "image_size": size, "photos_per_s": n / seconds})
+    for layer in layers or [config.featurizer.layer]:
+        for size in sizes:
+            for backend in backends:
+                spec = ExtractorSpec.from_config(config, image_size=size, layer=layer)
+                spec = dataclasses.replace(spec, backend=backend)
+                prepare_backend(spec)
+                log(f"bench: bare featurizer, {backend} at {size}, {layer}")
+                seconds = bare_throughput(blobs, spec, processes=slots, batch=batch)
+                rows.append(
+                    {
+                        "backend": backend,
+                        "image_size": size,
+                        "layer": layer,
+                        "photos_per_s": n / seconds,
+                    }
+                )
+    seed = ("keras", 299, FULL_NETWORK)
     reference = next(
-        (r["photos_per_s"] for r in rows if (r["backend"], r["image_size"]) == ("keras", 299)),
+        (r["photos_per_s"] for r in rows if (r["backend"], r["image_size"], r["layer"]) == seed),
         None,
     )
     for row in rows:

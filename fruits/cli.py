@@ -17,6 +17,7 @@ from typing import Any
 
 from fruits.config import DEFAULT_CONFIG, Config, load_config
 from fruits.errors import ConfigError, FruitsError
+from fruits.inception import LAYERS
 from fruits.secrets import redact
 
 __all__ = ["main"]
@@ -121,6 +122,7 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             "images": args.images,
             "backend": args.backend,
             "image_size": args.image_size,
+            "layer": args.layer,
             "models": args.models,
         }
         if args.kind == "throughput":
@@ -141,7 +143,12 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
         from bench.throughput import run_sizes
 
         return run_sizes(
-            config, images=args.images, n=args.n, sizes=args.sizes, backends=args.backends
+            config,
+            images=args.images,
+            n=args.n,
+            sizes=args.sizes,
+            backends=args.backends,
+            layers=args.layers,
         )
     from bench.discovery import run_discovery
 
@@ -209,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     model_options.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
     model_options.add_argument("--backend", choices=["keras", "onnx"], help="default: config")
     model_options.add_argument("--image-size", type=int, help="default: featurizer.image_size")
+    model_options.add_argument("--layer", choices=list(LAYERS), help="default: featurizer.layer")
     model_options.add_argument(
         "--models", help="a trained registry to copy (default: train a small one now)"
     )
@@ -245,6 +253,9 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument("--sizes", type=int, nargs="+", default=[299, 224, 150, 100])
     sizes.add_argument(
         "--backends", nargs="+", choices=["keras", "onnx"], default=["keras", "onnx"]
+    )
+    sizes.add_argument(
+        "--layers", nargs="+", choices=list(LAYERS), default=None, help="default: featurizer.layer"
     )
     discovery = bench_kinds.add_parser(
         "discovery", parents=[common], help="listing vs notification cost, simulated"

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from fruits.errors import ConfigError
+from fruits.inception import LAYERS
 
 __all__ = [
     "CLASSIFIER_NAMES",
@@ -66,6 +67,7 @@ class SparkConfig:
 class FeaturizerConfig:
     weights: str = "imagenet"
     image_size: int = 299
+    layer: str = "mixed10"  # the InceptionV3 block pooled into features (fruits.featurizer)
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
@@ -264,6 +266,11 @@ def _validate(config: Config) -> None:
         )
     if not 75 <= config.featurizer.image_size <= 1024:
         raise ConfigError("config key 'featurizer.image_size' must be between 75 and 1024")
+    if config.featurizer.layer not in LAYERS:
+        raise ConfigError(
+            f"config key 'featurizer.layer' must be one of: {', '.join(LAYERS)} "
+            f"(got {config.featurizer.layer!r})"
+        )
     if config.featurizer.intra_op_threads < 0:
         raise ConfigError("config key 'featurizer.intra_op_threads' must be at least 0")
     if not 0.0 < config.training.explained_variance <= 1.0:

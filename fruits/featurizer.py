@@ -31,11 +31,12 @@ import pandas as pd
 from fruits.config import Config
 from fruits.errors import ConfigError
 from fruits.images import Decoded, ImageLimits, decode_batch, preprocess_input
+from fruits.inception import FULL_NETWORK, LAYERS
 from fruits.storage import is_url
 
 __all__ = [
-    "FEATURE_DIM",
     "FEATURE_RESULT_SCHEMA",
+    "LAYERS",
     "ExtractorSpec",
     "export_onnx",
     "extract_features",
@@ -43,7 +44,6 @@ __all__ = [
     "prepare_backend",
 ]
 
-FEATURE_DIM = 2048
 # The UDF's result: features for a usable photo, or a quarantine reason and detail.
 FEATURE_RESULT_SCHEMA = "features array<float>, reason string, detail string"
 # Opset 17 is read by every ONNX Runtime of the last years and covers all InceptionV3 ops.
@@ -60,6 +60,7 @@ class ExtractorSpec:
     weights: str
     image_size: int
     weights_digest: str
+    layer: str = FULL_NETWORK
     intra_op_threads: int = 1
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
@@ -67,19 +68,35 @@ class ExtractorSpec:
     onnx_dir: str = ""  # where the ONNX export lives (backend "onnx" only)
 
     @classmethod
-    def from_config(cls, config: Config, *, image_size: int | None = None) -> ExtractorSpec:
-        """The configured extractor; ``image_size`` overrides it (to match a trained model)."""
+    def from_config(
+        cls, config: Config, *, image_size: int | None = None, layer: str | None = None
+    ) -> ExtractorSpec:
+        """The configured extractor; ``image_size`` and ``layer`` override it."""
         featurizer = config.featurizer
         return cls(
             weights=featurizer.weights,
             image_size=image_size or featurizer.image_size,
             weights_digest=weights_digest(featurizer.weights),
+            layer=layer or featurizer.layer,
             intra_op_threads=featurizer.intra_op_threads,
             max_bytes=config.images.max_bytes,
             max_pixels=config.images.max_pixels,
             backend=featurizer.backend,
             onnx_dir=onnx_dir(config),
         )
+
+    @classmethod
+    def for_model(cls, config: Config, meta: dict[str, Any]) -> ExtractorSpec:
+        """The extractor a registered model was trained on: its input size and layer (models
+        registered before the layer was configurable used the whole network), with the
+        configured weights and backend."""
+        return cls.from_config(
+            config, image_size=int(meta["image_size"]), layer=meta.get("layer", FULL_NETWORK)
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        return LAYERS[self.layer]
 
     @property
     def extractor_id(self) -> str:
@@ -90,13 +107,17 @@ class ExtractorSpec:
         cached by one backend are reused by the other and a model trained on either serves on
         both.
         """
-        return f"inception_v3/avg/{self.image_size}/{self.weights_digest}"
+        # The whole network keeps the id it had before the layer was configurable, so feature
+        # caches and models made then stay valid.
+        cut = "" if self.layer == FULL_NETWORK else f"{self.layer}/"
+        return f"inception_v3/{cut}avg/{self.image_size}/{self.weights_digest}"
 
     @property
     def onnx_path(self) -> str:
-        """The export's file: one per weights digest and input size."""
+        """The export's file: one per weights digest, layer and input size."""
         digest = self.weights_digest.replace("sha256:", "")
-        return f"{self.onnx_dir}/inception_v3_avg_{self.image_size}_{digest}.onnx"
+        cut = "" if self.layer == FULL_NETWORK else f"{self.layer}_"
+        return f"{self.onnx_dir}/inception_v3_{cut}avg_{self.image_size}_{digest}.onnx"
 
     @property
     def limits(self) -> ImageLimits:
@@ -205,7 +226,7 @@ def _convert(spec: ExtractorSpec, output_path: str) -> None:
     import tensorflow as tf
     import tf2onnx
 
-    model = _keras_model(spec.weights, spec.image_size, spec.intra_op_threads)
+    model = _keras_model(spec.weights, spec.image_size, spec.layer, spec.intra_op_threads)
     size = spec.image_size
     signature = [tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")]
 
@@ -233,22 +254,28 @@ def _tf_setup(intra_op_threads: int) -> None:
 
 
 @lru_cache(maxsize=2)
-def _keras_model(weights: str, image_size: int, intra_op_threads: int) -> Any:
-    """Build InceptionV3 once per process (~5 s: TF import + graph + weights)."""
+def _keras_model(weights: str, image_size: int, layer: str, intra_op_threads: int) -> Any:
+    """Build InceptionV3 once per process (~5 s: TF import + graph + weights), cut after
+    ``layer`` and average-pooled."""
     _tf_setup(intra_op_threads)
+    import keras
     from keras.applications import InceptionV3
 
-    return InceptionV3(
+    network = InceptionV3(
         include_top=False,
         weights=weights,
-        pooling="avg",
+        pooling="avg" if layer == FULL_NETWORK else None,
         input_shape=(image_size, image_size, 3),
     )
+    if layer == FULL_NETWORK:
+        return network
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(network.get_layer(layer).output)
+    return keras.Model(network.input, pooled, name=f"inception_v3_{layer}")
 
 
 @lru_cache(maxsize=2)
-def _keras_runner(weights: str, image_size: int, intra_op_threads: int) -> Runner:
-    model = _keras_model(weights, image_size, intra_op_threads)
+def _keras_runner(weights: str, image_size: int, layer: str, intra_op_threads: int) -> Runner:
+    model = _keras_model(weights, image_size, layer, intra_op_threads)
     return lambda batch: np.asarray(model(batch, training=False), dtype=np.float32)
 
 
@@ -275,13 +302,13 @@ def _runner(spec: ExtractorSpec) -> Runner:
         # Normally exported by the driver; on a cluster whose executors do not see the
         # driver's disk, each executor exports once, under the same lock.
         return _onnx_runner(export_onnx(spec), spec.intra_op_threads)
-    return _keras_runner(spec.weights, spec.image_size, spec.intra_op_threads)
+    return _keras_runner(spec.weights, spec.image_size, spec.layer, spec.intra_op_threads)
 
 
 def extract_features(pixels: np.ndarray, spec: ExtractorSpec) -> np.ndarray:
-    """(N, size, size, 3) RGB 0..255 -> (N, 2048) float32 features."""
+    """(N, size, size, 3) RGB 0..255 -> (N, feature_dim) float32 features."""
     if len(pixels) == 0:
-        return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        return np.zeros((0, spec.feature_dim), dtype=np.float32)
     return _runner(spec)(preprocess_input(pixels).astype(np.float32, copy=False))
 
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.sql import Column, DataFrame
 
+    from fruits.scoring import LinearScorer
+
 __all__ = ["ClassifierScore", "FruitModel", "TrainedModel", "train"]
 
 Log = Callable[[str], None]
@@ -70,6 +72,29 @@ class FruitModel:
                 lambda s: F.struct(s["label"].alias("label"), s["prob"].alias("prob")),
             ).alias("top_k"),
             (F.col("_top")[0]["prob"] < F.lit(self.threshold)).alias("is_unknown"),
+        )
+
+    def linear_scorer(self) -> LinearScorer | None:
+        """The whole pipeline as one numpy map when the classifier is a logistic regression
+        (fruits/scoring.py); None for the trees, which only Spark ML scores."""
+        from pyspark.ml.classification import LogisticRegressionModel
+        from pyspark.ml.feature import PCAModel, StandardScalerModel
+
+        from fruits.scoring import LinearScorer
+
+        scaler, pca, classifier = self.pipeline.stages
+        if not isinstance(classifier, LogisticRegressionModel):
+            return None
+        assert isinstance(scaler, StandardScalerModel) and isinstance(pca, PCAModel)
+        return LinearScorer.fold(
+            mean=scaler.mean.toArray(),
+            std=scaler.std.toArray(),
+            components=pca.pc.toArray(),
+            coefficients=classifier.coefficientMatrix.toArray(),
+            intercepts=classifier.interceptVector.toArray(),
+            classes=self.classes,
+            threshold=self.threshold,
+            top_k=self.top_k,
         )
 
 

@@ -15,6 +15,7 @@ from fruits.errors import FruitsError, ModelNotFoundError, RegistryError
 from fruits.featurizer import ExtractorSpec
 from fruits.model import FruitModel
 from fruits.registry import ModelRegistry
+from fruits.scoring import LinearScorer
 
 __all__ = ["ServedModel", "Serving"]
 
@@ -26,6 +27,8 @@ class Serving:
     version: int
     model: FruitModel
     spec: ExtractorSpec
+    # The model as one numpy map, scored inside the featurizer's UDF; None: Spark ML scores it.
+    scorer: LinearScorer | None = None
 
 
 class ServedModel:
@@ -71,13 +74,13 @@ class ServedModel:
 
     def _load(self, version: int) -> Serving:
         entry, model = self._registry.load(version)
-        spec = ExtractorSpec.from_config(self._config, image_size=int(entry.meta["image_size"]))
+        spec = ExtractorSpec.for_model(self._config, entry.meta)
         if spec.extractor_id != model.extractor:
             raise RegistryError(
                 f"model version {version} needs features {model.extractor}, but the configured "
                 f"weights give {spec.extractor_id}"
             )
-        return Serving(version, model, spec)
+        return Serving(version, model, spec, model.linear_scorer())
 
     def _warn_once(self, version: int, reason: str) -> None:
         if self._failed != version:

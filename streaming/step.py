@@ -21,11 +21,13 @@ import pyarrow.compute as pc
 
 from fruits.featurizer import featurize_udf
 from fruits.lake import Lake, Txn
-from fruits.serving import ServedModel
+from fruits.model import PREDICTION_COLUMNS
+from fruits.scoring import predict_udf
+from fruits.serving import ServedModel, Serving
 from fruits.tables import PREDICTIONS, QUARANTINE
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "PredictionStep"]
 
@@ -66,35 +68,14 @@ class PredictionStep:
         self.outcomes: dict[int, BatchOutcome] = {}
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
         started = time.perf_counter()
         discovered_at = dt.datetime.now(dt.UTC)
         serving = self._served.refresh()  # hot-swap point: between micro-batches
-        featurize = featurize_udf(serving.spec)
         with _deadline(batch, batch_id, self._timeout_s):
-            # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
-            featurized = (
-                batch.select(
-                    "path",
-                    F.col("modificationTime").alias("uploaded_at"),
-                    F.col("length").alias("size_bytes"),
-                    F.sha2("content", 256).alias("image_id"),
-                    featurize("content").alias("result"),
-                )
-                .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
-                .persist()
-            )
-            try:
-                quarantine = (
-                    featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
-                )
-                scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
-                    "features", "reason", "detail", "size_bytes"
-                )
-                predictions = scored.toArrow()
-            finally:
-                featurized.unpersist()
+            if serving.scorer is not None:
+                predictions, quarantine = _answer_in_one_job(batch, serving)
+            else:
+                predictions, quarantine = _answer_with_spark_ml(batch, serving)
 
         predicted_at = dt.datetime.now(dt.UTC)
         if self._resolved_query_id is None:
@@ -124,6 +105,54 @@ class PredictionStep:
         self.outcomes[batch_id] = outcome
         if self._on_batch:
             self._on_batch(outcome)
+
+
+def _photo_columns(batch: DataFrame) -> list[Column]:
+    from pyspark.sql import functions as F
+
+    return [
+        F.col("path"),
+        F.col("modificationTime").alias("uploaded_at"),
+        F.col("length").alias("size_bytes"),
+        F.sha2("content", 256).alias("image_id"),
+    ]
+
+
+def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
+    """A linear model: features and answers in the same pandas UDF, so the micro-batch is one
+    Spark job, and only the answers (not 768-2048 floats a photo) come back to the driver."""
+    assert serving.scorer is not None
+    predict = predict_udf(serving.spec, serving.scorer)
+    rows = (
+        batch.select(*_photo_columns(batch), predict("content").alias("result"))
+        .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
+        .toArrow()
+    )
+    usable = pc.is_null(rows.column("reason"))
+    predictions = rows.filter(usable).drop_columns(["reason", "detail", "size_bytes"])
+    quarantine = rows.filter(pc.invert(usable)).drop_columns(list(PREDICTION_COLUMNS))
+    return predictions, quarantine
+
+
+def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
+    """Any other model (the trees): features from the UDF, answers from Spark ML."""
+    from pyspark.sql import functions as F
+
+    featurize = featurize_udf(serving.spec)
+    # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
+    featurized = (
+        batch.select(*_photo_columns(batch), featurize("content").alias("result"))
+        .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
+        .persist()
+    )
+    try:
+        quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
+        scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
+            "features", "reason", "detail", "size_bytes"
+        )
+        return scored.toArrow(), quarantine
+    finally:
+        featurized.unpersist()
 
 
 class BatchTimeoutError(RuntimeError):

@@ -195,3 +195,35 @@ def test_a_batch_past_its_timeout_fails_the_query_and_is_replayed_once(
         query.stop()
     rows = _table(stream_config, PREDICTIONS).to_pylist()
     assert [(r["batch_id"], r["label"]) for r in rows] == [(0, "Kiwi")] * 3
+
+
+def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
+    spark: Any, memory_query: Any, stream_config: Config, trained: tuple[Config, dict[str, Any]]
+) -> None:
+    from fruits.config import TrainingConfig
+    from fruits.model import train
+    from fruits.tables import FEATURES
+
+    feed, query, step = memory_query
+    registry = ModelRegistry(stream_config.path("models"))
+    entry, linear = registry.load(1)
+    features = DeltaRsLake(trained[0].path("lake")).read_arrow(FEATURES)
+    settings = TrainingConfig(classifiers=("decision_tree",), classifier="decision_tree")
+    tree = train(
+        spark.createDataFrame(features.select(["image_id", "path", "label", "features"])),
+        settings,
+        extractor=linear.extractor,
+    ).model
+    assert linear.linear_scorer() is not None and tree.linear_scorer() is None
+    version = registry.register(tree, {**entry.meta, "classifier": "decision_tree"})
+    registry.promote(version.version)
+
+    feed.add([*_photo_rows("Kiwi", 2, skip=2), ("mem://a.jpg", b"GIF89a", dt.datetime.now(dt.UTC))])
+    query.processAllAvailable()
+
+    rows = _table(stream_config, PREDICTIONS).to_pylist()
+    assert [(r["model_version"], r["label"]) for r in rows] == [(version.version, "Kiwi")] * 2
+    assert all(r["top_k"][0] == {"label": r["label"], "prob": r["confidence"]} for r in rows)
+    assert _table(stream_config, QUARANTINE).column("reason").to_pylist() == ["not_an_image"]
+    last = max(step.outcomes.values(), key=lambda o: o.batch_id)
+    assert (last.predictions, last.quarantined, last.model_version) == (2, 1, version.version)

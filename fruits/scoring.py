@@ -1,0 +1,123 @@
+"""Photo bytes -> answer in one pass on a Spark worker: features, then the classifier in numpy.
+
+The trained pipeline standardise -> PCA -> multinomial logistic regression is linear up to the
+softmax, so it folds into one affine map (``features @ weights + bias`` gives the class
+margins). :class:`LinearScorer` holds that map; :func:`predict_udf` runs it right after the
+featurizer, in the same pandas UDF. A micro-batch is then a single Spark job whose rows come
+back already answered: no features column through the JVM, no Spark ML plan per batch.
+
+Models whose classifier is not linear (the trees) are scored by Spark ML instead
+(``FruitModel.predict``); both give the same answers for a linear model
+(tests/test_scoring.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fruits.featurizer import ExtractorSpec, featurize_frame, prepare_backend
+
+__all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
+
+# The UDF's result: an answer for a usable photo, or a quarantine reason and detail.
+PREDICTION_RESULT_SCHEMA = (
+    "label string, confidence double, top_k array<struct<label: string, prob: double>>, "
+    "is_unknown boolean, reason string, detail string"
+)
+
+
+@dataclass(frozen=True)
+class LinearScorer:
+    """Class probabilities = softmax(features @ weights + bias); picklable, a few MB."""
+
+    weights: np.ndarray  # (feature_dim, n_classes), float64
+    bias: np.ndarray  # (n_classes,)
+    classes: tuple[str, ...]
+    threshold: float  # below this top probability, the answer is "unknown"
+    top_k: int
+
+    @classmethod
+    def fold(
+        cls,
+        *,
+        mean: np.ndarray,
+        std: np.ndarray,
+        components: np.ndarray,
+        coefficients: np.ndarray,
+        intercepts: np.ndarray,
+        classes: tuple[str, ...],
+        threshold: float,
+        top_k: int,
+    ) -> LinearScorer:
+        """Fold standardise ((x - mean) / std, 0 where std is 0, as Spark's StandardScaler),
+        PCA (``components``: feature_dim x k; Spark's PCA does not centre) and the logistic
+        regression (``coefficients``: n_classes x k) into one map."""
+        inverse_std = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
+        projection = (inverse_std[:, None] * components) @ coefficients.T  # (d, n_classes)
+        bias = intercepts - (mean * inverse_std) @ components @ coefficients.T
+        return cls(projection, bias, classes, threshold, top_k)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        margins = features.astype(np.float64) @ self.weights + self.bias
+        margins -= margins.max(axis=1, keepdims=True)  # a stable softmax
+        exp = np.exp(margins)
+        probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+        return probabilities
+
+    def answer(self, features: np.ndarray) -> pd.DataFrame:
+        """(N, feature_dim) -> label, confidence, top_k, is_unknown per row (the contract)."""
+        probs = self.probabilities(features)
+        # Highest first; an exact tie (never seen in float64) goes to the earlier class.
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
+        top_probs = np.take_along_axis(probs, ranked, axis=1)
+        classes = np.asarray(self.classes, dtype=object)
+        return pd.DataFrame(
+            {
+                "label": classes[ranked[:, 0]],
+                "confidence": top_probs[:, 0],
+                "top_k": [
+                    [
+                        {"label": classes[c], "prob": float(p)}
+                        for c, p in zip(row, row_probs, strict=True)
+                    ]
+                    for row, row_probs in zip(ranked, top_probs, strict=True)
+                ],
+                "is_unknown": top_probs[:, 0] < self.threshold,
+            }
+        )
+
+
+def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer) -> pd.DataFrame:
+    """One Arrow batch: photo bytes -> (label, confidence, top_k, is_unknown) for usable photos,
+    (reason, detail) for the others; one model call and one matrix product per batch."""
+    featurized = featurize_frame(contents, spec)
+    usable = np.flatnonzero(featurized["reason"].isna().to_numpy())
+    columns: dict[str, list[Any]] = {
+        name: [None] * len(featurized) for name in ("label", "confidence", "top_k", "is_unknown")
+    }
+    if len(usable):
+        answers = scorer.answer(np.stack(featurized["features"].iloc[usable].to_list()))
+        for name, values in columns.items():
+            for position, value in zip(usable, answers[name].tolist(), strict=True):
+                values[position] = value
+    return pd.DataFrame({**columns, "reason": featurized["reason"], "detail": featurized["detail"]})
+
+
+def predict_udf(spec: ExtractorSpec, scorer: LinearScorer) -> Any:
+    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(label, confidence, top_k,
+    is_unknown, reason, detail). Called on the driver, which makes the backend ready."""
+    from pyspark.sql.pandas.functions import pandas_udf
+
+    prepare_backend(spec)
+
+    @pandas_udf(PREDICTION_RESULT_SCHEMA)  # type: ignore[call-overload, untyped-decorator]
+    def predict(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        for contents in batches:
+            yield predict_frame(contents, spec, scorer)
+
+    return predict

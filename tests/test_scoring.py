@@ -1,0 +1,72 @@
+"""The classifier folded into numpy (fruits/scoring.py) answers exactly as Spark ML does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruits.config import Config
+from fruits.featurizer import ExtractorSpec, extract_features
+from fruits.images import ImageLimits, decode_batch
+from fruits.registry import ModelRegistry
+from fruits.scoring import predict_frame
+
+from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, real_photos
+
+pytestmark = pytest.mark.spark
+
+
+def _served(trained: tuple[Config, dict[str, Any]]) -> tuple[Any, ExtractorSpec]:
+    config, _ = trained
+    entry, model = ModelRegistry(config.path("models")).load()
+    return model, ExtractorSpec.for_model(config, entry.meta)
+
+
+def test_the_folded_linear_model_gives_spark_mls_answers(
+    spark: Any, trained: tuple[Config, dict[str, Any]]
+) -> None:
+    model, spec = _served(trained)
+    scorer = model.linear_scorer()
+    assert scorer is not None, "the session's model is a logistic regression"
+    # Known classes and classes the model never saw (low confidence, some "unknown").
+    photos = [
+        p for label in (*KNOWN_CLASSES, *UNKNOWN_CLASSES) for p in real_photos("Test", label, 2)
+    ]
+    pixels, _ = decode_batch(
+        [p.read_bytes() for p in photos], size=spec.image_size, limits=ImageLimits()
+    )
+    features = extract_features(pixels, spec)
+
+    frame = spark.createDataFrame(
+        pd.DataFrame({"row": range(len(photos)), "features": [f.tolist() for f in features]})
+    )
+    expected = model.predict(frame).orderBy("row").toPandas()
+    answered = scorer.answer(features)
+
+    assert answered["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(answered["confidence"], expected["confidence"], rtol=1e-9)
+    assert answered["is_unknown"].tolist() == expected["is_unknown"].tolist()
+    assert expected["is_unknown"].any() or expected["confidence"].min() < 0.99  # a real spread
+    for mine, spark_ml in zip(answered["top_k"], expected["top_k"], strict=True):
+        assert [t["label"] for t in mine] == [t["label"] for t in spark_ml]
+        np.testing.assert_allclose([t["prob"] for t in mine], [t["prob"] for t in spark_ml])
+
+
+def test_predict_frame_answers_good_photos_and_gives_reasons_for_bad_ones(
+    trained: tuple[Config, dict[str, Any]],
+) -> None:
+    model, spec = _served(trained)
+    scorer = model.linear_scorer()
+    assert scorer is not None
+    kiwi = real_photos("Test", "Kiwi", 1)[0].read_bytes()
+    banana = real_photos("Test", "Banana", 1)[0].read_bytes()
+    result = predict_frame(pd.Series([kiwi, b"not a photo", banana, b""]), spec, scorer)
+
+    assert result["label"].tolist() == ["Kiwi", None, "Banana", None]
+    assert result["reason"].tolist() == [None, "not_an_image", None, "empty"]
+    assert result["top_k"][0][0] == {"label": "Kiwi", "prob": result["confidence"][0]}
+    assert len(result["top_k"][2]) == 3
+    assert result["is_unknown"][1] is None and pd.isna(result["confidence"][3])
