@@ -84,11 +84,16 @@ def run_stream(
             raise FruitsError(f"the streaming query failed: {query.exception()}")
         # Spark's own time for the triggers that had photos: discovery (listing), the batch,
         # and the offset/commit log writes; not the query's start-up or idle triggers.
-        busy_ms = sum(
-            p["durationMs"].get("triggerExecution", 0)
-            for p in query.recentProgress
-            if p.get("numInputRows")
-        )
+        busy = [p["durationMs"] for p in query.recentProgress if p.get("numInputRows")]
+        busy_ms = sum(d.get("triggerExecution", 0) for d in busy)
+        # Where that time went, summed over those triggers: latestOffset (discovery), addBatch
+        # (the foreachBatch step: Spark job + Delta commits), walCommit / commitOffsets (the
+        # checkpoint's offset and commit logs), queryPlanning, getBatch.
+        phases_ms: dict[str, int] = {}
+        for durations in busy:
+            for phase, ms in durations.items():
+                if phase != "triggerExecution":
+                    phases_ms[phase] = phases_ms.get(phase, 0) + int(ms)
     outcomes = list(step.outcomes.values())
     return {
         "batches": len(outcomes),
@@ -97,6 +102,7 @@ def run_stream(
         "quarantined": sum(o.quarantined for o in outcomes),
         "model_version": served.current.version,
         "busy_seconds": round(busy_ms / 1000, 3),
+        "busy_phases_ms": phases_ms,
         "stopped_by_signal": stop.is_set(),
     }
 
@@ -213,8 +219,8 @@ def _log_batch(outcome: BatchOutcome, rows_in: int, seconds: float) -> None:
     replay = " (replay: already in Delta)" if outcome.replayed else ""
     log(
         f"batch {outcome.batch_id}: {rows_in} in, {outcome.predictions} predicted, "
-        f"{outcome.quarantined} quarantined, {seconds:.2f} s, model v{outcome.model_version}"
-        f"{replay}"
+        f"{outcome.quarantined} quarantined, {seconds:.2f} s "
+        f"(Delta {outcome.delta_seconds:.2f} s), model v{outcome.model_version}{replay}"
     )
 
 

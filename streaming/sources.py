@@ -118,6 +118,13 @@ def file_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFra
     if not is_url(landing):
         Path(landing).mkdir(parents=True, exist_ok=True)
     stream = config.stream
+    # A micro-batch names its files one by one; above this many paths Spark stats them in a
+    # Spark job of one task per file (2.3 s of a 4.7 s batch of 512 photos, BENCHMARKS.md).
+    # Up to a whole batch, the driver stats them itself (microseconds each on a local disk).
+    spark.conf.set(
+        "spark.sql.sources.parallelPartitionDiscovery.threshold",
+        str(max(32, stream.max_files_per_trigger)),
+    )
     reader = (
         spark.readStream.format("binaryFile")
         .schema(BINARY_FILE_SCHEMA)

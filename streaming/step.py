@@ -43,6 +43,7 @@ class BatchOutcome:
     quarantined: int
     model_version: int
     seconds: float
+    delta_seconds: float  # of ``seconds``: the two Delta appends (the rest is the Spark job)
     replayed: bool  # True when Delta already held this batch (a replay after a crash)
 
 
@@ -78,6 +79,7 @@ class PredictionStep:
                 predictions, quarantine = _answer_with_spark_ml(batch, serving)
 
         predicted_at = dt.datetime.now(dt.UTC)
+        writing = time.perf_counter()
         if self._resolved_query_id is None:
             self._resolved_query_id = self._query_id()
         query_id = self._resolved_query_id
@@ -99,12 +101,21 @@ class PredictionStep:
             quarantined=quarantine.num_rows,
             model_version=serving.version,
             seconds=round(time.perf_counter() - started, 3),
+            delta_seconds=round(time.perf_counter() - writing, 3),
             replayed=not (wrote_predictions or wrote_quarantine)
             and predictions.num_rows + quarantine.num_rows > 0,
         )
         self.outcomes[batch_id] = outcome
         if self._on_batch:
             self._on_batch(outcome)
+
+
+def _in_few_tasks(batch: DataFrame) -> DataFrame:
+    """At most two tasks per task slot: the file source packs ~32 photos per task, and each
+    task costs its own Spark and Python round trip (~25 ms; 512 photos: 16 tasks, 0.4 s of
+    overhead, against 0.15 s in 4). Two per slot keeps the cores busy if one task runs
+    longer. A coalesce merges partitions without a shuffle; it never adds any."""
+    return batch.coalesce(2 * batch.sparkSession.sparkContext.defaultParallelism)
 
 
 def _photo_columns(batch: DataFrame) -> list[Column]:
@@ -124,7 +135,8 @@ def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa
     assert serving.scorer is not None
     predict = predict_udf(serving.spec, serving.scorer)
     rows = (
-        batch.select(*_photo_columns(batch), predict("content").alias("result"))
+        _in_few_tasks(batch)
+        .select(*_photo_columns(batch), predict("content").alias("result"))
         .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
         .toArrow()
     )
@@ -141,7 +153,8 @@ def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table,
     featurize = featurize_udf(serving.spec)
     # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
     featurized = (
-        batch.select(*_photo_columns(batch), featurize("content").alias("result"))
+        _in_few_tasks(batch)
+        .select(*_photo_columns(batch), featurize("content").alias("result"))
         .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
         .persist()
     )

@@ -15,6 +15,7 @@ from fruits.config import Config, load_config
 from fruits.errors import ConfigError
 from fruits.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
 from fruits.images import ImageLimits, decode_batch
+from fruits.inception import FULL_NETWORK, LAYERS
 
 from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos, with_backend
 
@@ -25,11 +26,16 @@ def _photos() -> list[bytes | None]:
     return [real_photos("Test", label, 1)[0].read_bytes() for label in KNOWN_CLASSES]
 
 
+@pytest.mark.parametrize(
+    ("layer", "size"),
+    [(None, None), (FULL_NETWORK, 75)],
+    ids=["configured-default", "whole-network"],
+)
 def test_onnx_and_keras_give_the_same_features_on_real_photos(
-    make_config: Callable[..., Config],
+    make_config: Callable[..., Config], layer: str | None, size: int | None
 ) -> None:
     config = make_config()
-    onnx = ExtractorSpec.from_config(with_backend(config, "onnx"))
+    onnx = ExtractorSpec.from_config(with_backend(config, "onnx"), image_size=size, layer=layer)
     keras = dataclasses.replace(onnx, backend="keras")
     assert onnx.extractor_id == keras.extractor_id  # one feature cache for both backends
     pixels, _ = decode_batch(_photos(), size=onnx.image_size, limits=ImageLimits())
@@ -37,7 +43,7 @@ def test_onnx_and_keras_give_the_same_features_on_real_photos(
     from_keras = extract_features(pixels, keras)
     from_onnx = extract_features(pixels, onnx)  # exports on first use
 
-    assert from_onnx.shape == from_keras.shape == (len(KNOWN_CLASSES), 2048)
+    assert from_onnx.shape == from_keras.shape == (len(KNOWN_CLASSES), LAYERS[onnx.layer])
     assert from_onnx.dtype == np.float32
     relative = np.abs(from_onnx - from_keras).max() / np.abs(from_keras).max()
     assert relative < 1e-4
@@ -95,3 +101,19 @@ def test_backend_is_validated() -> None:
     with pytest.raises(ConfigError) as error:
         load_config(LOCAL, environ={"FRUITS__FEATURIZER__BACKEND": "torch"})
     assert "'featurizer.backend' must be one of: keras, onnx" in str(error.value)
+
+
+def test_the_layer_is_part_of_the_extractor_and_validated(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config()
+    whole = ExtractorSpec.from_config(config, image_size=299, layer=FULL_NETWORK)
+    cut = ExtractorSpec.from_config(config, image_size=299, layer="mixed3")
+    # The whole network keeps the id it had before layers were configurable.
+    assert whole.extractor_id == f"inception_v3/avg/299/{whole.weights_digest}"
+    assert cut.extractor_id == f"inception_v3/mixed3/avg/299/{cut.weights_digest}"
+    assert cut.onnx_path != whole.onnx_path and "mixed3" in Path(cut.onnx_path).name
+    # A model registered before then was trained on the whole network.
+    assert ExtractorSpec.for_model(config, {"image_size": 299}).extractor_id == whole.extractor_id
+    with pytest.raises(ConfigError, match=r"'featurizer.layer' must be one of: mixed0, mixed1"):
+        make_config(FRUITS__FEATURIZER__LAYER="mixed11")
