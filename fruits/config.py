@@ -66,8 +66,8 @@ class SparkConfig:
 @dataclass(frozen=True)
 class FeaturizerConfig:
     weights: str = "imagenet"
-    image_size: int = 299
-    layer: str = "mixed10"  # the InceptionV3 block pooled into features (fruits.featurizer)
+    image_size: int = 100
+    layer: str = "mixed3"  # the InceptionV3 block pooled into features (fruits/inception.py)
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,

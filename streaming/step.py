@@ -111,11 +111,11 @@ class PredictionStep:
 
 
 def _in_few_tasks(batch: DataFrame) -> DataFrame:
-    """At most two tasks per task slot: the file source packs ~32 photos per task, and each
-    task costs its own Spark and Python round trip (~25 ms; 512 photos: 16 tasks, 0.4 s of
-    overhead, against 0.15 s in 4). Two per slot keeps the cores busy if one task runs
-    longer. A coalesce merges partitions without a shuffle; it never adds any."""
-    return batch.coalesce(2 * batch.sparkSession.sparkContext.defaultParallelism)
+    """One task per task slot. The file source packs ~32 photos per task, and each task pays
+    its own Spark and Python round trip: 512 photos on 2 slots took 1.02-1.12 s in 4 tasks
+    and 0.83 s in 2 (BENCHMARKS.md, section 4). A coalesce merges partitions without a
+    shuffle; it never adds any, so a small batch stays one small task."""
+    return batch.coalesce(batch.sparkSession.sparkContext.defaultParallelism)
 
 
 def _photo_columns(batch: DataFrame) -> list[Column]:

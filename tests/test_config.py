@@ -18,7 +18,7 @@ def test_embedded_default_puts_everything_under_one_root(tmp_path: Path) -> None
     for name in ("lake", "models", "checkpoints", "landing"):
         assert config.path(name) == f"{tmp_path}/{name}"  # type: ignore[arg-type]
     assert config.featurizer.weights == "imagenet"
-    assert config.featurizer.image_size == 299
+    assert (config.featurizer.image_size, config.featurizer.layer) == (100, "mixed3")
     assert config.featurizer.backend == "onnx"
     assert config.training.explained_variance == 0.95
 
