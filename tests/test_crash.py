@@ -30,7 +30,7 @@ from .conftest import KNOWN_CLASSES, WEIGHTS, real_photos
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-KILLS = 5  # per run; the photos take ~10 batches of 25
+KILLS = 5  # per run; the photos take ~31 batches of 8
 
 
 def _cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -75,7 +75,8 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
         "FRUITS_WEIGHTS": str(WEIGHTS),
         "FRUITS__PATHS__MODELS": config.path("models"),
         "FRUITS__SPARK__MASTER": "local[2]",
-        "FRUITS__STREAM__MAX_FILES_PER_TRIGGER": "25",
+        # Small batches (a batch of 8 takes ~0.3 s): a kill lands on a run that still has work.
+        "FRUITS__STREAM__MAX_FILES_PER_TRIGGER": "8",
     }
     log = tmp_path / "stream.log"
     lake = DeltaRsLake(str(tmp_path / "lake"))
@@ -90,7 +91,7 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
         while _rows(lake) == before and process.poll() is None:
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        time.sleep(chance.uniform(0.0, 2.5))
+        time.sleep(chance.uniform(0.0, 1.0))
         if process.poll() is not None:
             break  # finished before this kill: nothing left to interrupt
         _kill_group(process)
