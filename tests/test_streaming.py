@@ -90,13 +90,14 @@ def test_promoting_a_version_mid_stream_swaps_from_the_next_batch(
 
     registry = ModelRegistry(stream_config.path("models"))
     entry, model = registry.load(1)
-    second = registry.register(model, {k: entry.meta[k] for k in ("image_size", "layer", "classifier")})
+    meta = {k: entry.meta[k] for k in ("image_size", "layer", "classifier")}
+    second = registry.register(model, meta)
     registry.promote(second.version)
     feed.add(_photo_rows("Banana", 1, skip=3))
     query.processAllAvailable()
 
     # A promoted version that cannot load: logged, and the last good one keeps serving.
-    broken = registry.register(model, {k: entry.meta[k] for k in ("image_size", "layer", "classifier")})
+    broken = registry.register(model, meta)
     shutil.rmtree(broken.path / "pipeline")
     registry.promote(broken.version)
     feed.add(_photo_rows("Banana", 1, skip=5))
