@@ -38,7 +38,7 @@ $F evaluate --data "$SEL" 2>/dev/null | tail -1 | cut -c1-200
 echo "second --once:"; $F stream --once 2>/dev/null | tail -1; $F status --json | tail -1
 
 echo "== B: kill -9 mid-run, restart"
-export FRUITS_ROOT=$(mktemp -d) FRUITS__STREAM__MAX_FILES_PER_TRIGGER=40
+export FRUITS_ROOT=$(mktemp -d) FRUITS__STREAM__MAX_FILES_PER_TRIGGER=10  # 20 batches of ~0.3 s
 $F upload "$SEL"/* 2>/dev/null | tail -1
 setsid $F stream --once > "$FRUITS_ROOT/b1.out" 2> "$FRUITS_ROOT/b1.err" &
 pid=$!
@@ -46,7 +46,7 @@ for _ in $(seq 1 240); do
   sleep 1
   [ "$(grep -c '^\[fruits.*batch [0-9]*:' "$FRUITS_ROOT/b1.err")" -ge 2 ] && break
 done
-sleep 3
+sleep 0.5
 echo "killing after $(grep -c '^\[fruits.*batch [0-9]*:' "$FRUITS_ROOT/b1.err") logged batches"
 kill -9 -- -"$pid"; sleep 2
 $F status --json | tail -1

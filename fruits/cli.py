@@ -230,7 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     throughput.add_argument("--n", type=int, default=512, help="photos (default: %(default)s)")
     throughput.add_argument(
-        "--baseline", action="store_true", help="also time the bare featurizer at keras/299"
+        "--baseline",
+        action="store_true",
+        help="also time the bare featurizer of the seed: keras, 299, whole network",
     )
     latency = bench_kinds.add_parser(
         "latency", parents=[common, model_options], help="upload-to-Delta latency of a stream"
