@@ -1,15 +1,17 @@
 """InceptionV3 transfer-learning features, on plain arrays and as a Spark pandas UDF.
 
+The features are the average-pooled output of one InceptionV3 block (``featurizer.layer``,
+``mixed10`` being the whole network) at one input size; fruits/inception.py lists the blocks.
 Two backends run the same network with the same weights:
 
 * ``keras``: Keras 3 on TensorFlow, built from the weights (~5 s per process: TF import + build);
 * ``onnx``: an ONNX export of that Keras model, run by ONNX Runtime (~0.2-0.4 s to load, faster
   per photo). The export is made once, on the driver before any Spark job, and cached as a file
-  whose name holds the weights digest and the input size; the workers only load it.
+  whose name holds the weights digest, the block and the input size; the workers only load it.
 
 Either model is loaded once per Python worker process (module-level cache keyed by backend,
-weights, size and threads) and reused by every Arrow batch that worker sees; Spark's worker reuse
-keeps the process alive between tasks.
+weights, size, block and threads) and reused by every Arrow batch that worker sees; Spark's
+worker reuse keeps the process alive between tasks.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from fruits.storage import is_url
 
 __all__ = [
     "FEATURE_RESULT_SCHEMA",
-    "LAYERS",
     "ExtractorSpec",
     "export_onnx",
     "extract_features",
@@ -100,7 +101,8 @@ class ExtractorSpec:
 
     @property
     def extractor_id(self) -> str:
-        """Names backbone, pooling, input size and weights, so a cache hit is the same model.
+        """Names backbone, block, pooling, input size and weights, so a cache hit is the same
+        model.
 
         Not the backend: the ONNX model is an export of the same network with the same weights,
         and its features equal Keras' to < 1e-4 relative (tests/test_featurizer.py), so features
