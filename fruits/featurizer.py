@@ -32,7 +32,7 @@ import pandas as pd
 
 from fruits.config import Config
 from fruits.errors import ConfigError
-from fruits.images import Decoded, ImageLimits, decode_batch, preprocess_input
+from fruits.images import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
 from fruits.inception import FULL_NETWORK, LAYERS
 from fruits.storage import is_url
 
@@ -41,6 +41,7 @@ __all__ = [
     "ExtractorSpec",
     "export_onnx",
     "extract_features",
+    "featurize_photos",
     "featurize_udf",
     "prepare_backend",
 ]
@@ -314,10 +315,19 @@ def extract_features(pixels: np.ndarray, spec: ExtractorSpec) -> np.ndarray:
     return _runner(spec)(preprocess_input(pixels).astype(np.float32, copy=False))
 
 
+def featurize_photos(
+    contents: pd.Series, spec: ExtractorSpec
+) -> tuple[np.ndarray, list[Decoded | Rejection]]:
+    """Photo bytes -> the features of the usable photos, in order (one model call), and every
+    photo's decoding result (a :class:`Rejection` says why a photo is not usable)."""
+    pixels, results = decode_batch(list(contents), size=spec.image_size, limits=spec.limits)
+    return extract_features(pixels, spec), results
+
+
 def featurize_frame(contents: pd.Series, spec: ExtractorSpec) -> pd.DataFrame:
     """One Arrow batch: photo bytes -> (features | None, reason | None, detail | None)."""
-    pixels, results = decode_batch(list(contents), size=spec.image_size, limits=spec.limits)
-    vectors = iter(extract_features(pixels, spec))
+    usable, results = featurize_photos(contents, spec)
+    vectors = iter(usable)
     features: list[np.ndarray | None] = []
     reasons: list[str | None] = []
     details: list[str | None] = []

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruits.featurizer import ExtractorSpec, featurize_frame, prepare_backend
+from fruits.featurizer import ExtractorSpec, featurize_photos, prepare_backend
+from fruits.images import Rejection
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
 
@@ -95,17 +96,24 @@ class LinearScorer:
 def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer) -> pd.DataFrame:
     """One Arrow batch: photo bytes -> (label, confidence, top_k, is_unknown) for usable photos,
     (reason, detail) for the others; one model call and one matrix product per batch."""
-    featurized = featurize_frame(contents, spec)
-    usable = np.flatnonzero(featurized["reason"].isna().to_numpy())
+    features, results = featurize_photos(contents, spec)
+    rejections = [r if isinstance(r, Rejection) else None for r in results]
+    usable = [i for i, rejection in enumerate(rejections) if rejection is None]
     columns: dict[str, list[Any]] = {
-        name: [None] * len(featurized) for name in ("label", "confidence", "top_k", "is_unknown")
+        name: [None] * len(results) for name in ("label", "confidence", "top_k", "is_unknown")
     }
-    if len(usable):
-        answers = scorer.answer(np.stack(featurized["features"].iloc[usable].to_list()))
+    if usable:
+        answers = scorer.answer(features)
         for name, values in columns.items():
             for position, value in zip(usable, answers[name].tolist(), strict=True):
                 values[position] = value
-    return pd.DataFrame({**columns, "reason": featurized["reason"], "detail": featurized["detail"]})
+    return pd.DataFrame(
+        {
+            **columns,
+            "reason": [r.reason if r else None for r in rejections],
+            "detail": [r.detail if r else None for r in rejections],
+        }
+    )
 
 
 def predict_udf(spec: ExtractorSpec, scorer: LinearScorer) -> Any:

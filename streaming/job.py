@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,11 +90,9 @@ def run_stream(
         # Where that time went, summed over those triggers: latestOffset (discovery), addBatch
         # (the foreachBatch step: Spark job + Delta commits), walCommit / commitOffsets (the
         # checkpoint's offset and commit logs), queryPlanning, getBatch.
-        phases_ms: dict[str, int] = {}
+        phases_ms = Counter[str]()
         for durations in busy:
-            for phase, ms in durations.items():
-                if phase != "triggerExecution":
-                    phases_ms[phase] = phases_ms.get(phase, 0) + int(ms)
+            phases_ms.update({k: int(v) for k, v in durations.items() if k != "triggerExecution"})
     outcomes = list(step.outcomes.values())
     return {
         "batches": len(outcomes),
@@ -102,7 +101,7 @@ def run_stream(
         "quarantined": sum(o.quarantined for o in outcomes),
         "model_version": served.current.version,
         "busy_seconds": round(busy_ms / 1000, 3),
-        "busy_phases_ms": phases_ms,
+        "busy_phases_ms": dict(phases_ms),
         "stopped_by_signal": stop.is_set(),
     }
 

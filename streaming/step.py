@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,7 @@ from fruits.serving import ServedModel, Serving
 from fruits.tables import PREDICTIONS, QUARANTINE
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "PredictionStep"]
 
@@ -110,23 +110,28 @@ class PredictionStep:
             self._on_batch(outcome)
 
 
-def _in_few_tasks(batch: DataFrame) -> DataFrame:
-    """One task per task slot. The file source packs ~32 photos per task, and each task pays
-    its own Spark and Python round trip: 512 photos on 2 slots took 1.02-1.12 s in 4 tasks
-    and 0.83 s in 2 (BENCHMARKS.md, section 4). A coalesce merges partitions without a
-    shuffle; it never adds any, so a small batch stays one small task."""
-    return batch.coalesce(batch.sparkSession.sparkContext.defaultParallelism)
+def _photos_through(batch: DataFrame, udf: Any) -> DataFrame:
+    """The batch's photos (path, uploaded_at, size_bytes, image_id) with the columns of
+    ``udf``'s struct result on ``content``, in one task per task slot.
 
-
-def _photo_columns(batch: DataFrame) -> list[Column]:
+    One task per slot: the file source packs ~32 photos per task, and each task pays its own
+    Spark and Python round trip: 512 photos on 2 slots took 1.02-1.12 s in 4 tasks and 0.83 s
+    in 2 (BENCHMARKS.md, section 4). A coalesce merges partitions without a shuffle; it never
+    adds any, so a small batch stays one small task."""
     from pyspark.sql import functions as F
 
-    return [
-        F.col("path"),
-        F.col("modificationTime").alias("uploaded_at"),
-        F.col("length").alias("size_bytes"),
-        F.sha2("content", 256).alias("image_id"),
-    ]
+    slots = batch.sparkSession.sparkContext.defaultParallelism
+    return (
+        batch.coalesce(slots)
+        .select(
+            "path",
+            F.col("modificationTime").alias("uploaded_at"),
+            F.col("length").alias("size_bytes"),
+            F.sha2("content", 256).alias("image_id"),
+            udf("content").alias("result"),
+        )
+        .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
+    )
 
 
 def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
@@ -134,12 +139,7 @@ def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa
     Spark job, and only the answers (not 768-2048 floats a photo) come back to the driver."""
     assert serving.scorer is not None
     predict = predict_udf(serving.spec, serving.scorer)
-    rows = (
-        _in_few_tasks(batch)
-        .select(*_photo_columns(batch), predict("content").alias("result"))
-        .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
-        .toArrow()
-    )
+    rows = _photos_through(batch, predict).toArrow()
     usable = pc.is_null(rows.column("reason"))
     predictions = rows.filter(usable).drop_columns(["reason", "detail", "size_bytes"])
     quarantine = rows.filter(pc.invert(usable)).drop_columns(list(PREDICTION_COLUMNS))
@@ -152,12 +152,7 @@ def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table,
 
     featurize = featurize_udf(serving.spec)
     # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
-    featurized = (
-        _in_few_tasks(batch)
-        .select(*_photo_columns(batch), featurize("content").alias("result"))
-        .select("path", "uploaded_at", "size_bytes", "image_id", "result.*")
-        .persist()
-    )
+    featurized = _photos_through(batch, featurize).persist()
     try:
         quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
         scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
