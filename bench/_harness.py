@@ -25,12 +25,14 @@ from fruits.featurizer import Backend, onnx_dir
 __all__ = [
     "TreeMemory",
     "bench_config",
+    "cpu_spent",
     "drop_photo",
     "machine",
     "pick_photos",
     "prepare_model",
     "spark_cores",
     "stream_environment",
+    "tree_cpu_seconds",
 ]
 
 _VERSIONS = ("pyspark", "tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "deltalake", "numpy")
@@ -142,6 +144,46 @@ def tree_processes(root: int) -> list[tuple[str, float, float]]:
             result.append((*found[pid], _pss_mb(pid)))
         todo.extend(children.get(pid, []))
     return result
+
+
+def tree_cpu_seconds(root: int | None = None) -> dict[tuple[int, str], float]:
+    """CPU seconds (user + system) used so far by ``root`` (default: this process) and each of
+    its descendants, by (pid, command name). Two snapshots around a run give where its CPU went
+    (:func:`cpu_spent`)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    result: dict[tuple[int, str], float] = {}
+    todo = [os.getpid() if root is None else root]
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            name, seconds = found[pid]
+            result[(pid, name)] = seconds
+        todo.extend(children.get(pid, []))
+    return result
+
+
+def cpu_spent(
+    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]
+) -> dict[str, float]:
+    """CPU seconds by command name between two :func:`tree_cpu_seconds` snapshots (a process
+    born in between counts from zero; one that ended in between is not seen)."""
+    spent: dict[str, float] = {}
+    for (pid, name), seconds in after.items():
+        spent[name] = spent.get(name, 0.0) + seconds - before.get((pid, name), 0.0)
+    return {name: round(seconds, 2) for name, seconds in sorted(spent.items()) if seconds > 0}
 
 
 def _pss_mb(pid: int) -> float:

@@ -61,6 +61,9 @@ class SparkConfig:
     arrow_batch_size: int = 8
     shuffle_partitions: int = 8
     delta_writer: Literal["deltars", "spark"] = "deltars"
+    # Flags for the JVM a job starts itself (local mode); a cluster's JVM is the cluster's.
+    java_options: str | None = None  # batch jobs: train, evaluate
+    stream_java_options: str | None = "-XX:TieredStopAtLevel=1"  # the streaming job
 
 
 @dataclass(frozen=True)

@@ -118,15 +118,12 @@ def featurize_labelled(
 
 
 def _featurize_paths(files: DataFrame, spec: ExtractorSpec) -> pa.Table:
-    from pyspark.sql import functions as F
-
     featurize = featurize_udf(spec)
-    df = files.select(
-        "path",
-        F.sha2("content", 256).alias("image_id"),
-        featurize("content").alias("result"),
+    return (
+        files.select("path", featurize("content").alias("result"))
+        .select("path", "result.*")
+        .toArrow()
     )
-    return df.select("path", "image_id", "result.*").toArrow()
 
 
 def _feature_rows(

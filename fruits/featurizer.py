@@ -43,11 +43,13 @@ __all__ = [
     "extract_features",
     "featurize_photos",
     "featurize_udf",
+    "photo_ids",
     "prepare_backend",
 ]
 
-# The UDF's result: features for a usable photo, or a quarantine reason and detail.
-FEATURE_RESULT_SCHEMA = "features array<float>, reason string, detail string"
+# The UDF's result: the photo's sha256, and features for a usable photo or a quarantine reason
+# and detail for any other.
+FEATURE_RESULT_SCHEMA = "image_id string, features array<float>, reason string, detail string"
 # Opset 17 is read by every ONNX Runtime of the last years and covers all InceptionV3 ops.
 ONNX_OPSET = 17
 
@@ -324,8 +326,21 @@ def featurize_photos(
     return extract_features(pixels, spec), results
 
 
+def photo_ids(contents: pd.Series) -> list[str | None]:
+    """The ``image_id`` of each photo: the sha256 of its bytes, in hex (None where the bytes
+    could not be read: a blob deleted between listing and download).
+
+    Hashed here, in the Python worker that already holds the bytes, rather than by Spark's
+    ``sha2`` in the JVM: that one costs the stream ~0.1 s of JVM CPU per 512 photos on the
+    cores the featurizer needs (BENCHMARKS.md, section 4), this one ~5 us a photo."""
+    return [
+        None if content is None else hashlib.sha256(content).hexdigest() for content in contents
+    ]
+
+
 def featurize_frame(contents: pd.Series, spec: ExtractorSpec) -> pd.DataFrame:
-    """One Arrow batch: photo bytes -> (features | None, reason | None, detail | None)."""
+    """One Arrow batch: photo bytes -> (image_id, features | None, reason | None,
+    detail | None)."""
     usable, results = featurize_photos(contents, spec)
     vectors = iter(usable)
     features: list[np.ndarray | None] = []
@@ -340,11 +355,19 @@ def featurize_frame(contents: pd.Series, spec: ExtractorSpec) -> pd.DataFrame:
             features.append(None)
             reasons.append(result.reason)
             details.append(result.detail)
-    return pd.DataFrame({"features": features, "reason": reasons, "detail": details})
+    return pd.DataFrame(
+        {
+            "image_id": photo_ids(contents),
+            "features": features,
+            "reason": reasons,
+            "detail": details,
+        }
+    )
 
 
 def featurize_udf(spec: ExtractorSpec) -> Any:
-    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(features, reason, detail).
+    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(image_id, features, reason,
+    detail).
 
     Called on the driver, so this is where the backend is made ready for the workers."""
     from pyspark.sql.pandas.functions import pandas_udf

@@ -20,15 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruits.featurizer import ExtractorSpec, featurize_photos, prepare_backend
+from fruits.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
 from fruits.images import Rejection
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
 
-# The UDF's result: an answer for a usable photo, or a quarantine reason and detail.
+# The UDF's result: the photo's sha256, and an answer for a usable photo or a quarantine reason
+# and detail for any other.
 PREDICTION_RESULT_SCHEMA = (
-    "label string, confidence double, top_k array<struct<label: string, prob: double>>, "
-    "is_unknown boolean, reason string, detail string"
+    "image_id string, label string, confidence double, "
+    "top_k array<struct<label: string, prob: double>>, is_unknown boolean, "
+    "reason string, detail string"
 )
 
 
@@ -94,8 +96,9 @@ class LinearScorer:
 
 
 def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer) -> pd.DataFrame:
-    """One Arrow batch: photo bytes -> (label, confidence, top_k, is_unknown) for usable photos,
-    (reason, detail) for the others; one model call and one matrix product per batch."""
+    """One Arrow batch: photo bytes -> image_id, then (label, confidence, top_k, is_unknown) for
+    usable photos or (reason, detail) for the others; one model call and one matrix product per
+    batch."""
     features, results = featurize_photos(contents, spec)
     rejections = [r if isinstance(r, Rejection) else None for r in results]
     usable = [i for i, rejection in enumerate(rejections) if rejection is None]
@@ -109,6 +112,7 @@ def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer
                 values[position] = value
     return pd.DataFrame(
         {
+            "image_id": photo_ids(contents),
             **columns,
             "reason": [r.reason if r else None for r in rejections],
             "detail": [r.detail if r else None for r in rejections],
@@ -117,8 +121,8 @@ def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer
 
 
 def predict_udf(spec: ExtractorSpec, scorer: LinearScorer) -> Any:
-    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(label, confidence, top_k,
-    is_unknown, reason, detail). Called on the driver, which makes the backend ready."""
+    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(image_id, label, confidence,
+    top_k, is_unknown, reason, detail). Called on the driver, which makes the backend ready."""
     from pyspark.sql.pandas.functions import pandas_udf
 
     prepare_backend(spec)

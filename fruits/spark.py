@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["get_spark"]
 
 
-def get_spark(config: Config) -> SparkSession:
+def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
+    """The process' SparkSession; ``streaming`` picks ``spark.stream_java_options`` instead of
+    ``spark.java_options`` for the JVM, if this call is the one that starts it."""
     # Workers must run this interpreter (the project's venv), quietly.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -40,6 +42,10 @@ def get_spark(config: Config) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
     )
+    java_options = spark_conf.stream_java_options if streaming else spark_conf.java_options
+    if java_options:
+        # Read when PySpark launches the JVM; a session that already exists keeps its JVM.
+        builder = builder.config("spark.driver.extraJavaOptions", java_options)
     if spark_conf.delta_writer == "spark":
         from delta import configure_spark_with_delta_pip
 

@@ -57,7 +57,7 @@ def run_stream(
     checkpoint = checkpoint_path(config)
     with checkpoint_lock(checkpoint), _event_publishing(config, eventhub_client) as publish:
         served = ServedModel(config, log=log)
-        spark = get_spark(config)
+        spark = get_spark(config, streaming=True)
         served.refresh()  # fails now, clearly, if there is no usable model
         source = landing_source(spark, config, checkpoint)
         stop = threading.Event()

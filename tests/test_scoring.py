@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -63,10 +64,15 @@ def test_predict_frame_answers_good_photos_and_gives_reasons_for_bad_ones(
     assert scorer is not None
     kiwi = real_photos("Test", "Kiwi", 1)[0].read_bytes()
     banana = real_photos("Test", "Banana", 1)[0].read_bytes()
-    result = predict_frame(pd.Series([kiwi, b"not a photo", banana, b""]), spec, scorer)
+    contents = [kiwi, b"not a photo", banana, b"", None]  # None: deleted before it was read
+    result = predict_frame(pd.Series(contents), spec, scorer)
 
-    assert result["label"].tolist() == ["Kiwi", None, "Banana", None]
-    assert result["reason"].tolist() == [None, "not_an_image", None, "empty"]
+    assert result["label"].tolist() == ["Kiwi", None, "Banana", None, None]
+    assert result["reason"].tolist() == [None, "not_an_image", None, "empty", "missing"]
+    assert result["image_id"].tolist() == [
+        *(hashlib.sha256(content).hexdigest() for content in contents[:4]),
+        None,
+    ]
     assert result["top_k"][0][0] == {"label": "Kiwi", "prob": result["confidence"][0]}
     assert len(result["top_k"][2]) == 3
     assert result["is_unknown"][1] is None and pd.isna(result["confidence"][3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
 ) -> None:
     feed, query, step = memory_query
     good = [row for label in KNOWN_CLASSES for row in _photo_rows(label, 1)]
+    sha256 = {path: hashlib.sha256(content).hexdigest() for path, content, _ in good}
     now = dt.datetime.now(dt.UTC)
     feed.add([*good, ("mem://notes.jpg", b"shopping list: kiwis\n", now)])
     query.processAllAvailable()
@@ -77,7 +79,14 @@ def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
         assert row["top_k"][0]["prob"] == row["confidence"] >= row["top_k"][1]["prob"]
         assert row["uploaded_at"] <= row["discovered_at"] <= row["predicted_at"]
         assert row["latency_ms"] >= 0
+        assert row["image_id"] == sha256.get(row["path"], row["image_id"])
         assert len(row["image_id"]) == 64
+    assert {r["path"] for r in predictions} >= sha256.keys()
+    # The quarantine keeps the hash of bytes that are not a photo: it identifies the upload.
+    assert {r["image_id"] for r in quarantine} == {
+        hashlib.sha256(b"shopping list: kiwis\n").hexdigest(),
+        hashlib.sha256(b"").hexdigest(),
+    }
     assert [o.rows_in for o in sorted(step.outcomes.values(), key=lambda o: o.batch_id)] == [5, 3]
 
 
