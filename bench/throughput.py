@@ -3,7 +3,10 @@ streaming job, measured one after the other in one process run on the same photo
 
 (a) bare: decode + preprocess + model on Arrow-sized batches, no Spark, in as many processes as
     Spark has task slots, one inference thread each (what ``local[N]`` does);
-(b) stream: ``fruits stream --once`` on a fresh root whose registry holds a trained model.
+(b) stream: ``fruits stream --once`` on a fresh root whose registry holds a trained model;
+(c) floor: the same stream over N files of the same sizes that are not photos (quarantined at
+    the header, no inference): what Spark costs per micro-batch whatever the featurizer, which
+    bounds the ratio (``ratio_bound``).
 
 Warm-up is excluded from both: (a) each process featurizes one batch before the clock starts
 (model load); (b) three ``--once`` passes over a few other photos start Spark's Python workers,
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import multiprocessing
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -107,8 +111,11 @@ def run_throughput(
         summary = run_stream(config, once=True)
         wall_s = time.perf_counter() - started
         stream_cpu = cpu_spent(cpu_before, tree_cpu_seconds())
+        floor = _stream_floor(config, timed, Path(root) / "not-photos")
     if summary["predictions"] != n:
         raise RuntimeError(f"the stream predicted {summary['predictions']} of {n} photos")
+    if floor["quarantined"] != n:
+        raise RuntimeError(f"the floor pass quarantined {floor['quarantined']} of {n} files")
 
     bare = n / bare_s
     stream_s = summary["busy_seconds"]
@@ -126,6 +133,14 @@ def run_throughput(
         "stream_seconds_scope": "Spark's triggerExecution of the batches: listing, featurize, "
         "classify, Delta commits, offset and commit logs",
         "stream_phases_ms": summary["busy_phases_ms"],
+        "stream_floor_seconds": floor["busy_seconds"],
+        "stream_floor_phases_ms": floor["busy_phases_ms"],
+        "stream_floor_scope": "the same stream over N files of the photos' sizes that are not "
+        "photos: listed, read, hashed, shipped to the workers and quarantined like photos, "
+        "rejected at the header (no inference). What Spark costs whatever the featurizer",
+        "ratio_bound": round(bare_s / (bare_s + floor["busy_seconds"]), 3),
+        "ratio_bound_scope": "bare / (bare + floor): the ratio if the featurizer ran at its "
+        "bare speed inside the stream and only the floor came on top",
         "stream_wall_seconds": round(wall_s, 2),
         "stream_cpu_seconds": stream_cpu,
         "stream_cpu_scope": "CPU seconds of the timed --once run by process: fruits = the "
@@ -148,6 +163,21 @@ def run_throughput(
         **baseline_figures,
         **machine(),
     }
+
+
+def _stream_floor(config: Config, photos: list[Path], folder: Path) -> dict[str, Any]:
+    """One more ``--once`` pass over files the size of ``photos`` that are not photos."""
+    from streaming.job import run_stream
+
+    folder.mkdir(parents=True)
+    fakes = []
+    for i, photo in enumerate(photos):
+        fake = folder / f"not-a-photo-{i:05d}.jpg"
+        size = photo.stat().st_size
+        fake.write_bytes((b"FRUITS BENCH: NOT A PHOTO " + os.urandom(size))[:size])
+        fakes.append(fake)
+    drop_photos(fakes, Path(config.path("landing")))
+    return run_stream(config, once=True)
 
 
 def run_sizes(

@@ -6,10 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._harness import TreeMemory, bench_config, pick_photos, spark_cores, tree_rss_mb
+from bench._harness import (
+    TreeMemory,
+    bench_config,
+    cpu_spent,
+    pick_photos,
+    spark_cores,
+    tree_cpu_seconds,
+    tree_rss_mb,
+)
 from bench.discovery import run_discovery
 from bench.throughput import bare_throughput
 from fruits.config import Config
@@ -45,6 +54,21 @@ def test_tree_memory_counts_child_processes() -> None:
         # bound from a later sample of the whole tree).
         assert memory.peak_mb > tree_rss_mb(child.pid) >= 200
         assert 200 <= memory.peak_pss_mb <= memory.peak_mb
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_spent_counts_the_cpu_a_child_used_between_two_snapshots() -> None:
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn + "time.sleep(30)"])
+    try:
+        before = tree_cpu_seconds()
+        while sum(s for (pid, _), s in tree_cpu_seconds().items() if pid == child.pid) < 0.5:
+            time.sleep(0.05)
+        after = tree_cpu_seconds()
+        (name,) = {name for pid, name in after if pid == child.pid}
+        assert 0.3 <= cpu_spent(before, after)[name] < 5
     finally:
         child.kill()
         child.wait()
