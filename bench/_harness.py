@@ -122,27 +122,14 @@ def tree_rss_mb(root: int) -> float:
 
 def tree_processes(root: int) -> list[tuple[str, float, float]]:
     """(command name, RSS MiB, PSS MiB) of ``root`` and each of its descendants."""
-    children: dict[int, list[int]] = {}
-    found: dict[int, tuple[str, float]] = {}
     page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    result = []
+    for process in _process_tree(root):
         try:
-            stat = Path(entry.path, "stat").read_text()
-            statm = Path(entry.path, "statm").read_text().split()
+            statm = Path(f"/proc/{process.pid}/statm").read_text().split()
         except OSError:  # the process ended while we looked
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-        found[int(entry.name)] = (name, int(statm[1]) * page / 2**20)
-    result, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in found:
-            result.append((*found[pid], _pss_mb(pid)))
-        todo.extend(children.get(pid, []))
+        result.append((process.name, int(statm[1]) * page / 2**20, _pss_mb(process.pid)))
     return result
 
 
@@ -151,26 +138,42 @@ def tree_cpu_seconds(root: int | None = None) -> dict[tuple[int, str], float]:
     its descendants, by (pid, command name). Two snapshots around a run give where its CPU went
     (:func:`cpu_spent`)."""
     tick = os.sysconf("SC_CLK_TCK")
+    return {
+        (process.pid, process.name): (process.utime + process.stime) / tick
+        for process in _process_tree(os.getpid() if root is None else root)
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Process:
+    pid: int
+    name: str
+    utime: int  # clock ticks
+    stime: int
+
+
+def _process_tree(root: int) -> list[_Process]:
+    """``root`` and its descendants, from one pass over /proc."""
     children: dict[int, list[int]] = {}
-    found: dict[int, tuple[str, float]] = {}
+    found: dict[int, _Process] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
-        except OSError:
+        except OSError:  # the process ended while we looked
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        # The name may hold spaces and parentheses: the fields follow the last ")".
         fields = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    result: dict[tuple[int, str], float] = {}
-    todo = [os.getpid() if root is None else root]
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found[pid] = _Process(pid, name, utime=int(fields[11]), stime=int(fields[12]))
+    result, todo = [], [root]
     while todo:
         pid = todo.pop()
         if pid in found:
-            name, seconds = found[pid]
-            result[(pid, name)] = seconds
+            result.append(found[pid])
         todo.extend(children.get(pid, []))
     return result
 
