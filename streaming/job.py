@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fruits.config import Config
 from fruits.console import log
 from fruits.errors import FruitsError
+from fruits.featurizer import prepare_backend
 from fruits.lake import open_lake
 from fruits.serving import ServedModel
 from fruits.spark import get_spark
@@ -59,6 +60,9 @@ def run_stream(
         served = ServedModel(config, log=log)
         spark = get_spark(config, streaming=True)
         served.refresh()  # fails now, clearly, if there is no usable model
+        # The one-time ONNX export into a fresh cache (seconds) happens here, not inside the
+        # first micro-batch, where it would count against the batch and its timeout.
+        prepare_backend(served.current.spec)
         source = landing_source(spark, config, checkpoint)
         stop = threading.Event()
         previous = {
