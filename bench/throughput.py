@@ -157,6 +157,7 @@ def run_throughput(
         "warm_up": f"excluded: 1 batch per bare process; {_WARM_UP_PASSES} --once passes of "
         f"{warm_n} photos",
         "spark_master": config.spark.master,
+        "stream_java_options": config.spark.stream_java_options,
         "task_slots": slots,
         "arrow_batch_size": batch,
         "model": model_from,
