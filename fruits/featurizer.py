@@ -21,6 +21,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fruits.config import Config
+from fruits.console import log
 from fruits.errors import ConfigError
 from fruits.images import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
 from fruits.inception import FULL_NETWORK, LAYERS
@@ -203,6 +205,8 @@ def export_onnx(spec: ExtractorSpec) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():  # exported by another process while we waited
             return str(target)
+        log(f"exporting {spec.extractor_id} to ONNX (once per weights, block and size): {target}")
+        started = time.perf_counter()
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         os.close(handle)
         try:
@@ -219,6 +223,7 @@ def export_onnx(spec: ExtractorSpec) -> str:
                     f"(exit code {child.exitcode}); see the messages above"
                 )
             os.replace(temporary, target)
+            log(f"ONNX export done in {time.perf_counter() - started:.1f} s")
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
