@@ -111,7 +111,7 @@ def run_throughput(
         summary = run_stream(config, once=True)
         wall_s = time.perf_counter() - started
         stream_cpu = cpu_spent(cpu_before, tree_cpu_seconds())
-        floor = _stream_floor(config, timed, Path(root) / "not-photos")
+        floor = _stream_floor(config, timed, root / "not-photos")
     if summary["predictions"] != n:
         raise RuntimeError(f"the stream predicted {summary['predictions']} of {n} photos")
     if floor["quarantined"] != n:

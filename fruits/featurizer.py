@@ -336,8 +336,8 @@ def photo_ids(contents: pd.Series) -> list[str | None]:
     could not be read: a blob deleted between listing and download).
 
     Hashed here, in the Python worker that already holds the bytes, rather than by Spark's
-    ``sha2`` in the JVM: that one costs the stream ~0.1 s of JVM CPU per 512 photos on the
-    cores the featurizer needs (BENCHMARKS.md, section 4), this one ~5 us a photo."""
+    ``sha2`` in the JVM, which cost the stream's Spark job ~0.07 s per 512 photos on the
+    cores the featurizer needs (BENCHMARKS.md, section 4); this one takes ~2.5 us a photo."""
     return [
         None if content is None else hashlib.sha256(content).hexdigest() for content in contents
     ]
