@@ -29,9 +29,12 @@ run: setup
 test: setup
 	$(BIN)/pytest
 
+# ruff (lint + format) everywhere; mypy strict on the library (pyproject.toml), checking the jobs
+# and benchmarks too. CI runs this before the tests.
 lint: setup
 	$(BIN)/ruff check fruits batch streaming bench tests
-	$(BIN)/mypy fruits bench
+	$(BIN)/ruff format --check fruits batch streaming bench tests
+	$(BIN)/mypy fruits batch streaming bench
 
 # Azurite (Azure Storage emulator, npm): installed into .azurite/ on first use; blob :10000,
 # queue :10001 on 127.0.0.1. conf/azurite.yaml points the system at it.

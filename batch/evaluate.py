@@ -11,13 +11,13 @@ from typing import Any
 from fruits.config import Config
 from fruits.console import Stages, log, progress_printer
 from fruits.errors import ConfigError
-from fruits.feature_store import featurize_labelled
-from fruits.featurizer import ExtractorSpec
-from fruits.lake import open_lake
-from fruits.metrics import classification_report, open_set_report
-from fruits.registry import ModelRegistry
+from fruits.features.featurizer import ExtractorSpec
+from fruits.features.store import featurize_labelled
+from fruits.model.metrics import classification_report, open_set_report
+from fruits.model.registry import ModelRegistry
+from fruits.sinks.delta import open_lake
+from fruits.sources.training import check_labelled_tree
 from fruits.spark import get_spark
-from fruits.storage import check_labelled_tree
 
 __all__ = ["run_evaluation"]
 

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.report import write_report
-from fruits.config import Config
+from fruits.config import Config, is_url
 from fruits.console import Stages, log, progress_printer
-from fruits.feature_store import FeatureRun, featurize_labelled
-from fruits.featurizer import ExtractorSpec
-from fruits.lake import open_lake
-from fruits.metrics import classification_report
-from fruits.model import FruitModel, train
-from fruits.registry import ModelRegistry
+from fruits.features.featurizer import ExtractorSpec
+from fruits.features.store import FeatureRun, featurize_labelled
+from fruits.model.classifier import FruitModel, train
+from fruits.model.metrics import classification_report
+from fruits.model.registry import ModelRegistry
+from fruits.sinks.delta import open_lake
+from fruits.sources.training import check_labelled_tree
 from fruits.spark import get_spark
-from fruits.storage import check_labelled_tree, is_url
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

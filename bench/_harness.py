@@ -20,7 +20,7 @@ from typing import Any
 from fruits.config import Config
 from fruits.console import log
 from fruits.errors import ConfigError
-from fruits.featurizer import Backend, onnx_dir
+from fruits.features.featurizer import Backend, onnx_dir
 
 __all__ = [
     "TreeMemory",

@@ -26,10 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, blob_created_message
+from fruits.azure import AzureStorage, BlobLocation
 from fruits.config import load_config
-from fruits.lake import open_lake
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.sinks.delta import open_lake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.sources.events import blob_created_message
+from fruits.sources.names import NameFilter
 
 
 def main() -> None:
@@ -65,13 +67,13 @@ def check(mode: str, staging: Path, args: argparse.Namespace) -> dict[str, objec
         "FRUITS__STREAM__DISCOVERY": mode,
         "FRUITS__STREAM__BACKFILL_INTERVAL": "null",
     }
-    config = load_config("conf/azurite.yaml", environ=env)
+    config = load_config("azurite", environ=env)
     timings: dict[str, float] = {}
 
     def fruits(name: str, *command: str) -> dict[str, object]:
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "fruits.cli", *command, "--config", "conf/azurite.yaml"],
+            [sys.executable, "-m", "fruits.cli", *command, "--config", "azurite"],
             env=env,
             capture_output=True,
             text=True,

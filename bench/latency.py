@@ -32,9 +32,9 @@ from bench._harness import (
 )
 from fruits.config import Config
 from fruits.console import log
-from fruits.featurizer import Backend
-from fruits.lake import DeltaRsLake
-from fruits.tables import PREDICTIONS
+from fruits.features.featurizer import Backend
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.tables import PREDICTIONS
 
 __all__ = ["run_latency"]
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from fruits.images import ImageLimits, decode_batch, preprocess_input
-from fruits.inception import LAYERS
+from fruits.decode import ImageLimits, decode_batch, preprocess_input
+from fruits.features.inception import LAYERS
 
 
 def _photos(data: Path) -> list[tuple[str, str, str]]:

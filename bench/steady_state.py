@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import bench_config, drop_photos, machine, pick_photos, prepare_model
-from fruits.config import DEFAULT_CONFIG, Config, load_config
+from fruits.config import Config, load_config
 from fruits.console import log
 
 __all__ = ["run_steady_state"]
 
 
 def run_steady_state(config: Config, *, images: str, drops: int, n: int) -> dict[str, Any]:
-    from fruits.serving import ServedModel
+    from fruits.model.serving import ServedModel
+    from fruits.sources.landing import landing_source
     from fruits.spark import get_spark
     from streaming.job import checkpoint_path, start_query
-    from streaming.sources import landing_source
 
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-steady-"))
     config = bench_config(config, root, backend=None, image_size=None)
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
     parser.add_argument("--drops", type=int, default=10)
     parser.add_argument("--n", type=int, default=512, help="photos per drop")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--config", help="YAML file or packaged name (default: as fruits)")
     args = parser.parse_args()
     result = run_steady_state(
         load_config(args.config), images=args.images, drops=args.drops, n=args.n

@@ -29,7 +29,7 @@ grep -E "batch|wall" "$FRUITS_ROOT/a.err"
 $F status --json | tail -1
 .venv/bin/python - <<'PY'
 import os
-from fruits.lake import DeltaRsLake
+from fruits.sinks.delta import DeltaRsLake
 rows = DeltaRsLake(os.environ["FRUITS_ROOT"] + "/lake").read_arrow("predictions").to_pylist()
 ok = sum(r["label"] == r["path"].split("/")[-2] for r in rows)
 print(f"stream accuracy {ok}/{len(rows)} = {ok / len(rows):.4f}")

@@ -43,8 +43,8 @@ from bench._harness import (
 )
 from fruits.config import Config
 from fruits.console import log
-from fruits.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
-from fruits.inception import FULL_NETWORK
+from fruits.features.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
+from fruits.features.inception import FULL_NETWORK
 
 __all__ = ["bare_throughput", "run_sizes", "run_throughput"]
 

@@ -15,9 +15,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fruits.config import DEFAULT_CONFIG, Config, load_config
+from fruits.config import CONFIG_ENV, DEFAULT_CONFIG, PACKAGED_CONFIGS, Config, load_config
 from fruits.errors import ConfigError, FruitsError
-from fruits.inception import LAYERS
+from fruits.features.inception import LAYERS
 from fruits.secrets import redact
 
 __all__ = ["main"]
@@ -39,7 +39,7 @@ def _evaluate(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from fruits.registry import ModelRegistry
+    from fruits.model.registry import ModelRegistry
 
     registry = ModelRegistry(config.path("models"))
     previous = registry.current_version()
@@ -48,7 +48,7 @@ def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from fruits.registry import ModelRegistry
+    from fruits.model.registry import ModelRegistry
 
     registry = ModelRegistry(config.path("models"))
     current = registry.current_version()
@@ -64,7 +64,7 @@ def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from fruits.console import log
-    from fruits.registry import ModelRegistry
+    from fruits.model.registry import ModelRegistry
     from streaming.job import run_stream
 
     if ModelRegistry(config.path("models")).current_version() is None:
@@ -86,9 +86,9 @@ def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from streaming.status import collect_status, format_status
+    from fruits.status import collect_status, format_status
 
-    status = collect_status(config)
+    status = collect_status(config, last=args.last)
     if not args.json:
         print(format_status(status))
     return status
@@ -96,7 +96,7 @@ def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def _upload(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from fruits.console import progress_printer
-    from fruits.landing import plan_upload, upload
+    from fruits.upload import plan_upload, upload
 
     plan = plan_upload(args.paths, config.images.extensions)
     summary = upload(
@@ -159,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="YAML configuration (default: %(default)s)"
+        "--config",
+        help="YAML configuration file, or the name of a packaged one "
+        f"({', '.join(PACKAGED_CONFIGS)}); default: ${CONFIG_ENV}, else {DEFAULT_CONFIG}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -199,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="tables, model and latency")
     status.add_argument("--json", action="store_true", help="one JSON line only")
+    status.add_argument(
+        "--last", type=int, default=5, help="newest answers shown per table (default: %(default)s)"
+    )
     status.set_defaults(handler=_status)
 
     upload = sub.add_parser(

@@ -12,13 +12,15 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from fruits.errors import ConfigError
-from fruits.inception import LAYERS
+from fruits.features.inception import LAYERS
 
 __all__ = [
     "CLASSIFIER_NAMES",
@@ -31,11 +33,18 @@ __all__ = [
     "SparkConfig",
     "StreamConfig",
     "TrainingConfig",
+    "config_file",
+    "is_url",
     "load_config",
 ]
 
 CLASSIFIER_NAMES = ("logistic_regression", "decision_tree", "random_forest")
-DEFAULT_CONFIG = Path("conf/local.yaml")
+_URL_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://", "dbfs:/", "s3://", "gs://")
+# The embedded default ships inside the package (fruits/conf/, which the checkout's conf/ links
+# to): a bare name picks one of these files, from any working directory.
+PACKAGED_CONFIGS = ("local", "azurite", "databricks")
+DEFAULT_CONFIG = "local"
+CONFIG_ENV = "FRUITS_CONFIG"
 
 # Shortcut variables named in the README; any key is reachable as FRUITS__SECTION__KEY too.
 _ENV_SHORTCUTS = {
@@ -74,7 +83,7 @@ class FeaturizerConfig:
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
-    # else "{root}/cache/onnx" (fruits.featurizer.onnx_dir).
+    # else "{root}/cache/onnx" (fruits.features.featurizer.onnx_dir).
     onnx_dir: str | None = None
 
 
@@ -162,25 +171,39 @@ class Config:
         return f"{self.path('lake').rstrip('/')}/{table}"
 
 
+def is_url(location: str) -> bool:
+    """A configured location is a URL (Blob, ADLS, DBFS...) or else a local path."""
+    return location.startswith(_URL_SCHEMES)
+
+
 def load_config(
     path: str | Path | None = None, *, environ: typing.Mapping[str, str] | None = None
 ) -> Config:
-    """Read ``path`` (default ``conf/local.yaml``), apply environment overrides, validate."""
+    """Read ``path`` (default: ``$FRUITS_CONFIG``, else the packaged ``local``), apply
+    environment overrides, validate. ``path`` is a YAML file or the name of a packaged one."""
     environ = os.environ if environ is None else environ
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    file = config_file(path if path is not None else environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(file.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {file}") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {_one_line(exc)}") from None
+        raise ConfigError(f"config file {file} cannot be read: {_one_line(exc)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
+        raise ConfigError(f"config file {file} must hold a mapping of sections")
     _apply_environment(raw, environ)
-    config: Config = _build(Config, raw, prefix="", source=str(path))
-    config = dataclasses.replace(config, source=str(path))
+    config: Config = _build(Config, raw, prefix="", source=str(file))
+    config = dataclasses.replace(config, source=str(file))
     _validate(config)
     return config
+
+
+def config_file(name: str | Path) -> Path | Traversable:
+    """A YAML file, or for a bare name (``local``, ``azurite``, ``databricks``) the packaged file
+    of that name: the same YAML that ``conf/`` holds in a checkout."""
+    if str(name) in PACKAGED_CONFIGS:
+        return resources.files("fruits") / "conf" / f"{name}.yaml"
+    return Path(name)
 
 
 def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:

@@ -18,22 +18,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fruits.config import Config
+from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.errors import FruitsError
-from fruits.featurizer import prepare_backend
-from fruits.lake import open_lake
-from fruits.serving import ServedModel
+from fruits.features.featurizer import prepare_backend
+from fruits.model.serving import ServedModel
+from fruits.sinks.delta import open_lake
+from fruits.sources.landing import landing_source
 from fruits.spark import get_spark
-from fruits.storage import is_url
-from streaming.sources import landing_source
 from streaming.step import BatchOutcome, PredictionStep
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
-    from fruits.eventhubs import HubTarget, Producer
+    from fruits.sinks.eventhubs import HubTarget, Producer
 
 __all__ = ["CheckpointInUseError", "run_stream", "start_query"]
 
@@ -199,7 +198,7 @@ def _event_publishing(
     if not config.eventhub.enabled:
         yield None
         return
-    from fruits.eventhubs import EventHubsPublisher
+    from fruits.sinks.eventhubs import EventHubsPublisher
 
     publisher = EventHubsPublisher.from_config(config, client_factory=client)
     publisher.start()

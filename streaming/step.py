@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.featurizer import featurize_udf
-from fruits.lake import Lake, Txn
-from fruits.model import PREDICTION_COLUMNS
-from fruits.scoring import predict_udf
-from fruits.serving import ServedModel, Serving
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.features.featurizer import featurize_udf
+from fruits.model.classifier import PREDICTION_COLUMNS
+from fruits.model.scoring import predict_udf
+from fruits.model.serving import ServedModel, Serving
+from fruits.sinks.delta import Lake, Txn
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

@@ -146,9 +146,9 @@ def memory_query(  # type: ignore[no-untyped-def]
     ``feed.add(rows)`` then ``query.processAllAvailable()`` runs exactly one micro-batch.
     """
     from fruits.console import log
-    from fruits.serving import ServedModel
+    from fruits.model.serving import ServedModel
     from streaming.job import start_query
-    from streaming.memory_source import MemoryFeed, register
+    from tests.memory_source import MemoryFeed, register
 
     register(spark)
     feed = MemoryFeed(tmp_path / "feed")

@@ -11,18 +11,21 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, blob_created_message
+from fruits.azure import AzureStorage, BlobLocation
 from fruits.config import Config, load_config
 from fruits.console import log
-from fruits.feature_store import featurize_labelled
-from fruits.featurizer import ExtractorSpec
-from fruits.lake import open_lake
-from fruits.landing import plan_upload, upload
-from fruits.serving import ServedModel
-from fruits.storage import read_labelled
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.features.featurizer import ExtractorSpec
+from fruits.features.store import featurize_labelled
+from fruits.model.serving import ServedModel
+from fruits.sinks.delta import open_lake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.sources.autoloader import autoloader_options
+from fruits.sources.events import blob_created_message
+from fruits.sources.landing import landing_source
+from fruits.sources.names import NameFilter
+from fruits.sources.training import read_labelled
+from fruits.upload import plan_upload, upload
 from streaming.job import checkpoint_path, run_stream, start_query
-from streaming.sources import autoloader_options, landing_source
 
 from .conftest import KNOWN_CLASSES, PROJECT, copy_tree, real_photos
 

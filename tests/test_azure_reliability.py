@@ -12,9 +12,9 @@ import pytest
 from pyspark.errors import StreamingQueryException
 
 from fruits.config import Config
-from fruits.lake import open_lake
-from fruits.landing import plan_upload, upload
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.sinks.delta import open_lake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.upload import plan_upload, upload
 from streaming.job import run_stream
 
 from .conftest import PROJECT, WEIGHTS
@@ -87,7 +87,7 @@ def test_an_account_key_in_the_environment_leaves_no_trace(
     }
 
     def fruits(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "fruits.cli", *args, "--config", "conf/azurite.yaml"]
+        command = [sys.executable, "-m", "fruits.cli", *args, "--config", "azurite"]
         return subprocess.run(
             command, cwd=PROJECT, env={**env, **extra}, capture_output=True, text=True
         )

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fruits.config import Config
-from fruits.images import Decoded, ImageLimits, Rejection, decode_image
-from fruits.lake import DeltaRsLake
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.decode import Decoded, ImageLimits, Rejection, decode_image
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 from .bad_inputs import PREDICTED, Case, corpus
 from .conftest import real_photos

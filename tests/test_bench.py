@@ -22,7 +22,7 @@ from bench._harness import (
 from bench.discovery import run_discovery
 from bench.throughput import bare_throughput
 from fruits.config import Config
-from fruits.featurizer import ExtractorSpec
+from fruits.features.featurizer import ExtractorSpec
 
 from .conftest import FRUITS360, with_backend
 

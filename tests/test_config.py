@@ -76,3 +76,24 @@ def test_cli_rejects_an_unreadable_data_folder(
     monkeypatch.setenv("FRUITS_WEIGHTS", str(WEIGHTS))
     assert main(["train", "--config", str(LOCAL), "--data", str(tmp_path / "nope")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_the_default_configuration_ships_in_the_package_and_is_the_checkouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no conf/ here: the packaged file is used
+    config = load_config(environ={"FRUITS_ROOT": str(tmp_path)})
+    assert Path(config.source).resolve() == LOCAL.resolve()  # one file, no copy that drifts
+    assert Path(config.source).parent.resolve() == (PROJECT / "fruits" / "conf").resolve()
+    assert config.path("lake") == f"{tmp_path}/lake"
+
+
+def test_a_packaged_configuration_is_chosen_by_name_or_by_fruits_config(tmp_path: Path) -> None:
+    assert load_config("azurite", environ={}).azure.use_emulator
+    chosen = load_config(environ={"FRUITS_CONFIG": "azurite"})
+    assert chosen.azure.use_emulator and chosen.path("landing").startswith("az://")
+    file = tmp_path / "mine.yaml"
+    file.write_text("root: /somewhere\n")
+    assert load_config(environ={"FRUITS_CONFIG": str(file)}).root == "/somewhere"
+    with pytest.raises(ConfigError, match=r"config file not found: nowhere\.yaml"):
+        load_config(environ={"FRUITS_CONFIG": "nowhere.yaml"})

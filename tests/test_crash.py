@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from fruits.config import Config
-from fruits.lake import DeltaRsLake
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 from .conftest import KNOWN_CLASSES, WEIGHTS, real_photos
 

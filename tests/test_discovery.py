@@ -7,8 +7,10 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from fruits.azure_storage import BlobInfo, NameFilter, parse_blob_events
-from fruits.discovery import DiscoveryState
+from fruits.azure import BlobInfo
+from fruits.sources.discovery import DiscoveryState
+from fruits.sources.events import parse_blob_events
+from fruits.sources.names import NameFilter
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 

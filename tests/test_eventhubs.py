@@ -24,7 +24,10 @@ from azure.eventhub.exceptions import ConnectError
 
 from fruits.config import Config, load_config
 from fruits.errors import ConfigError
-from fruits.eventhubs import (
+from fruits.secrets import redact
+from fruits.sinks.delta import Txn
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.eventhubs import (
     CONTENT_TYPE,
     EventHubsPublisher,
     HubTarget,
@@ -35,12 +38,10 @@ from fruits.eventhubs import (
     prediction_events,
     sdk_producer,
 )
-from fruits.lake import DeltaRsLake, Txn
-from fruits.landing import plan_upload, upload_to_folder
-from fruits.secrets import redact
-from fruits.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
+from fruits.sinks.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
+from fruits.status import collect_status
+from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import run_stream
-from streaming.status import collect_status
 
 from .conftest import PROJECT, real_photos
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from fruits.eventhubs import EventHubsPublisher, HubTarget, prediction_events
-from fruits.lake import DeltaRsLake
-from fruits.tables import PREDICTIONS
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.eventhubs import EventHubsPublisher, HubTarget, prediction_events
+from fruits.sinks.tables import PREDICTIONS
 
 from .test_eventhubs import partition_key_text, prediction_table
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from fruits.config import Config, load_config
+from fruits.decode import ImageLimits, decode_batch
 from fruits.errors import ConfigError
-from fruits.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
-from fruits.images import ImageLimits, decode_batch
-from fruits.inception import FULL_NETWORK, LAYERS
+from fruits.features.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
+from fruits.features.inception import FULL_NETWORK, LAYERS
 
 from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos, with_backend
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fruits.metrics import (
+from fruits.model.metrics import (
     classification_report,
     cumulative_components,
     open_set_report,
@@ -47,7 +47,7 @@ def test_open_set_report_separates_known_and_unknown_classes() -> None:
 def test_variance_shares_match_pca_of_standardised_data() -> None:
     import numpy as np
 
-    from fruits.metrics import standardized_variance_shares
+    from fruits.model.metrics import standardized_variance_shares
 
     rng = np.random.default_rng(0)
     data = rng.normal(size=(50, 6)) @ rng.normal(size=(6, 6))

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from fruits.config import Config
-from fruits.featurizer import ExtractorSpec, extract_features
-from fruits.images import ImageLimits, decode_batch
-from fruits.registry import ModelRegistry
-from fruits.scoring import predict_frame
+from fruits.decode import ImageLimits, decode_batch
+from fruits.features.featurizer import ExtractorSpec, extract_features
+from fruits.model.registry import ModelRegistry
+from fruits.model.scoring import predict_frame
 
 from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, real_photos
 

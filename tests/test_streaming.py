@@ -14,11 +14,13 @@ import pytest
 
 from fruits.config import Config
 from fruits.console import log
-from fruits.lake import DeltaRsLake
-from fruits.landing import plan_upload, upload_to_folder
-from fruits.registry import ModelRegistry
-from fruits.serving import ServedModel
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.model.registry import ModelRegistry
+from fruits.model.serving import ServedModel
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.sources.files import file_source
+from fruits.status import collect_status, format_status
+from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import (
     CheckpointInUseError,
     checkpoint_lock,
@@ -26,9 +28,7 @@ from streaming.job import (
     run_stream,
     start_query,
 )
-from streaming.memory_source import MemoryFeed, register
-from streaming.sources import file_source
-from streaming.status import collect_status
+from tests.memory_source import MemoryFeed, register
 
 from .conftest import KNOWN_CLASSES, real_photos
 
@@ -160,6 +160,18 @@ def test_file_source_end_to_end_with_crash_replay(spark: Any, stream_config: Con
     assert (status["predictions_rows"], status["quarantine_rows"]) == (6, 1)
     assert status["distinct_paths"] == 6 and status["model_version"] == 1
     assert status["latency_rows"] == 6 and status["latency_p50_ms"] > 0
+    # The answers themselves: the newest first, the truncated photo with its reason.
+    newest = status["last_predictions"]
+    assert len(newest) == 5 and newest[0]["predicted_at"] >= newest[-1]["predicted_at"]
+    uploaded = {
+        p.name for label in KNOWN_CLASSES[:2] for p in real_photos("Test", label, 3, skip=1)
+    }
+    assert {row["path"].rsplit("/", 1)[-1] for row in newest} <= uploaded
+    assert all(isinstance(row["label"], str) and 0 < row["confidence"] <= 1 for row in newest)
+    ((quarantined),) = status["last_quarantined"]
+    assert quarantined["path"].endswith("broken.jpg") and quarantined["reason"] == "truncated"
+    shown = format_status(status)
+    assert "last predictions" in shown and "truncated" in shown and "broken.jpg" in shown
 
 
 def test_a_second_query_on_the_same_checkpoint_is_refused(stream_config: Config) -> None:
@@ -211,8 +223,8 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     spark: Any, memory_query: Any, stream_config: Config, trained: tuple[Config, dict[str, Any]]
 ) -> None:
     from fruits.config import TrainingConfig
-    from fruits.model import train
-    from fruits.tables import FEATURES
+    from fruits.model.classifier import train
+    from fruits.sinks.tables import FEATURES
 
     feed, query, step = memory_query
     registry = ModelRegistry(stream_config.path("models"))

@@ -13,7 +13,7 @@ from batch.evaluate import run_evaluation
 from fruits.cli import main
 from fruits.config import Config
 from fruits.errors import ConfigError
-from fruits.registry import ModelRegistry
+from fruits.model.registry import ModelRegistry
 
 from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree
 

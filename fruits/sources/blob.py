@@ -13,7 +13,7 @@ Databricks, Auto Loader (``cloudFiles``) does the same job with Spark's own Azur
     a listing pass every ``backfill_interval`` catches events that were lost. A message is
     deleted only once the micro-batch holding its blob is committed.
 
-The streaming offset is a sequence number in a :class:`~fruits.discovery.DiscoveryState`
+The streaming offset is a sequence number in a :class:`~fruits.sources.discovery.DiscoveryState`
 kept in the query's checkpoint (``state`` option), so a replayed micro-batch reads exactly the
 same blobs and a blob is offered once. ``SupportsTriggerAvailableNow`` gives ``--once``.
 """
@@ -42,16 +42,21 @@ from pyspark.sql.streaming.datasource import (
     SupportsTriggerAvailableNow,
 )
 
-from fruits.azure_storage import AzureStorage, BlobLocation, NameFilter, parse_blob_events
-from fruits.config import AzureConfig
-from fruits.discovery import Arrival, DiscoveryState, utc
+from fruits.azure import AzureStorage, BlobLocation
+from fruits.config import AzureConfig, interval_seconds, is_url
+from fruits.errors import ConfigError
+from fruits.sources.discovery import Arrival, DiscoveryState, utc
+from fruits.sources.events import parse_blob_events
+from fruits.sources.names import NameFilter
+from fruits.sources.schema import BINARY_FILE_SCHEMA
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["BlobDataSource", "BlobSourceOptions", "register"]
+    from fruits.config import Config, ImagesConfig
 
-SCHEMA = "path string, modificationTime timestamp, length long, content binary"
+__all__ = ["BlobDataSource", "BlobSourceOptions", "read_blobs", "register", "stream_blobs"]
+
 # A received event stays invisible this long; a batch is normally committed well before, and if
 # not, the message comes back, is recognised as already offered, and deleted then.
 _VISIBILITY_TIMEOUT_S = 900
@@ -339,7 +344,7 @@ class BlobDataSource(DataSource):
         return "fruits_blob"
 
     def schema(self) -> str:
-        return SCHEMA
+        return BINARY_FILE_SCHEMA
 
     def reader(self, schema: Any) -> DataSourceReader:
         return BlobBatchReader(BlobSourceOptions.from_options(self.options))
@@ -350,3 +355,55 @@ class BlobDataSource(DataSource):
 
 def register(spark: SparkSession) -> None:
     spark.dataSource.register(BlobDataSource)
+
+
+def read_blobs(
+    spark: SparkSession,
+    location: str,
+    images: ImagesConfig,
+    azure: AzureConfig | None,
+    names: tuple[str, ...] | None = None,
+) -> DataFrame:
+    """Every photo under an ``az://`` location (or exactly ``names``), as a batch DataFrame.
+    Databricks reads ``abfss://`` with ``binaryFile`` instead."""
+    register(spark)
+    options = BlobSourceOptions(
+        location=location,
+        azure=azure or AzureConfig(),
+        extensions=images.extensions,
+        max_photo_bytes=images.max_bytes,
+        names=names,
+    )
+    return spark.read.format("fruits_blob").option("fruits", options.to_option()).load()
+
+
+def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
+    """New blobs under an ``az://`` landing, discovered by listing or by queued events."""
+    if is_url(checkpoint):
+        raise ConfigError(
+            "an az:// landing keeps its discovery state beside the checkpoint, which must be a "
+            f"local or mounted folder (paths.checkpoints is {checkpoint})"
+        )
+    # As for a landing folder: the container exists from the start, empty until uploads come.
+    landing = BlobLocation.parse(config.path("landing"))
+    AzureStorage(config.azure).container(landing.container, create=True)
+    stream = config.stream
+    backfill = stream.backfill_interval
+    options = BlobSourceOptions(
+        location=config.path("landing"),
+        azure=config.azure,
+        extensions=config.images.extensions,
+        glob=stream.path_glob,
+        max_photo_bytes=config.images.max_bytes,
+        checkpoint=checkpoint,
+        discovery=stream.discovery,
+        queue=stream.queue,
+        max_files_per_trigger=stream.max_files_per_trigger,
+        max_bytes_per_trigger=stream.max_bytes_per_trigger,
+        include_existing_files=stream.include_existing_files,
+        max_file_age_s=interval_seconds(stream.max_file_age),
+        backfill_interval_s=interval_seconds(backfill) if backfill else None,
+        parallelism=spark.sparkContext.defaultParallelism,
+    )
+    register(spark)
+    return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()

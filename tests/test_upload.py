@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fruits.landing import plan_upload, upload_to_folder
+from fruits.upload import plan_upload, upload_to_folder
 
 from .conftest import real_photos
 
@@ -33,7 +33,7 @@ def test_names_cannot_escape_the_landing_or_hide_from_the_stream(tmp_path: Path)
     photo.write_bytes(real_photos("Test", "Banana", 1)[0].read_bytes())
     [(_, name)] = plan_upload([str(photo)], ["jpg"])
     assert name == "hidden.jpg"
-    from fruits.landing import _safe_name
+    from fruits.upload import _safe_name
 
     assert _safe_name("../../etc/passwd.jpg") == "etc/passwd.jpg"
     assert _safe_name("/abs/_x.jpg") == "abs/x.jpg"

@@ -1,4 +1,4 @@
-"""Where photos are read from: local folders now, Blob URLs through the same Spark reader.
+"""Labelled training photos, ``<location>/<Class>/*.jpg``: local folders or Blob, read by Spark.
 
 Spark's ``binaryFile`` source lists and reads files on the executors, so a labelled tree of
 any size is read by the cluster, not by the driver.
@@ -11,26 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fruits.config import is_url
 from fruits.errors import DataError
+from fruits.sources.names import extension_glob
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from fruits.config import AzureConfig, ImagesConfig
 
-__all__ = ["check_labelled_tree", "extension_glob", "is_url", "read_image_files", "read_labelled"]
-
-_URL_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://", "dbfs:/", "s3://", "gs://")
-
-
-def is_url(location: str) -> bool:
-    return location.startswith(_URL_SCHEMES)
-
-
-def extension_glob(extensions: Sequence[str]) -> str:
-    """``*.{jpg,JPG,...}``: Hadoop globs are case sensitive, phones write both cases."""
-    variants = sorted({v for ext in extensions for v in (ext.lower(), ext.upper())})
-    return "*.{" + ",".join(variants) + "}"
+__all__ = ["check_labelled_tree", "read_image_files", "read_labelled"]
 
 
 def check_labelled_tree(location: str) -> list[str]:
@@ -58,7 +48,9 @@ def read_labelled(
     from pyspark.sql import functions as F
 
     if location.startswith("az://"):
-        df = _read_blobs(spark, location, images, azure)
+        from fruits.sources.blob import read_blobs
+
+        df = read_blobs(spark, location, images, azure)
     else:
         df = (
             spark.read.format("binaryFile")
@@ -80,28 +72,7 @@ def read_image_files(
     if paths and paths[0].startswith("az://"):
         container = paths[0].split("/", 3)[2]
         names = tuple(p.split("/", 3)[3] for p in paths)
-        return _read_blobs(spark, f"az://{container}", images, azure, names=names)
+        from fruits.sources.blob import read_blobs
+
+        return read_blobs(spark, f"az://{container}", images, azure, names=names)
     return spark.read.format("binaryFile").load(list(paths))
-
-
-def _read_blobs(
-    spark: SparkSession,
-    location: str,
-    images: ImagesConfig,
-    azure: AzureConfig | None,
-    names: tuple[str, ...] | None = None,
-) -> DataFrame:
-    """Blob photos through the project's Python data source: Spark here has no Azure jars
-    (Databricks reads ``abfss://`` with ``binaryFile`` instead)."""
-    from fruits.blob_source import BlobSourceOptions, register
-    from fruits.config import AzureConfig
-
-    register(spark)
-    options = BlobSourceOptions(
-        location=location,
-        azure=azure or AzureConfig(),
-        extensions=images.extensions,
-        max_photo_bytes=images.max_bytes,
-        names=names,
-    )
-    return spark.read.format("fruits_blob").option("fruits", options.to_option()).load()

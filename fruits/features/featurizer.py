@@ -31,12 +31,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fruits.config import Config
+from fruits.config import Config, is_url
 from fruits.console import log
+from fruits.decode import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
 from fruits.errors import ConfigError
-from fruits.images import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
-from fruits.inception import FULL_NETWORK, LAYERS
-from fruits.storage import is_url
+from fruits.features.inception import FULL_NETWORK, LAYERS
 
 __all__ = [
     "FEATURE_RESULT_SCHEMA",

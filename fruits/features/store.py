@@ -17,14 +17,14 @@ import pyarrow as pa
 
 from fruits.config import AzureConfig, ImagesConfig
 from fruits.errors import DataError
-from fruits.featurizer import ExtractorSpec, featurize_udf
-from fruits.storage import read_image_files, read_labelled
-from fruits.tables import FEATURES
+from fruits.features.featurizer import ExtractorSpec, featurize_udf
+from fruits.sinks.tables import FEATURES
+from fruits.sources.training import read_image_files, read_labelled
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from fruits.lake import Lake
+    from fruits.sinks.delta import Lake
 
 __all__ = ["FeatureRun", "Rejected", "featurize_labelled"]
 

@@ -1,4 +1,7 @@
-"""``fruits status``: what the tables hold, the serving model and recent latency."""
+"""``fruits status``: what the tables hold, the last answers, the serving model, recent latency.
+
+It reads the tables only: it is not part of the stream, and works while one runs or none does.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,31 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from fruits.config import Config
-from fruits.lake import open_lake
-from fruits.registry import ModelRegistry
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.model.registry import ModelRegistry
+from fruits.sinks.delta import open_lake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 __all__ = ["collect_status", "format_status"]
 
 
+_PREDICTION_FIELDS = ["path", "label", "confidence", "is_unknown", "predicted_at"]
+_QUARANTINE_FIELDS = ["path", "reason", "detail", "detected_at"]
+
+
 def collect_status(
-    config: Config, *, window: dt.timedelta = dt.timedelta(hours=1)
+    config: Config, *, window: dt.timedelta = dt.timedelta(hours=1), last: int = 5
 ) -> dict[str, Any]:
+    """Counts, the ``last`` newest predictions and quarantine rows, and the latency of the
+    predictions made in ``window``."""
     lake = open_lake(config)
     predictions = lake.read_arrow(
-        PREDICTIONS, columns=["path", "batch_id", "predicted_at", "latency_ms", "is_unknown"]
+        PREDICTIONS, columns=[*_PREDICTION_FIELDS, "batch_id", "latency_ms"]
     )
-    quarantine = lake.read_arrow(QUARANTINE, columns=["path", "reason", "batch_id"])
+    quarantine = lake.read_arrow(QUARANTINE, columns=[*_QUARANTINE_FIELDS, "batch_id"])
     since = dt.datetime.now(dt.UTC) - window
     recent = predictions.filter(pc.greater_equal(predictions.column("predicted_at"), since))
     latencies = np.asarray(recent.column("latency_ms").to_pylist() or [], dtype=np.float64)
@@ -53,14 +63,28 @@ def collect_status(
         "latency_p50_ms": _percentile(latencies, 50),
         "latency_p95_ms": _percentile(latencies, 95),
         "latency_max_ms": float(latencies.max()) if len(latencies) else None,
+        "last_predictions": _newest(predictions, "predicted_at", _PREDICTION_FIELDS, last),
+        "last_quarantined": _newest(quarantine, "detected_at", _QUARANTINE_FIELDS, last),
     }
     if config.eventhub.enabled:  # the outbox lag: predictions not yet published as events
-        from fruits.eventhubs import outbox_id, pending_events
+        from fruits.sinks.eventhubs import outbox_id, pending_events
 
         pending, cursor, _ = pending_events(lake, outbox_id(config.eventhub.name))
         status["eventhub_pending_events"] = pending
         status["eventhub_published_version"] = cursor
     return status
+
+
+def _newest(table: pa.Table, time_column: str, fields: list[str], n: int) -> list[dict[str, Any]]:
+    """The ``n`` newest rows, newest first, as JSON-ready dicts (times in ISO 8601)."""
+    if n < 1 or not table.num_rows:
+        return []
+    order = pc.sort_indices(table, sort_keys=[(time_column, "descending"), ("path", "ascending")])
+    rows = table.take(order[:n]).select(fields).to_pylist()
+    return [
+        {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
+        for row in rows
+    ]
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -84,8 +108,29 @@ def format_status(status: dict[str, Any]) -> str:
                 if "eventhub_pending_events" in status
                 else []
             ),
+            *_answers(status),
         ]
     )
+
+
+def _answers(status: dict[str, Any]) -> list[str]:
+    lines = []
+    if status["last_predictions"]:
+        lines.append("last predictions (newest first):")
+        for row in status["last_predictions"]:
+            answer = "unknown" if row["is_unknown"] else row["label"]
+            guess = f" (best guess {row['label']})" if row["is_unknown"] else ""
+            lines.append(
+                f"  {row['predicted_at'][:19]}  {answer}{guess}, confidence "
+                f"{row['confidence']:.2f}  {row['path']}"
+            )
+    if status["last_quarantined"]:
+        lines.append("last quarantined (newest first):")
+        for row in status["last_quarantined"]:
+            lines.append(
+                f"  {row['detected_at'][:19]}  {row['reason']}: {row['detail']}  {row['path']}"
+            )
+    return lines
 
 
 def _percentile(values: np.ndarray, q: float) -> float | None:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fruits.azure_storage import BlobInfo
+from fruits.azure import BlobInfo
 
 __all__ = ["Arrival", "DiscoveryState"]
 

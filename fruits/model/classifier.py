@@ -16,7 +16,7 @@ import numpy as np
 
 from fruits.config import TrainingConfig
 from fruits.errors import DataError
-from fruits.metrics import (
+from fruits.model.metrics import (
     cumulative_components,
     standardized_variance_shares,
     unknown_threshold,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.sql import Column, DataFrame
 
-    from fruits.scoring import LinearScorer
+    from fruits.model.scoring import LinearScorer
 
 __all__ = ["ClassifierScore", "FruitModel", "TrainedModel", "train"]
 
@@ -80,7 +80,7 @@ class FruitModel:
         from pyspark.ml.classification import LogisticRegressionModel
         from pyspark.ml.feature import PCAModel, StandardScalerModel
 
-        from fruits.scoring import LinearScorer
+        from fruits.model.scoring import LinearScorer
 
         scaler, pca, classifier = self.pipeline.stages
         if not isinstance(classifier, LogisticRegressionModel):

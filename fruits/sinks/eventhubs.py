@@ -44,9 +44,9 @@ import pyarrow as pa
 
 from fruits.console import log as console_log
 from fruits.errors import ConfigError
-from fruits.lake import Lake, open_lake
 from fruits.secrets import redact, redact_sdk_logs
-from fruits.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
+from fruits.sinks.delta import Lake, open_lake
+from fruits.sinks.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
 
 if TYPE_CHECKING:
     from azure.eventhub import EventData, EventDataBatch

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruits.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
-from fruits.images import Rejection
+from fruits.decode import Rejection
+from fruits.features.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from fruits.errors import ModelNotFoundError, RegistryError
 
 if TYPE_CHECKING:
-    from fruits.model import FruitModel
+    from fruits.model.classifier import FruitModel
 
 __all__ = ["ModelRegistry", "ModelVersion"]
 
@@ -151,7 +151,7 @@ class ModelRegistry:
         """The version's metadata and its model, ready to predict (needs a SparkSession)."""
         from pyspark.ml import PipelineModel
 
-        from fruits.model import FruitModel
+        from fruits.model.classifier import FruitModel
 
         entry = self.get(version)
         try:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from fruits.config import Config
 from fruits.errors import FruitsError, ModelNotFoundError, RegistryError
-from fruits.featurizer import ExtractorSpec
-from fruits.model import FruitModel
-from fruits.registry import ModelRegistry
-from fruits.scoring import LinearScorer
+from fruits.features.featurizer import ExtractorSpec
+from fruits.model.classifier import FruitModel
+from fruits.model.registry import ModelRegistry
+from fruits.model.scoring import LinearScorer
 
 __all__ = ["ServedModel", "Serving"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits.images import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
+from fruits.decode import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
 
 from .conftest import real_photos
 

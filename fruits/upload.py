@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fruits.azure_storage import AzureStorage, BlobLocation, content_type, sha256_hex
+from fruits.azure import AzureStorage, BlobLocation
 from fruits.config import AzureConfig
 from fruits.errors import DataError
+from fruits.sources.names import content_type
 
 __all__ = ["UploadSummary", "plan_upload", "upload", "upload_to_blob", "upload_to_folder"]
 
@@ -85,7 +86,7 @@ def upload_to_blob(
     def one(item: tuple[Path, str]) -> str:
         source, name = item
         data = source.read_bytes()
-        digest = sha256_hex(data)
+        digest = hashlib.sha256(data).hexdigest()
         blob = container.get_blob_client(location.child(name))
         try:
             if blob.get_blob_properties().metadata.get("sha256") == digest:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
-from streaming.sources import BINARY_FILE_SCHEMA
+from fruits.sources.schema import BINARY_FILE_SCHEMA
 
 __all__ = ["MemoryFeed", "MemoryStreamDataSource", "register"]
 

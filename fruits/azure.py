@@ -1,7 +1,7 @@
-"""Azure Storage (Blob and Queue): credentials, clients, ``az://`` locations, Delta options.
+"""Azure Storage (Blob and Queue): credentials, clients and ``az://`` locations, nothing else.
 
-The one module that talks to the storage account. Credentials are resolved in this order and
-never come from a committed file:
+The one module that holds the storage account's credentials. They are resolved in this order
+and never come from a committed file:
 
 1. ``azure.use_emulator``: Azurite on 127.0.0.1 with its well-known development account (the
    SDK's ``UseDevelopmentStorage=true``; the key ships with the SDKs, it is not a secret);
@@ -11,19 +11,16 @@ never come from a committed file:
    ``az login``), and delta-rs falling back to the managed identity the same way.
 
 Locations are ``az://<container>/<prefix>``; ``abfs[s]://<container>@<account>.dfs...`` is read
-the same way, so one config names a place for delta-rs, the Blob SDK and Spark alike.
+the same way, so one config names a place for delta-rs, the Blob SDK and Spark alike. What the
+data means (which blobs are photos, Event Grid messages) lives in :mod:`fruits.sources`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fnmatch
-import hashlib
-import mimetypes
 import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -36,15 +33,7 @@ if TYPE_CHECKING:
 
     from fruits.config import AzureConfig
 
-__all__ = [
-    "AzureStorage",
-    "BlobInfo",
-    "BlobLocation",
-    "NameFilter",
-    "content_type",
-    "plain_etag",
-    "sha256_hex",
-]
+__all__ = ["AzureStorage", "BlobInfo", "BlobLocation", "plain_etag"]
 
 _EMULATOR = "UseDevelopmentStorage=true"
 # Fail within ~15 s when storage is down instead of the SDK's default ~1 min of retries: a
@@ -92,32 +81,6 @@ class BlobInfo:
     etag: str
     size: int
     last_modified: dt.datetime
-
-
-class NameFilter:
-    """Which blob names are photos: extension (either case) and an optional glob on the file
-    name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source."""
-
-    def __init__(self, extensions: Sequence[str], glob: str | None = None) -> None:
-        self._extensions = tuple(f".{e.lower().lstrip('.')}" for e in extensions)
-        self._globs = _expand_braces(glob) if glob else []
-
-    def __call__(self, name: str) -> bool:
-        base = name.rsplit("/", 1)[-1]
-        if not base or base.startswith((".", "_")):
-            return False
-        if not base.lower().endswith(self._extensions):
-            return False
-        return not self._globs or any(fnmatch.fnmatchcase(base, g) for g in self._globs)
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    """``*.{jpg,png}`` -> ``[*.jpg, *.png]`` (Hadoop globs have braces, fnmatch has not)."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if not match:
-        return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [p for alt in match.group(1).split(",") for p in _expand_braces(head + alt + tail)]
 
 
 class AzureStorage:
@@ -225,7 +188,9 @@ class AzureStorage:
         # No secret: object_store falls back to the managed identity (IMDS), like the SDK.
         return {"account_name": str(self.settings.account_name)}
 
-    def list_blobs(self, location: BlobLocation, accept: NameFilter) -> Iterator[BlobInfo]:
+    def list_blobs(
+        self, location: BlobLocation, accept: Callable[[str], bool]
+    ) -> Iterator[BlobInfo]:
         """Every photo under ``location`` (the whole listing: O(blobs in the prefix))."""
         container = self.container(location.container)
         for blob in container.list_blobs(name_starts_with=location.prefix or None):
@@ -254,17 +219,6 @@ def plain_etag(etag: object) -> str:
     return str(etag).strip('"')
 
 
-def content_type(name: str) -> str:
-    guessed, _ = mimetypes.guess_type(name)
-    if name.lower().endswith(".webp"):
-        return "image/webp"
-    return guessed or "application/octet-stream"
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _parse_connection_string(text: str) -> dict[str, str]:
     parts = {}
     for item in text.split(";"):
@@ -278,87 +232,3 @@ def _default_credential() -> Any:
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()
-
-
-@dataclass(frozen=True)
-class BlobCreated:
-    """What a ``Microsoft.Storage.BlobCreated`` event says about a blob."""
-
-    container: str
-    name: str
-    etag: str | None
-    size: int | None
-
-
-def parse_blob_events(text: str) -> list[BlobCreated] | None:
-    """The BlobCreated events in one queue message (Event Grid schema), or None when the
-    message is not Event Grid JSON at all.
-
-    Event Grid writes one event per message, Base64-encoded JSON by default; plain JSON and a
-    JSON array of events are accepted too. Other event types (BlobDeleted...) give ``[]``.
-    """
-    import base64
-    import binascii
-    import json
-
-    payload: Any
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        try:
-            payload = json.loads(base64.b64decode(text, validate=True))
-        except (ValueError, binascii.Error):
-            return None
-    events = payload if isinstance(payload, list) else [payload]
-    found: list[BlobCreated] = []
-    for event in events:
-        if not isinstance(event, dict) or "eventType" not in event:
-            return None
-        if event["eventType"] != "Microsoft.Storage.BlobCreated":
-            continue
-        # subject: /blobServices/default/containers/<container>/blobs/<name>
-        match = re.fullmatch(
-            r"/blobServices/default/containers/([^/]+)/blobs/(.+)", str(event.get("subject", ""))
-        )
-        if not match:
-            return None
-        data = event.get("data") or {}
-        size = data.get("contentLength")
-        found.append(
-            BlobCreated(
-                container=match.group(1),
-                name=match.group(2),
-                etag=plain_etag(data["eTag"]) if data.get("eTag") else None,
-                size=int(size) if isinstance(size, int) else None,
-            )
-        )
-    return found
-
-
-def blob_created_message(account: str, container: str, name: str, etag: str, size: int) -> str:
-    """A queue message as Event Grid writes one for a new blob (Base64-encoded JSON, one
-    ``Microsoft.Storage.BlobCreated`` event): what tests and the emulated setup put on the
-    queue, since Azurite has no Event Grid."""
-    import base64
-    import json
-    import uuid
-
-    event = {
-        "topic": f"/subscriptions/-/resourceGroups/-/providers/Microsoft.Storage/"
-        f"storageAccounts/{account}",
-        "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "eventTime": dt.datetime.now(dt.UTC).isoformat(),
-        "id": str(uuid.uuid4()),
-        "data": {
-            "api": "PutBlob",
-            "eTag": etag,
-            "contentType": content_type(name),
-            "contentLength": size,
-            "blobType": "BlockBlob",
-            "url": f"https://{account}.blob.core.windows.net/{container}/{name}",
-        },
-        "dataVersion": "",
-        "metadataVersion": "1",
-    }
-    return base64.b64encode(json.dumps(event).encode()).decode()

@@ -1,0 +1,8 @@
+"""Features -> answers: training, scoring, the registry of versions and the served model.
+
+* :mod:`~fruits.model.classifier`: Spark ML standardise -> PCA -> classifier, trained and
+  compared; :mod:`~fruits.model.metrics` the pure computations behind it;
+* :mod:`~fruits.model.scoring`: a linear model folded into numpy, scored inside the UDF;
+* :mod:`~fruits.model.registry`: versions and the current one;
+* :mod:`~fruits.model.serving`: the version a long-running stream serves, hot-swapped.
+"""
