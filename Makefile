@@ -17,10 +17,13 @@ export FRUITS_SHARED ?= $(SHARED)
 .PHONY: setup run test lint clean azurite-start azurite-stop
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The package with its pinned set (constraints.txt), then the Spark jars pyspark lacks (Delta,
+# Hadoop's Azure driver) from Maven Central into pyspark's jars folder (scripts/spark-jars.sh).
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/spark-jars/pom.xml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,spark]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,spark,tf]"
+	scripts/spark-jars.sh $(BIN)/python
 	touch $@
 
 run: setup

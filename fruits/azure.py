@@ -40,6 +40,12 @@ _EMULATOR = "UseDevelopmentStorage=true"
 # failed micro-batch is replayed exactly once by the restart, a stalled one holds everything.
 _RETRY_TOTAL, _BACKOFF_S, _BACKOFF_BASE = 3, 2, 2
 _EMULATOR_ACCOUNT = "devstoreaccount1"
+# Azurite's development account key: public, documented by Microsoft and built into every SDK
+# (the SDKs' UseDevelopmentStorage=true); Hadoop's driver has no such shortcut.
+_EMULATOR_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+_EMULATOR_BLOB = "127.0.0.1:10000"
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,12 @@ class AzureStorage:
             return f"account {self.settings.account_name} with DefaultAzureCredential"
         return "no credentials"
 
+    @property
+    def configured(self) -> bool:
+        """Whether the settings name an account at all (the local default names none)."""
+        settings = self.settings
+        return bool(settings.use_emulator or self._connection_string or settings.account_name)
+
     def _check(self) -> None:
         settings = self.settings
         if not (settings.use_emulator or self._connection_string or settings.account_name):
@@ -181,12 +193,84 @@ class AzureStorage:
                 options["account_key"] = parts["AccountKey"]
             if "SharedAccessSignature" in parts:
                 options["sas_token"] = parts["SharedAccessSignature"]
-            endpoint = parts.get("BlobEndpoint", "")
-            if urlparse(endpoint).hostname in ("127.0.0.1", "localhost"):
+            if self._emulated:
                 options["use_emulator"] = "true"  # an Azurite connection string
             return options
         # No secret: object_store falls back to the managed identity (IMDS), like the SDK.
         return {"account_name": str(self.settings.account_name)}
+
+    def hadoop_url(self, url: str) -> str:
+        """The ``abfs[s]://container@account.dfs.core.windows.net/prefix`` Spark reads through
+        Hadoop for an ``az://`` location (other URLs are returned as they are)."""
+        if not url.startswith("az://"):
+            return url
+        location = BlobLocation.parse(url)
+        scheme = "abfs" if self._emulated else "abfss"
+        path = location.prefix.rstrip("/")
+        return f"{scheme}://{location.container}@{self._account}.dfs.core.windows.net/{path}"
+
+    def hadoop_options(self) -> dict[str, str]:
+        """Hadoop's ABFS driver settings for this account (``spark.hadoop.*`` without the
+        prefix). Hadoop 3.5 removed the WASB driver; ABFS reaches a flat-namespace account,
+        and Azurite, through its Blob endpoint."""
+        self._check()
+        host = f"{self._account}.dfs.core.windows.net"
+        options: dict[str, str] = {}
+        if self._emulated:
+            options |= {
+                # http://127.0.0.1:10000/<account>/<container>, path-style, as Azurite serves
+                "fs.azure.abfs.endpoint": self._emulator_endpoint,
+                "fs.azure.always.use.https": "false",
+                "fs.azure.account.hns.enabled": "false",
+                "fs.azure.fns.account.service.type": "BLOB",
+                # the JDK client: Hadoop's default HTTP client wants TLS even for http://
+                "fs.azure.networking.library": "JDK_HTTP_URL_CONNECTION",
+            }
+        key = _EMULATOR_KEY if self.settings.use_emulator else None
+        sas = None
+        if self._connection_string:
+            parts = _parse_connection_string(self._connection_string)
+            key, sas = parts.get("AccountKey"), parts.get("SharedAccessSignature")
+        if key:
+            options[f"fs.azure.account.auth.type.{host}"] = "SharedKey"
+            options[f"fs.azure.account.key.{host}"] = key
+        elif sas:
+            options[f"fs.azure.account.auth.type.{host}"] = "SAS"
+            options[f"fs.azure.sas.fixed.token.{host}"] = sas
+        else:  # no secret: the machine's managed identity, as DefaultAzureCredential would
+            options[f"fs.azure.account.auth.type.{host}"] = "OAuth"
+            options[f"fs.azure.account.oauth.provider.type.{host}"] = (
+                "org.apache.hadoop.fs.azurebfs.oauth2.MsiTokenProvider"
+            )
+        return options
+
+    @property
+    def _account(self) -> str:
+        if self.settings.use_emulator:
+            return _EMULATOR_ACCOUNT
+        if self._connection_string:
+            name = _parse_connection_string(self._connection_string).get("AccountName")
+            if name:
+                return name
+        return str(self.settings.account_name)
+
+    @property
+    def _emulator_endpoint(self) -> str:
+        if self._connection_string and not self.settings.use_emulator:
+            endpoint = _parse_connection_string(self._connection_string).get("BlobEndpoint", "")
+            parsed = urlparse(endpoint)
+            return f"{parsed.hostname}:{parsed.port or 10000}"
+        return _EMULATOR_BLOB
+
+    @property
+    def _emulated(self) -> bool:
+        """Azurite: the emulator setting, or a connection string to a local blob endpoint."""
+        if self.settings.use_emulator:
+            return True
+        if not self._connection_string:
+            return False
+        endpoint = _parse_connection_string(self._connection_string).get("BlobEndpoint", "")
+        return urlparse(endpoint).hostname in ("127.0.0.1", "localhost")
 
     def list_blobs(
         self, location: BlobLocation, accept: Callable[[str], bool]

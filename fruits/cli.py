@@ -300,10 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The console entry point: ``main``, then a prompt exit.
 
-    Stops Spark cleanly, then leaves with ``os._exit``: native threads of delta-rs/Arrow can
-    abort the interpreter's teardown (exit 134) after all the work is done and printed.
+    Locally it stops Spark cleanly, then leaves with ``os._exit``: native threads of
+    delta-rs/Arrow can abort the interpreter's teardown (exit 134) after all the work is done
+    and printed. Inside a Databricks task the session is the cluster's, shared with whatever
+    runs next, and the process is the runtime's: neither is stopped, and a failure is an
+    ordinary ``SystemExit``.
     """
     code = main()
+    from fruits.spark import on_databricks
+
+    if on_databricks():
+        if code:
+            raise SystemExit(code)
+        return
     try:
         spark_sql = sys.modules.get("pyspark.sql")  # only if this command used Spark
         active = spark_sql.SparkSession.getActiveSession() if spark_sql else None

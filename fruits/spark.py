@@ -1,55 +1,110 @@
 """The SparkSession, configured once from :class:`~fruits.config.SparkConfig`.
 
-On Databricks the session already exists and ``getOrCreate`` returns it; the settings here
-matter for ``local[*]`` and for a plain Spark cluster.
+Locally (``local[*]`` or a plain Spark cluster) this builds the session: Delta's SQL extension
+when Delta's jars are in pyspark's jars folder (``scripts/spark-jars.sh``), and Hadoop's Azure
+driver pointed at the configured storage account for ``abfs[s]://`` paths. On Databricks the
+runtime owns the session, its Delta and its storage credentials: the session is taken as it is
+and only the SQL settings the jobs rely on are set, never jars nor credentials.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from fruits.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from fruits.config import Config
 
-__all__ = ["get_spark"]
+__all__ = ["get_spark", "local_jars", "on_databricks"]
+
+_DELTA_EXTENSION = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def on_databricks() -> bool:
+    """Inside a Databricks runtime (a job, a notebook): its session, Delta and identity rule."""
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def local_jars(prefix: str) -> list[Path]:
+    """The jars named ``prefix*`` in pyspark's own jars folder (where scripts/spark-jars.sh
+    puts Delta's and Hadoop's Azure driver)."""
+    import pyspark
+
+    return sorted((Path(pyspark.__file__).parent / "jars").glob(f"{prefix}*.jar"))
 
 
 def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
     """The process' SparkSession; ``streaming`` picks ``spark.stream_java_options`` instead of
     ``spark.java_options`` for the JVM, if this call is the one that starts it."""
+    from pyspark.sql import SparkSession
+
+    spark_conf = config.spark
+    # SQL settings every job relies on; they can be set on a session that already exists.
+    sql = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(spark_conf.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Rows per Arrow batch = photos per inference call in a worker.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark_conf.arrow_batch_size),
+    }
+    if on_databricks():
+        spark = SparkSession.builder.getOrCreate()
+        for key, value in sql.items():
+            spark.conf.set(key, value)
+        return spark
+
     # Workers must run this interpreter (the project's venv), quietly.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pyspark.sql import SparkSession
-
-    spark_conf = config.spark
+    delta_jars = bool(local_jars("delta-spark_"))
+    if spark_conf.delta_writer == "spark" and not delta_jars:
+        raise ConfigError(
+            "config key 'spark.delta_writer' is 'spark' but Delta's jars are not installed "
+            "for this pyspark: run scripts/spark-jars.sh .venv/bin/python (make setup does)"
+        )
     builder = (
         SparkSession.builder.master(spark_conf.master)
         .appName(spark_conf.app_name)
         .config("spark.driver.memory", spark_conf.driver_memory)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # Rows per Arrow batch = photos per inference call in a worker.
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(spark_conf.arrow_batch_size))
         # Keep Python workers alive between tasks so each builds InceptionV3 only once.
         .config("spark.python.worker.reuse", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
     )
+    for key, value in sql.items():
+        builder = builder.config(key, value)
+    if delta_jars:  # one session serves both writers: delta-rs ignores Spark's catalog
+        for key, value in _DELTA_EXTENSION.items():
+            builder = builder.config(key, value)
     java_options = spark_conf.stream_java_options if streaming else spark_conf.java_options
     if java_options:
         # Read when PySpark launches the JVM; a session that already exists keeps its JVM.
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
-    if spark_conf.delta_writer == "spark":
-        from delta import configure_spark_with_delta_pip
-
-        builder = configure_spark_with_delta_pip(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    _configure_azure(spark, config)
     return spark
+
+
+def _configure_azure(spark: SparkSession, config: Config) -> None:
+    """Hadoop's ABFS driver for the configured account, when its jar is here and the config
+    names an account. Set on the session's Hadoop configuration, not in SparkConf: a key never
+    reaches the Spark UI, the event log or a plan."""
+    from fruits.azure import AzureStorage
+
+    storage = AzureStorage(config.azure)
+    if not local_jars("hadoop-azure-") or not storage.configured:
+        return
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in storage.hadoop_options().items():
+        hadoop.set(key, value)

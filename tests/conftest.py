@@ -120,14 +120,32 @@ def trained(
     return config, run_training(config, str(dataset_with_corrupt))
 
 
+DELTA_WRITERS = ("deltars", "spark")
+
+
+@pytest.fixture(params=DELTA_WRITERS)
+def delta_writer(request: pytest.FixtureRequest) -> str:
+    """Each Delta writer in turn: the stream's exactly-once contract holds for both."""
+    writer: str = request.param
+    return writer
+
+
 @pytest.fixture
 def stream_config(
-    trained: tuple[Config, dict[str, Any]], make_config: Callable[..., Config], tmp_path: Path
+    trained: tuple[Config, dict[str, Any]],
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    delta_writer: str,
 ) -> Config:
-    """A fresh root whose registry is a copy of the trained one (tests may promote freely)."""
+    """A fresh root whose registry is a copy of the trained one (tests may promote freely),
+    written by each Delta writer in turn."""
     source, _ = trained
     shutil.copytree(source.path("models"), tmp_path / "models")
-    return make_config(tmp_path, FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds")
+    return make_config(
+        tmp_path,
+        FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds",
+        FRUITS__SPARK__DELTA_WRITER=delta_writer,
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from fruits.config import Config
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
-from .conftest import KNOWN_CLASSES, WEIGHTS, real_photos
+from .conftest import DELTA_WRITERS, KNOWN_CLASSES, WEIGHTS, real_photos
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -55,8 +55,9 @@ def _rows(lake: DeltaRsLake) -> int:
     return lake.read_arrow(PREDICTIONS, columns=["path"]).num_rows
 
 
+@pytest.mark.parametrize("writer", DELTA_WRITERS)
 def test_stream_killed_five_times_loses_and_duplicates_nothing(
-    trained: tuple[Config, dict[str, Any]], tmp_path: Path
+    trained: tuple[Config, dict[str, Any]], tmp_path: Path, writer: str
 ) -> None:
     config, _ = trained
     landing = tmp_path / "landing"
@@ -77,6 +78,7 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
         "FRUITS__SPARK__MASTER": "local[2]",
         # Small batches (a batch of 8 takes ~0.3 s): a kill lands on a run that still has work.
         "FRUITS__STREAM__MAX_FILES_PER_TRIGGER": "8",
+        "FRUITS__SPARK__DELTA_WRITER": writer,
     }
     log = tmp_path / "stream.log"
     lake = DeltaRsLake(str(tmp_path / "lake"))

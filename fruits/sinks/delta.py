@@ -115,20 +115,23 @@ class Lake(ABC):
 
 
 def open_lake(config: Config) -> Lake:
-    """The configured lake: a folder, or ``az://`` on Blob (delta-rs with the account's
-    credentials), or Spark's native Delta writer."""
+    """The configured lake: delta-rs on a folder or on ``az://`` (with the account's
+    credentials), or Spark's native Delta writer (``spark.delta_writer: spark``), which reads
+    an ``az://`` lake through Hadoop's ``abfs`` driver."""
     root = config.path("lake")
-    if config.spark.delta_writer == "spark":
-        from fruits.sinks.delta_spark import SparkDeltaLake
-
-        return SparkDeltaLake(root)  # credentials come from the cluster (abfss://)
-    options = None
+    storage = None
     if root.startswith("az://"):
         from fruits.azure import AzureStorage, BlobLocation
 
         storage = AzureStorage(config.azure)
-        storage.container(BlobLocation.parse(root).container, create=True)  # delta-rs won't
-        options = storage.delta_storage_options()
+        storage.container(BlobLocation.parse(root).container, create=True)  # neither writer will
+    if config.spark.delta_writer == "spark":
+        from fruits.sinks.delta_spark import SparkDeltaLake
+        from fruits.spark import get_spark
+
+        # The session the job already started (getOrCreate), or a new one: `fruits status`.
+        return SparkDeltaLake(storage.hadoop_url(root) if storage else root, get_spark(config))
     from fruits.sinks.delta_rs import DeltaRsLake
 
+    options = storage.delta_storage_options() if storage else None
     return DeltaRsLake(root, storage_options=options)

@@ -1,0 +1,185 @@
+"""Spark's native Delta writer beside delta-rs: one contract, and tables that move between them.
+
+Each test of a defect found in the untested native path would fail without its fix: a replay
+reported as written, an empty commit per clean batch, the lake unusable from a thread of its
+own, Delta configured through the pip helper, the CLI stopping a Databricks cluster's session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from fruits.config import Config
+from fruits.sinks.delta import Txn
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.delta_spark import SparkDeltaLake
+from fruits.sinks.tables import PREDICTIONS, QUARANTINE, SCHEMAS
+
+pytestmark = pytest.mark.spark
+
+NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+
+
+def _predictions(paths: list[str], batch_id: int) -> pa.Table:
+    n = len(paths)
+    return pa.table(
+        {
+            "image_id": [f"id-{p}" for p in paths],
+            "path": paths,
+            "label": ["Kiwi"] * n,
+            "confidence": [0.9] * n,
+            "top_k": [[{"label": "Kiwi", "prob": 0.9}]] * n,
+            "is_unknown": [False] * n,
+            "model_version": [1] * n,
+            "uploaded_at": [NOW] * n,
+            "discovered_at": [NOW] * n,
+            "predicted_at": [NOW] * n,
+            "latency_ms": [12.5] * n,
+            "batch_id": [batch_id] * n,
+        }
+    )
+
+
+@pytest.fixture
+def spark_lake(spark: Any, tmp_path: Path) -> SparkDeltaLake:
+    return SparkDeltaLake(str(tmp_path / "lake"), spark)
+
+
+def test_a_replayed_append_is_reported_as_skipped(spark_lake: SparkDeltaLake) -> None:
+    rows = _predictions(["a.jpg", "b.jpg"], 0)
+    assert spark_lake.append_arrow(rows, PREDICTIONS, txn=Txn("query-1", 0)) is True
+    version = spark_lake.version(PREDICTIONS)
+    assert spark_lake.append_arrow(rows, PREDICTIONS, txn=Txn("query-1", 0)) is False
+    assert spark_lake.version(PREDICTIONS) == version
+    assert spark_lake.read_arrow(PREDICTIONS).num_rows == 2
+
+
+def test_nothing_to_write_makes_no_commit(spark_lake: SparkDeltaLake) -> None:
+    empty = SCHEMAS[QUARANTINE].empty_table()
+    assert spark_lake.append_arrow(empty, QUARANTINE, txn=Txn("query-1", 0)) is False
+    assert spark_lake.version(QUARANTINE) == -1  # not even created
+    spark_lake.append_arrow(_predictions(["a.jpg"], 0), PREDICTIONS, txn=Txn("q", 0))
+    version = spark_lake.version(PREDICTIONS)
+    spark_lake.append_arrow(SCHEMAS[PREDICTIONS].empty_table(), PREDICTIONS, txn=Txn("q", 1))
+    assert spark_lake.version(PREDICTIONS) == version
+
+
+def test_read_appended_reads_the_new_commits_only(spark_lake: SparkDeltaLake) -> None:
+    for batch, paths in enumerate([["a.jpg"], ["b.jpg", "c.jpg"], ["d e.jpg"]]):
+        spark_lake.append_arrow(_predictions(paths, batch), PREDICTIONS, txn=Txn("q", batch))
+    head = spark_lake.version(PREDICTIONS)  # the table's creation, then one commit per batch
+    rows, until = spark_lake.read_appended(PREDICTIONS, head - 2, columns=["path", "batch_id"])
+    assert until == head
+    assert sorted(rows.column("path").to_pylist()) == ["b.jpg", "c.jpg", "d e.jpg"]
+    assert rows.schema == pa.schema([SCHEMAS[PREDICTIONS].field(n) for n in ("path", "batch_id")])
+    nothing, same = spark_lake.read_appended(PREDICTIONS, head)
+    assert (nothing.num_rows, same) == (0, head)
+    everything, _ = spark_lake.read_appended(PREDICTIONS, -1, until_version=head - 1)
+    assert sorted(everything.column("path").to_pylist()) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_the_lake_works_from_a_thread_with_no_active_session(
+    spark_lake: SparkDeltaLake,
+) -> None:
+    from pyspark.sql import SparkSession
+
+    seen: dict[str, Any] = {}
+
+    def publish() -> None:  # as the Event Hubs retry thread does
+        seen["active"] = SparkSession.getActiveSession()
+        seen["written"] = spark_lake.append_arrow(_predictions(["t.jpg"], 0), PREDICTIONS)
+        seen["rows"] = spark_lake.read_arrow(PREDICTIONS).num_rows
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    thread.join()
+    assert seen == {"active": None, "written": True, "rows": 1}
+
+
+def test_tables_move_between_writers_with_the_same_schema_and_rows(
+    spark_lake: SparkDeltaLake, tmp_path: Path
+) -> None:
+    rs = DeltaRsLake(str(tmp_path / "lake"))
+    spark_lake.append_arrow(_predictions(["a.jpg"], 0), PREDICTIONS, txn=Txn("q", 0))
+    rs.append_arrow(_predictions(["b.jpg"], 1), PREDICTIONS, txn=Txn("q", 1))
+    # Each writer honours the other's app transactions: a switch of writers replays nothing.
+    assert rs.append_arrow(_predictions(["a.jpg"], 0), PREDICTIONS, txn=Txn("q", 0)) is False
+    replay = _predictions(["b.jpg"], 1)
+    assert spark_lake.append_arrow(replay, PREDICTIONS, txn=Txn("q", 1)) is False
+    by_rs, by_spark = rs.read_arrow(PREDICTIONS), spark_lake.read_arrow(PREDICTIONS)
+    assert by_rs.schema == by_spark.schema == SCHEMAS[PREDICTIONS]
+    assert by_rs.sort_by("path").to_pylist() == by_spark.sort_by("path").to_pylist()
+    assert by_rs.num_rows == 2 and by_rs.sort_by("path")["top_k"][0].as_py() == [
+        {"label": "Kiwi", "prob": 0.9}
+    ]
+
+
+def test_get_spark_needs_no_delta_pip_helper_and_takes_a_databricks_session_as_it_is(
+    spark: Any, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fruits.spark import get_spark
+
+    # Where the delta-spark pip package is absent (a Databricks cluster), nothing imports it.
+    monkeypatch.setitem(sys.modules, "delta", None)
+    config = make_config(FRUITS__SPARK__DELTA_WRITER="spark", FRUITS__SPARK__ARROW_BATCH_SIZE="7")
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "19.0")
+    assert get_spark(config) is spark
+    assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "7"
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "8")
+
+
+def test_the_cli_leaves_a_databricks_session_and_process_alone(
+    spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fruits import cli
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "19.0")
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    cli.run()  # returns: no os._exit, no stop of the cluster's session
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    with pytest.raises(SystemExit) as failed:
+        cli.run()
+    assert failed.value.code == 2
+    assert spark.range(3).count() == 3  # the session is still alive
+
+
+def test_the_native_writer_fails_with_one_line_without_its_jars(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fruits import spark as spark_module
+    from fruits.errors import ConfigError
+
+    monkeypatch.setattr(spark_module, "local_jars", lambda prefix: [])
+    config = make_config(FRUITS__SPARK__DELTA_WRITER="spark")
+    with pytest.raises(ConfigError, match=r"spark-jars\.sh"):
+        spark_module.get_spark(config)
+
+
+def test_training_caches_features_in_a_table_written_by_spark(
+    spark: Any, small_dataset: Path, make_config: Callable[..., Config]
+) -> None:
+    from batch.evaluate import run_evaluation
+    from batch.train import run_training
+    from fruits.sinks.tables import FEATURES
+
+    config = make_config(FRUITS__SPARK__DELTA_WRITER="spark")
+    config = dataclasses.replace(
+        config, training=dataclasses.replace(config.training, classifiers=("logistic_regression",))
+    )
+    first = run_training(config, str(small_dataset))
+    again = run_training(config, str(small_dataset), promote=False)
+    assert first["features_computed"] == 60 and again["features_computed"] == 0
+    assert first["accuracy_test"] == again["accuracy_test"] >= 0.9
+    features = DeltaRsLake(config.path("lake")).read_arrow(FEATURES, columns=["image_id"])
+    assert features.num_rows == 60  # written once, by Spark, and readable by delta-rs
+    evaluated = run_evaluation(config, str(small_dataset / "Test"))
+    assert evaluated["n_images"] == 20 and evaluated["accuracy"] == first["accuracy_test"]
