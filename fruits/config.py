@@ -124,6 +124,11 @@ class StreamConfig:
     path_glob: str | None = None  # optional glob on the file name, e.g. "IMG_*"
     # Databricks: Auto Loader (cloudFiles) instead of the Python sources; needs its runtime.
     autoloader: bool = False
+    # Auto Loader's notification mode: "file_events" (a Unity Catalog external location with
+    # file events; cloudFiles.useManagedFileEvents, no credential) or "queue" (your Storage
+    # Queue, named by `queue`, its connection string in the variable named below).
+    autoloader_notifications: Literal["file_events", "queue"] = "file_events"
+    queue_connection_string_env: str = "AUTOLOADER_QUEUE_CONNECTION_STRING"
 
 
 @dataclass(frozen=True)
@@ -330,6 +335,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"config key 'stream.{name}' must look like '1 hour' or '7 days' (got {value!r})"
             )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.stream.queue_connection_string_env):
+        raise ConfigError(
+            "config key 'stream.queue_connection_string_env' must be the NAME of an environment "
+            "variable, never the connection string itself"
+        )
     if not 3 <= len(config.stream.queue) <= 63:
         raise ConfigError("config key 'stream.queue' must be a queue name of 3 to 63 characters")
     for name in ("arrow_batch_size", "shuffle_partitions"):

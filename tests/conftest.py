@@ -236,3 +236,10 @@ def azure_config(
         "FRUITS__FEATURIZER__ONNX_DIR": str(onnx_dir),
     }
     return load_config(PROJECT / "conf" / "azurite.yaml", environ=environ)
+
+
+def hadoop_landing(config: Config) -> str:
+    """The config's ``az://`` landing as Hadoop's ABFS URL: Spark's own file source reads it."""
+    from fruits.azure import AzureStorage
+
+    return AzureStorage(config.azure).hadoop_url(config.path("landing"))

@@ -27,7 +27,7 @@ from fruits.sources.training import read_labelled
 from fruits.upload import plan_upload, upload
 from streaming.job import checkpoint_path, run_stream, start_query
 
-from .conftest import KNOWN_CLASSES, PROJECT, copy_tree, real_photos
+from .conftest import KNOWN_CLASSES, PROJECT, copy_tree, hadoop_landing, real_photos
 
 pytestmark = pytest.mark.spark
 
@@ -202,13 +202,69 @@ def test_training_data_on_blob_reads_like_a_folder(
     assert {r.path.split("/")[3] for r in features.select("path").collect()} == {"data"}
 
 
+def test_spark_reads_blob_through_hadoop_and_its_delta_writer_keeps_the_lake_on_blob(
+    spark: Any, azure_config: Config, small_dataset: Path, tmp_path: Path
+) -> None:
+    """The open-source path on Blob: Spark's ``binaryFile`` reader and file stream source over
+    ``abfs://`` (Hadoop's ABFS driver on Azurite's Blob endpoint) and Spark's Delta writer on
+    the ``az://`` lake; delta-rs reads the same rows back."""
+    config = dataclasses.replace(
+        azure_config,
+        spark=dataclasses.replace(azure_config.spark, delta_writer="spark"),
+        paths=dataclasses.replace(azure_config.paths, landing=hadoop_landing(azure_config)),
+    )
+    assert config.path("landing").startswith("abfs://landing-")
+    storage = AzureStorage(config.azure)
+    lake_container = BlobLocation.parse(config.path("lake")).container
+    container = storage.container(lake_container, create=True)
+    training = sorted((small_dataset / "Training").rglob("*.jpg"))[::6]
+    for file in training:
+        container.upload_blob(f"data/Training/{file.parent.name}/{file.name}", file.read_bytes())
+    location = storage.hadoop_url(f"az://{lake_container}/data/Training")
+    listed = read_labelled(spark, location, config.images, config.azure)
+    assert sorted(r.label for r in listed.select("label").collect()) == sorted(
+        f.parent.name for f in training
+    )
+
+    summary = _upload(config, _unique_photos(tmp_path / "photos", 4))
+    assert summary.uploaded == 4
+    landing = BlobLocation.parse(config.path("landing"))
+    storage.container(landing.container).upload_blob(landing.child("broken.jpg"), b"\xff\xd8 no")
+    first = run_stream(config, once=True)
+    assert (first["predictions"], first["quarantined"]) == (4, 1)
+    assert run_stream(config, once=True)["rows_in"] == 0
+
+    by_spark = open_lake(config).read_arrow(PREDICTIONS)
+    by_delta_rs = open_lake(azure_config).read_arrow(PREDICTIONS)  # az:// through delta-rs
+    assert by_spark.sort_by("path").to_pylist() == by_delta_rs.sort_by("path").to_pylist()
+    assert all(p.startswith("abfs://landing-") for p in by_delta_rs.column("path").to_pylist())
+    assert open_lake(azure_config).read_arrow(QUARANTINE).column("reason").to_pylist() == [
+        "not_an_image"
+    ]
+
+
 def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> None:
     config = load_config(PROJECT / "conf" / "databricks.yaml", environ={})
     assert config.stream.autoloader and config.spark.delta_writer == "spark"
     assert config.path("landing").startswith("abfss://")
     options = autoloader_options(config, "abfss://lake@acct.dfs.core.windows.net/ck/predictions")
     assert options["cloudFiles.format"] == "binaryFile"
-    assert options["cloudFiles.useNotifications"] == "true"
+    assert options["cloudFiles.useManagedFileEvents"] == "true"  # no credential, no backfill
+    assert "cloudFiles.backfillInterval" not in options and "cloudFiles.queueName" not in options
+    assert config.path("models").startswith("/Volumes/")  # Unity Catalog Volumes, not /dbfs
+    assert config.featurizer.onnx_dir and config.featurizer.onnx_dir.startswith("/Volumes/")
+    queue = autoloader_options(
+        load_config(
+            PROJECT / "conf" / "databricks.yaml",
+            environ={"FRUITS__STREAM__AUTOLOADER_NOTIFICATIONS": "queue"},
+        ),
+        "/ck",
+        environ={"AUTOLOADER_QUEUE_CONNECTION_STRING": "AccountName=a;AccountKey=k"},
+    )
+    assert queue["cloudFiles.useNotifications"] == "true"
+    assert queue["cloudFiles.queueName"] == config.stream.queue
+    assert queue["cloudFiles.connectionString"] == "AccountName=a;AccountKey=k"
+    assert queue["cloudFiles.backfillInterval"] == config.stream.backfill_interval
     assert options["cloudFiles.maxFilesPerTrigger"] == str(config.stream.max_files_per_trigger)
     assert options["cloudFiles.schemaLocation"].endswith("/ck/predictions/schema")
     assert options["pathGlobFilter"].startswith("*.{") and "JPG" in options["pathGlobFilter"]

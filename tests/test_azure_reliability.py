@@ -17,7 +17,7 @@ from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 from fruits.upload import plan_upload, upload
 from streaming.job import run_stream
 
-from .conftest import PROJECT, WEIGHTS
+from .conftest import DELTA_WRITERS, PROJECT, WEIGHTS, hadoop_landing
 from .test_azure import _landed_names, _unique_photos, start_landing_query
 
 pytestmark = pytest.mark.spark
@@ -60,11 +60,15 @@ def test_storage_outage_mid_stream_fails_cleanly_and_the_restart_loses_nothing(
     assert open_lake(config).read_arrow(QUARANTINE).num_rows == 0
 
 
+@pytest.mark.parametrize("writer", DELTA_WRITERS)
 def test_an_account_key_in_the_environment_leaves_no_trace(
-    azure_config: Config, tmp_path: Path
+    azure_config: Config, tmp_path: Path, writer: str
 ) -> None:
     """Upload, stream, status, and a failing run with a wrong key: the key (the emulator's
-    account key, taken from the SDK, real for Azurite) is in no output, file or table."""
+    account key, taken from the SDK, real for Azurite) is in no output, file or table.
+
+    With Spark's writer the whole path goes through Hadoop's ABFS driver with that key: the
+    landing read by Spark's file source, the lake written by Spark's Delta."""
     from azure.storage.blob._shared.parser import DEVSTORE_ACCOUNT_KEY as KEY
 
     photos = _unique_photos(tmp_path / "photos", 3)
@@ -84,7 +88,10 @@ def test_an_account_key_in_the_environment_leaves_no_trace(
         "FRUITS__PATHS__LANDING": azure_config.path("landing"),
         "FRUITS__PATHS__LAKE": azure_config.path("lake"),
         "FRUITS__FEATURIZER__ONNX_DIR": str(azure_config.featurizer.onnx_dir),
+        "FRUITS__SPARK__DELTA_WRITER": writer,
     }
+    if writer == "spark":
+        env["FRUITS__PATHS__LANDING"] = hadoop_landing(azure_config)
 
     def fruits(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "fruits.cli", *args, "--config", "azurite"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,22 +22,56 @@ from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, copy_tree, real_photos
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
 @pytest.fixture(scope="module")
-def wheel_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    shutil.rmtree(PROJECT / "build", ignore_errors=True)  # setuptools would reuse stale files
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, PROJECT], check=True
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, PROJECT], check=True
     )
-    (wheel,) = dist.glob("fruits-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    shutil.rmtree(PROJECT / "build", ignore_errors=True)
+    (built,) = dist.glob("fruits-*.whl")
+    names = set(zipfile.ZipFile(built).namelist())
     for packaged in ("local", "azurite", "databricks"):
         assert f"fruits/conf/{packaged}.yaml" in names
     assert "fruits/sources/blob.py" in names and "bench/throughput.py" in names
     assert not any(name.startswith("tests/") for name in names)  # test helpers stay out
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_site(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("site")
-    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    subprocess.run([*PIP, "install", "--no-deps", "--target", site, wheel], check=True)
     return site
+
+
+def test_the_wheel_takes_a_runtimes_libraries_as_they_are(wheel: Path, tmp_path: Path) -> None:
+    """On Databricks the wheel installs beside the runtime's pyspark, pandas, pyarrow, numpy
+    and TensorFlow: it asks for ranges (Spark and TensorFlow only as extras), and pip, offline,
+    finds every requirement met by what this environment has: nothing to replace."""
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    )
+    lines = metadata.decode().splitlines()
+    requires = [
+        line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")
+    ]
+    assert "Requires-Python: <3.13,>=3.11" in lines
+    base = [r for r in requires if "extra ==" not in r]
+    for name in ("pyspark", "pandas", "pyarrow", "numpy", "tensorflow", "delta-spark"):
+        pinned = [r for r in requires if r.lower().startswith(name) and "==" in r.split(";")[0]]
+        assert pinned == [], pinned
+    assert not any(r.startswith(("pyspark", "tensorflow", "delta-spark")) for r in base)
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [*PIP, "install", "--dry-run", "--no-index", "--report", report, wheel], check=True
+    )
+    installs = [i["metadata"]["name"] for i in json.loads(report.read_text())["install"]]
+    assert installs == ["fruits"]
 
 
 def test_the_wheel_runs_train_stream_and_status_from_any_folder(

@@ -166,7 +166,7 @@ def onnx_dir(config: Config) -> str:
     if is_url(chosen):
         raise ConfigError(
             f"config key 'featurizer.onnx_dir' must be a local folder (or a FUSE path such as "
-            f"/dbfs/...), got {chosen}"
+            f"/Volumes/...), got {chosen}"
         )
     # Absolute: Spark's Python workers need not share the driver's working directory.
     return os.path.abspath(chosen)

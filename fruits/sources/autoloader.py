@@ -7,6 +7,8 @@ the real config.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fruits.sources.names import extension_glob
@@ -20,12 +22,19 @@ if TYPE_CHECKING:
 __all__ = ["autoloader_options", "autoloader_source"]
 
 
-def autoloader_options(config: Config, checkpoint: str) -> dict[str, str]:
-    """Auto Loader's options for the same ``stream.*`` settings (Databricks only)."""
+def autoloader_options(
+    config: Config, checkpoint: str, *, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Auto Loader's options for the same ``stream.*`` settings (Databricks only).
+
+    Notification mode uses the external location's managed file events (no credential, no
+    backfill: Databricks keeps the listing current), or, with ``autoloader_notifications:
+    queue``, the legacy mode on the Storage Queue ``stream.queue``, whose connection string
+    comes from the environment (a secret scope mapped to the variable), never from a file."""
     stream = config.stream
+    environ = os.environ if environ is None else environ
     options = {
         "cloudFiles.format": "binaryFile",
-        "cloudFiles.useNotifications": str(stream.discovery == "notification").lower(),
         "cloudFiles.includeExistingFiles": str(stream.include_existing_files).lower(),
         "cloudFiles.maxFilesPerTrigger": str(stream.max_files_per_trigger),
         "cloudFiles.maxFileAge": stream.max_file_age,
@@ -35,11 +44,18 @@ def autoloader_options(config: Config, checkpoint: str) -> dict[str, str]:
     }
     if stream.max_bytes_per_trigger:
         options["cloudFiles.maxBytesPerTrigger"] = str(stream.max_bytes_per_trigger)
-    if stream.discovery == "notification" and stream.backfill_interval:
-        options["cloudFiles.backfillInterval"] = stream.backfill_interval
-    if stream.discovery == "notification":
-        # Auto Loader sets up Event Grid + the queue itself, or reads an existing queue.
+    if stream.discovery == "listing":
+        options["cloudFiles.useNotifications"] = "false"
+    elif stream.autoloader_notifications == "file_events":
+        options["cloudFiles.useManagedFileEvents"] = "true"
+    else:
+        options["cloudFiles.useNotifications"] = "true"
         options["cloudFiles.queueName"] = stream.queue
+        if stream.backfill_interval:
+            options["cloudFiles.backfillInterval"] = stream.backfill_interval
+        connection = environ.get(stream.queue_connection_string_env)
+        if connection:
+            options["cloudFiles.connectionString"] = connection
     return options
 
 
