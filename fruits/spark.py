@@ -92,6 +92,12 @@ def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if delta_jars:
+        # Delta rebuilds a table's state after each commit in this many tasks (default 50):
+        # on local[2], 50 tiny tasks made a 10-row append take 12-15 s; one per core, 2-4 s
+        # under the same load (BENCHMARKS.md, "Two Delta writers").
+        cores = spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.databricks.delta.snapshotPartitions", str(max(1, cores)))
     _configure_azure(spark, config)
     return spark
 
