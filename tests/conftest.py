@@ -56,6 +56,13 @@ def copy_tree(target: Path, split: str, classes: tuple[str, ...], n: int) -> Pat
     return target
 
 
+def copy_registry(config: Config, root: Path) -> None:
+    """The MLflow store of ``config`` (runs, registry, aliases) copied under ``root``, the
+    default store there; the models' files stay in ``config``'s root, where it points."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(config.root) / "mlflow.db", root / "mlflow.db")
+
+
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export folder per run: every root of the run shares one export per size."""
@@ -126,7 +133,7 @@ def stream_config(
 ) -> Config:
     """A fresh root whose registry is a copy of the trained one (tests may promote freely)."""
     source, _ = trained
-    shutil.copytree(source.path("models"), tmp_path / "models")
+    copy_registry(source, tmp_path)
     return make_config(tmp_path, FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds")
 
 
@@ -205,7 +212,7 @@ def azure_config(
     import uuid
 
     source, _ = trained
-    shutil.copytree(source.path("models"), tmp_path / "models")
+    copy_registry(source, tmp_path)
     suffix = uuid.uuid4().hex[:12]
     environ = {
         "FRUITS_ROOT": str(tmp_path),

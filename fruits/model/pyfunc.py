@@ -7,9 +7,10 @@ What other teams call: ``mlflow.pyfunc.load_model("models:/fruits@champion")``,
 
 * Input: a DataFrame with one binary column ``content``, the photo's bytes (base64 in JSON).
 * Output, one row per photo: ``image_id`` (sha256), ``label``, ``confidence``, ``top_k``
-  (list of {label, prob}), ``is_unknown``, and for bytes that are not a usable photo
-  ``reason`` + ``detail`` (the quarantine's codes: ``not_an_image``, ``truncated``...) with
-  ``is_unknown`` true and no label. Bad bytes are an answer, never an error.
+  (list of {label, prob}), ``is_unknown`` (the stream's columns, same values), ``reason`` and
+  ``detail``: empty for a photo, and for bytes that are not a usable photo the quarantine's
+  codes (``not_an_image``, ``truncated``, ``empty``...) with ``is_unknown`` true, an empty
+  ``label``, no ``confidence`` and no ``top_k``. Bad bytes are an answer, never an error.
 
 The model needs only its own files (``fruits.model.registry.write_model_files``): the ONNX
 featurizer and the folded linear scorer are used as the stream uses them
@@ -53,12 +54,12 @@ def signature() -> ModelSignature:
         outputs=Schema(
             [
                 ColSpec("string", "image_id"),
-                ColSpec("string", "label", required=False),
+                ColSpec("string", "label"),
                 ColSpec("double", "confidence", required=False),
                 ColSpec(top_k, "top_k"),
                 ColSpec("boolean", "is_unknown"),
-                ColSpec("string", "reason", required=False),
-                ColSpec("string", "detail", required=False),
+                ColSpec("string", "reason"),
+                ColSpec("string", "detail"),
             ]
         ),
     )
@@ -102,7 +103,14 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
         frame["top_k"] = [
             [] if bad else top for bad, top in zip(rejected, frame["top_k"], strict=True)
         ]
-        frame["confidence"] = frame["confidence"].astype("float64")
+        # None, not NaN, where there is no answer: JSON has no NaN.
+        frame["confidence"] = [
+            None if bad else float(c) for bad, c in zip(rejected, frame["confidence"], strict=True)
+        ]
+        # Text is never null but empty: spark_udf (MLflow 3.17) turns a null string in a
+        # struct result into the text "None".
+        for name in ("image_id", "label", "reason", "detail"):
+            frame[name] = ["" if value is None else str(value) for value in frame[name]]
         return frame[list(ANSWER_COLUMNS)]
 
     def _predict_with_spark_ml(self, contents: pd.Series) -> pd.DataFrame:
