@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -202,7 +203,9 @@ def _log_datasets(splits: dict[str, tuple[str, DataFrame]]) -> None:
     for name, (location, features) in splits.items():
         frame = features.select("path", "label", "image_id").orderBy("path").toPandas()
         try:
-            dataset = from_pandas(frame, source=location, name=name, targets="label")
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a folder
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = from_pandas(frame, source=location, name=name, targets="label")
         except Exception:  # a location MLflow has no dataset source for (az://...)
             dataset = from_pandas(frame, name=name, targets="label")
         mlflow.log_input(dataset, context="training" if name == "Training" else "testing")

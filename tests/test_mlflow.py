@@ -76,7 +76,7 @@ def test_a_training_is_an_mlflow_run_that_registers_the_champion(
     assert set(inputs) == {"Training", "Test"}
     training = json.loads(inputs["Training"].dataset.profile)
     assert training["num_rows"] == 4 * 10  # the corrupt photo is not a training example
-    assert inputs["Training"].dataset.source.endswith("/Training")
+    assert json.loads(inputs["Training"].dataset.source)["uri"].endswith("/Training")
 
     version = client.get_model_version("fruits", str(summary["model_version"]))
     assert version.run_id == summary["run_id"]
@@ -212,17 +212,16 @@ def test_mlflow_models_serve_answers_a_posted_photo_with_its_class(
         assert [a["label"] for a in answers] == ["Kiwi", "Banana"]
         assert all(0 < a["confidence"] <= 1 and len(a["top_k"]) == 3 for a in answers)
 
-        # Bad input is an answer: an unreadable photo gets is_unknown and a reason...
-        cut = kiwi.read_bytes()[:1500]
-        inputs = {"inputs": {"content": [base64.b64encode(cut).decode()]}}
-        status, body = _post(url, json.dumps(inputs).encode())
+        # The "inputs" format too; and bad input is an answer: an unreadable photo gets
+        # is_unknown and a reason...
+        cut = kiwi.read_bytes()[: kiwi.stat().st_size // 2]
+        encoded = [base64.b64encode(content).decode() for content in (banana.read_bytes(), cut)]
+        status, body = _post(url, json.dumps({"inputs": {"content": encoded}}).encode())
         assert status == 200, body
-        ((answer),) = body["predictions"]
-        assert (answer["is_unknown"], answer["reason"], answer["label"]) == (
-            True,
-            "truncated",
-            "",
-        )
+        good, bad = body["predictions"]
+        assert (good["label"], good["reason"]) == ("Banana", "")
+        assert (bad["is_unknown"], bad["reason"], bad["label"]) == (True, "truncated", "")
+        assert bad["confidence"] is None and bad["top_k"] == []
         # ...and a request that is not the model's input a clear error; the server lives on.
         status, body = _post(url, b'{"dataframe_split": {"columns": ["photo"], "data": [[1]]}}')
         assert status == 400 and "content" in body["message"]

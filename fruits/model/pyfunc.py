@@ -5,7 +5,9 @@ What other teams call: ``mlflow.pyfunc.load_model("models:/fruits@champion")``,
 (a REST endpoint: POST ``/invocations`` with ``{"dataframe_split": {"columns": ["content"],
 "data": [["<base64 photo>"]]}}``).
 
-* Input: a DataFrame with one binary column ``content``, the photo's bytes (base64 in JSON).
+* Input: a DataFrame with one binary column ``content``, the photo's bytes (base64 in JSON,
+  in any of the scoring server's formats: ``dataframe_split``, ``dataframe_records``,
+  ``inputs``).
 * Output, one row per photo: ``image_id`` (sha256), ``label``, ``confidence``, ``top_k``
   (list of {label, prob}), ``is_unknown`` (the stream's columns, same values), ``reason`` and
   ``detail``: empty for a photo, and for bytes that are not a usable photo the quarantine's
@@ -20,7 +22,10 @@ is scored by Spark ML in a local SparkSession (so not inside ``spark_udf`` worke
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +97,7 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        contents = model_input["content"].reset_index(drop=True)
+        contents = pd.Series([_as_bytes(value) for value in model_input["content"]], dtype=object)
         if self._scorer is not None:
             frame = predict_frame(contents, self._spec, self._scorer)
         else:
@@ -104,9 +109,10 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
             [] if bad else top for bad, top in zip(rejected, frame["top_k"], strict=True)
         ]
         # None, not NaN, where there is no answer: JSON has no NaN.
-        frame["confidence"] = [
-            None if bad else float(c) for bad, c in zip(rejected, frame["confidence"], strict=True)
-        ]
+        confidence = zip(rejected, frame["confidence"], strict=True)
+        frame["confidence"] = pd.Series(
+            [None if bad else float(c) for bad, c in confidence], dtype=object
+        )
         # Text is never null but empty: spark_udf (MLflow 3.17) turns a null string in a
         # struct result into the text "None".
         for name in ("image_id", "label", "reason", "detail"):
@@ -148,6 +154,27 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
                 ]
                 frame.at[answer.row, "is_unknown"] = answer.is_unknown
         return frame
+
+
+# Base64 text (whitespace allowed, as base64.encodebytes writes it). A photo's own bytes never
+# match: every image format has bytes outside this alphabet, from the first one for JPEG/PNG.
+_BASE64 = re.compile(rb"[A-Za-z0-9+/\s]+={0,2}\s*")
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    """A photo's bytes. MLflow's scoring server decodes the base64 of binary columns sent as
+    ``dataframe_split`` / ``dataframe_records``, but hands ``inputs`` over as the base64 text
+    itself: text is decoded here. Text that is not base64 stays as it is, and the decoder
+    rejects it (``not_an_image``)."""
+    if value is None:
+        return None
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if _BASE64.fullmatch(raw):
+        try:
+            return base64.b64decode(b"".join(raw.split()), validate=True)
+        except binascii.Error:
+            pass
+    return raw
 
 
 def log_pyfunc(folder: Path, *, example: bytes | None) -> ModelInfo:
