@@ -51,7 +51,8 @@ def test_a_training_is_an_mlflow_run_that_registers_the_champion(
     from mlflow import MlflowClient
 
     config, summary = trained
-    client = MlflowClient(tracking_uri=config.mlflow_uri("tracking_uri"))
+    uri = config.mlflow_uri("tracking_uri")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process' current one
     run = client.get_run(summary["run_id"])
     params, metrics = run.data.params, run.data.metrics
     assert params["extractor"].startswith("inception_v3/mixed3/avg/100/sha256:")
