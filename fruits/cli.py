@@ -57,7 +57,9 @@ def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     print(f"{registry}:")
     for v in versions:
         created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC)
-        accuracy = "  ".join(f"{s} {a if a is not None else '-'}" for s, a in v.metrics.items())
+        accuracy = "  ".join(
+            f"{s} {'-' if a is None else f'{a:.4f}'}" for s, a in v.metrics.items()
+        )
         print(
             f"{'*' if v.aliases else ' '} v{v.version:<4} {created:%Y-%m-%d %H:%M:%S}  "
             f"{v.tags.get('classifier', '?'):<20} accuracy {accuracy}"
