@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -251,3 +252,15 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     assert _table(stream_config, QUARANTINE).column("reason").to_pylist() == ["not_an_image"]
     last = max(step.outcomes.values(), key=lambda o: o.batch_id)
     assert (last.predictions, last.quarantined, last.model_version) == (2, 1, version.version)
+
+    # The same version as a pyfunc (a tree: scored by Spark ML in this process' session).
+    import mlflow
+
+    registry.use()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version.version}")
+    photos = [*_photo_rows("Kiwi", 2, skip=2), ("mem://a.jpg", b"GIF89a", dt.datetime.now(dt.UTC))]
+    answered = pyfunc.predict(pd.DataFrame({"content": [content for _, content, _ in photos]}))
+    assert answered["label"].tolist() == ["Kiwi", "Kiwi", ""]
+    streamed = sorted(r["confidence"] for r in rows)
+    assert sorted(answered["confidence"][:2]) == pytest.approx(streamed, rel=1e-6)
+    assert answered["reason"].tolist() == ["", "", "not_an_image"]

@@ -92,7 +92,12 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
             raise FileNotFoundError(f"the model's featurizer is missing: {self._spec.onnx_path}")
         files = ModelFiles(0, folder, meta)
         self._scorer: LinearScorer | None = files.scorer()
-        self._model: FruitModel | None = None if self._scorer is not None else files.model()
+        self._model: FruitModel | None = None
+        if self._scorer is None:  # a tree: Spark ML, in this process' (local) SparkSession
+            from pyspark.sql import SparkSession
+
+            SparkSession.builder.getOrCreate()
+            self._model = files.model()
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
