@@ -1,4 +1,4 @@
-"""``fruits evaluate``: score a ``<Class>/*.jpg`` folder with the current (or a given) model.
+"""``fruits evaluate``: score a ``<Class>/*.jpg`` folder with the champion (or a given) version.
 
 The folder may mix classes the model knows with classes it does not: the latter measure how
 well "unknown" catches what the model was never taught.
@@ -24,8 +24,8 @@ __all__ = ["run_evaluation"]
 
 def run_evaluation(config: Config, data: str, *, version: int | None = None) -> dict[str, Any]:
     check_labelled_tree(data)
-    registry = ModelRegistry(config.path("models"))
-    entry = registry.get(version)  # fails early, before Spark starts, if there is no model
+    registry = ModelRegistry(config)
+    entry = registry.files(version)  # fails early, before Spark starts, if there is no model
     spec = ExtractorSpec.for_model(config, entry.meta)
     if spec.extractor_id != entry.meta["extractor"]:
         raise ConfigError(
@@ -35,7 +35,7 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
     stages = Stages()
     with stages("spark start"):
         spark = get_spark(config)
-    _, model = registry.load(entry.version)
+    model = entry.model()
     with stages("features"):
         features, run = featurize_labelled(
             spark,

@@ -6,9 +6,12 @@ The same :func:`run_training` is what a Databricks job calls.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from batch.report import write_report
 from fruits.config import Config, is_url
@@ -29,7 +32,18 @@ __all__ = ["run_training"]
 
 
 def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str, Any]:
-    """Train from ``data/Training`` (and score ``data/Test`` when present); returns the summary."""
+    """Train from ``data/Training`` (and score ``data/Test`` when present) as one MLflow run,
+    register the model (``champion`` unless ``promote`` is false); returns the summary."""
+    import mlflow
+
+    registry = ModelRegistry(config)
+    registry.use()
+    with mlflow.start_run(run_name=f"train {data.rstrip('/').rsplit('/', 1)[-1]}"):
+        _log_settings(config, data)
+        return _train(config, data, registry, promote=promote)
+
+
+def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool) -> dict[str, Any]:
     started = time.perf_counter()
     training_dir, test_dir = f"{data.rstrip('/')}/Training", f"{data.rstrip('/')}/Test"
     check_labelled_tree(training_dir)
@@ -73,6 +87,10 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
             test_scores = _score(trained.model, test_features)
             log(f"Test accuracy {test_scores['accuracy']:.4f} on {test_scores['n_images']} photos")
 
+    _log_datasets(
+        {"Training": (training_dir, train_features)}
+        | ({"Test": (test_dir, test_features)} if test_scores else {})
+    )
     train_features.unpersist()
     chosen = next(s for s in trained.comparison if s.name == trained.classifier)
     metrics: dict[str, Any] = {
@@ -94,43 +112,40 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
         "rejected_files": [dataclasses.asdict(r) for run in runs for r in run.rejected],
         "data": data,
     }
-    registry = ModelRegistry(config.path("models"))
     with stages("register"):
         metrics["timings"] = {
             **stages.seconds,
             **{k: round(v, 2) for k, v in trained.timings.items()},
         }
+        _log_results(metrics, trained.cumulative_variance)
         version = registry.register(
             trained.model,
-            {
-                key: metrics[key]
-                for key in (
-                    "classifier",
-                    "image_size",
-                    "layer",
-                    "pca_components",
-                    "explained_variance",
-                    "data",
-                )
-            }
-            | {
-                "metrics": {
-                    s: (metrics[s] or {}).get("accuracy") for s in ("train", "validation", "test")
-                }
+            spec,
+            tags={
+                **{k: metrics[k] for k in ("classifier", "pca_components", "explained_variance")},
+                **{f"accuracy_{s}": (metrics[s] or {}).get("accuracy") for s in _SPLITS},
             },
-            write_extras=lambda folder: write_report(
-                folder / "report", metrics, trained.cumulative_variance
-            ),
+            example=_example_photo(training_dir),
         )
         if promote:
             registry.promote(version.version)
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            "seconds_register": stages.seconds["register"],
+            "seconds_total": round(time.perf_counter() - started, 1),
+        }
+    )
+    report = _local_artifact(mlflow.get_artifact_uri("report/report.md"))
     log(
-        f"model version {version.version} registered{' and promoted' if promote else ''}; "
-        f"report: {version.report_dir / 'report.md'}"
+        f"model version {version.version} of {registry} registered"
+        f"{' and made champion' if promote else ''}; run {version.run_id}; report: {report}"
     )
     return {
         "model_version": version.version,
         "promoted": promote,
+        "run_id": version.run_id,
         "n_classes": metrics["n_classes"],
         "pca_components": trained.pca_components,
         "explained_variance": metrics["explained_variance"],
@@ -144,8 +159,103 @@ def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str
         "rejected_files": metrics["features"]["rejected"],
         "timings_s": {**stages.seconds},
         "seconds_total": round(time.perf_counter() - started, 1),
-        "report": str(version.report_dir / "report.md"),
+        "report": report,
     }
+
+
+_SPLITS = ("train", "validation", "test")
+
+
+def _key(name: str) -> str:
+    """A stage or classifier name as part of an MLflow metric key."""
+    return name.replace(" ", "_")
+
+
+def _log_settings(config: Config, data: str) -> None:
+    """The run's parameters known before training."""
+    import mlflow
+
+    spec = ExtractorSpec.from_config(config)
+    settings = config.training
+    mlflow.log_params(
+        {
+            "extractor": spec.extractor_id,
+            "layer": spec.layer,
+            "image_size": spec.image_size,
+            "backend": spec.backend,
+            "pca_explained_variance_target": settings.explained_variance,
+            "classifiers": ",".join(settings.classifiers),
+            "classifier_choice": settings.classifier,
+            "validation_fraction": settings.validation_fraction,
+            "unknown_reject_share": settings.unknown_reject_share,
+            "top_k": settings.top_k,
+            "seed": settings.seed,
+            "data": data,
+        }
+    )
+
+
+def _log_datasets(splits: dict[str, tuple[str, DataFrame]]) -> None:
+    """Each split's photos (path, label, image_id) as an MLflow input dataset of the run."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    for name, (location, features) in splits.items():
+        frame = features.select("path", "label", "image_id").orderBy("path").toPandas()
+        try:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a folder
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = from_pandas(frame, source=location, name=name, targets="label")
+        except Exception:  # a location MLflow has no dataset source for (az://...)
+            dataset = from_pandas(frame, name=name, targets="label")
+        mlflow.log_input(dataset, context="training" if name == "Training" else "testing")
+
+
+def _log_results(metrics: dict[str, Any], cumulative_variance: list[float]) -> None:
+    """The run's results: what PCA kept, accuracy per split and per classifier, time per stage,
+    the report (markdown, metrics.json, PNG plots)."""
+    import mlflow
+
+    mlflow.log_params(
+        {
+            "pca_components": metrics["pca_components"],
+            "explained_variance": metrics["explained_variance"],
+            "classifier": metrics["classifier"],
+            "n_classes": metrics["n_classes"],
+        }
+    )
+    values: dict[str, float] = {
+        "explained_variance": metrics["explained_variance"],
+        "unknown_threshold": metrics["unknown_threshold"],
+        **{f"accuracy_{s}": metrics[s]["accuracy"] for s in _SPLITS if metrics.get(s)},
+        **{f"n_images_{s}": metrics[s]["n_images"] for s in _SPLITS if metrics.get(s)},
+    }
+    for row in metrics["comparison"]:
+        values[f"validation_accuracy_{row['name']}"] = row["validation_accuracy"]
+        values[f"fit_seconds_{row['name']}"] = row["fit_seconds"]
+    values |= {f"seconds_{_key(k)}": float(v) for k, v in metrics["timings"].items()}
+    mlflow.log_metrics(values)
+    with tempfile.TemporaryDirectory() as folder:
+        write_report(Path(folder), metrics, cumulative_variance)
+        mlflow.log_artifacts(folder, "report")
+
+
+def _example_photo(training_dir: str) -> bytes | None:
+    """One training photo's bytes: the registered model's input example (local data only)."""
+    if is_url(training_dir):
+        return None
+    for folder in sorted(Path(training_dir).iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+            if photos:
+                return photos[0].read_bytes()
+    return None
+
+
+def _local_artifact(uri: str) -> str:
+    """A local path for a file: artifact URI (the default store), else the URI itself."""
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
 def _score(model: FruitModel, features: DataFrame) -> dict[str, Any]:

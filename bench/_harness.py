@@ -228,14 +228,16 @@ def bench_config(
 
 
 def prepare_model(config: Config, *, images: str, models: str | None) -> str:
-    """A promoted model in ``config``'s registry: a copy of ``models``, or a small one trained
-    now (LogisticRegression on 4 classes x 8 photos of ``<images>/../Training``) at the
-    configured size, in a child process so that the benchmark's own Spark JVM holds no training
-    memory. Returns how, for the output."""
-    target = Path(config.path("models"))
+    """A champion model in ``config``'s registry: a copy of the registry of ``models`` (a root
+    that holds ``mlflow.db``, or that file; the models' files stay where they are), or a small
+    one trained now (LogisticRegression on 4 classes x 8 photos of ``<images>/../Training``) at
+    the configured size, in a child process so that the benchmark's own Spark JVM holds no
+    training memory. Returns how, for the output."""
     if models:
-        shutil.copytree(models, target)
-        return f"copy of {models}"
+        source = Path(models) / "mlflow.db" if Path(models).is_dir() else Path(models)
+        Path(config.root).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, Path(config.root) / "mlflow.db")
+        return f"copy of {source}"
     training = Path(images).resolve().parent / "Training"
     if not training.is_dir():
         raise ConfigError(f"no --models and no {training} to train a small model from")

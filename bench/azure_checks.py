@@ -8,7 +8,7 @@ and one BlobCreated message per photo is put on the queue, as Event Grid would: 
 finds them through the queue only (no backfill listing).
 
     .venv/bin/python bench/azure_checks.py --images ../shared/data/fruits360/Test --n 300 \\
-        --models /path/to/trained/models
+        --models /path/to/root/of/a/trained/model
 
 Last stdout line: JSON with, per mode, rows after the first run, after the re-run, distinct
 paths, queue messages left, and the wall time of each step.
@@ -38,7 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
     parser.add_argument("--n", type=int, default=300)
-    parser.add_argument("--models", required=True, help="a trained registry (paths.models)")
+    parser.add_argument(
+        "--models", required=True, help="a root whose mlflow.db holds a champion model"
+    )
     args = parser.parse_args()
     # Spread over the classes, named <Class>/<file> in the landing.
     photos = sorted(Path(args.images).rglob("*.jpg"))
@@ -60,7 +62,7 @@ def check(mode: str, staging: Path, args: argparse.Namespace) -> dict[str, objec
     env = {
         **os.environ,
         "FRUITS_ROOT": str(root),
-        "FRUITS__PATHS__MODELS": str(Path(args.models).resolve()),
+        "FRUITS__MLFLOW__TRACKING_URI": f"sqlite:///{Path(args.models).resolve()}/mlflow.db",
         "FRUITS__PATHS__LANDING": f"az://landing-{suffix}/photos",
         "FRUITS__PATHS__LAKE": f"az://lake-{suffix}/fruits",
         "FRUITS__STREAM__QUEUE": f"events-{suffix}",

@@ -23,7 +23,7 @@ ls "$TEST" | head -100 | while read -r c; do
   ls "$TEST/$c" | sed -n '5p;20p' | while read -r f; do cp "$TEST/$c/$f" "$SEL/$c/"; done
 done
 echo "selected: $(find "$SEL" -name '*.jpg' | wc -l)"
-export FRUITS__PATHS__MODELS=$ROOT_WITH_MODEL/models
+export FRUITS__MLFLOW__TRACKING_URI=sqlite:///$ROOT_WITH_MODEL/mlflow.db
 
 fresh_root() {
   export FRUITS_ROOT=$(mktemp -d)

@@ -39,27 +39,40 @@ def _evaluate(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from fruits.model.registry import ModelRegistry
+    from fruits.model.registry import CHAMPION, ModelRegistry
 
-    registry = ModelRegistry(config.path("models"))
-    previous = registry.current_version()
-    registry.promote(args.version)
+    registry = ModelRegistry(config)
+    previous = registry.promote(args.version)
+    print(f"{registry}: '{CHAMPION}' moved from v{previous} to v{args.version}", file=sys.stderr)
     return {"model_version": args.version, "previous_version": previous}
 
 
 def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    import datetime as dt
+
     from fruits.model.registry import ModelRegistry
 
-    registry = ModelRegistry(config.path("models"))
-    current = registry.current_version()
-    for version in registry.versions():
-        meta = registry.get(version).meta
-        marker = "*" if version == current else " "
-        print(
-            f"{marker} v{version:<4} {meta.get('created_at', '')}  {meta.get('classifier', '')}"
-            f"  test accuracy {meta.get('metrics', {}).get('test')}"
+    registry = ModelRegistry(config)
+    versions = registry.versions()
+    print(f"{registry}:")
+    for v in versions:
+        created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC)
+        accuracy = "  ".join(
+            f"{s} {'-' if a is None else f'{a:.4f}'}" for s, a in v.metrics.items()
         )
-    return {"current_version": current, "versions": registry.versions()}
+        print(
+            f"{'*' if v.aliases else ' '} v{v.version:<4} {created:%Y-%m-%d %H:%M:%S}  "
+            f"{v.tags.get('classifier', '?'):<20} accuracy {accuracy}"
+            f"{'  @' + ' @'.join(v.aliases) if v.aliases else ''}"
+        )
+    return {
+        "model": registry.name,
+        "champion": next((v.version for v in versions if "champion" in v.aliases), None),
+        "versions": [
+            {"version": v.version, "aliases": list(v.aliases), "run_id": v.run_id, **v.metrics}
+            for v in versions
+        ],
+    }
 
 
 def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +80,7 @@ def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from fruits.model.registry import ModelRegistry
     from streaming.job import run_stream
 
-    if ModelRegistry(config.path("models")).current_version() is None:
+    if ModelRegistry(config).champion() is None:
         data = args.train_data or config.training.data
         if not data:
             raise ConfigError(
@@ -166,11 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", parents=[common], help="train, evaluate, register and promote a model"
+        "train", parents=[common], help="train, evaluate, register a model and make it champion"
     )
     train.add_argument("--data", help="folder with Training/<Class>/*.jpg (and Test/)")
     train.add_argument(
-        "--no-promote", action="store_true", help="register the version without making it current"
+        "--no-promote", action="store_true", help="register the version without making it champion"
     )
     train.set_defaults(handler=_train)
 
@@ -178,16 +191,20 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", parents=[common], help="score a <Class>/*.jpg folder with a model"
     )
     evaluate.add_argument("--data", required=True, help="folder with <Class>/*.jpg")
-    evaluate.add_argument("--model-version", type=int, help="default: the current version")
+    evaluate.add_argument("--model-version", type=int, help="default: the champion")
     evaluate.set_defaults(handler=_evaluate)
 
     promote = sub.add_parser(
-        "promote", parents=[common], help="make a version current (rollback = an older one)"
+        "promote",
+        parents=[common],
+        help="point the 'champion' alias at a version (rollback = an older one)",
     )
     promote.add_argument("version", type=int)
     promote.set_defaults(handler=_promote)
 
-    models = sub.add_parser("models", parents=[common], help="list model versions")
+    models = sub.add_parser(
+        "models", parents=[common], help="list model versions, their metrics and aliases"
+    )
     models.set_defaults(handler=_models)
 
     stream = sub.add_parser(
@@ -223,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     model_options.add_argument("--image-size", type=int, help="default: featurizer.image_size")
     model_options.add_argument("--layer", choices=list(LAYERS), help="default: featurizer.layer")
     model_options.add_argument(
-        "--models", help="a trained registry to copy (default: train a small one now)"
+        "--models",
+        help="a root whose mlflow.db holds a champion model, copied (default: train one now)",
     )
     model_options.add_argument(
         "--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf"

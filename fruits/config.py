@@ -29,6 +29,7 @@ __all__ = [
     "EventHubConfig",
     "FeaturizerConfig",
     "ImagesConfig",
+    "MlflowConfig",
     "PathsConfig",
     "SparkConfig",
     "StreamConfig",
@@ -57,7 +58,6 @@ _ENV_SHORTCUTS = {
 @dataclass(frozen=True)
 class PathsConfig:
     lake: str = "{root}/lake"
-    models: str = "{root}/models"
     checkpoints: str = "{root}/checkpoints"
     landing: str = "{root}/landing"
 
@@ -155,6 +155,19 @@ class EventHubConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow: the tracking store (runs), the model registry (versions, the ``champion`` alias)
+    and where their files go. ``{root}`` is replaced by the root (made absolute when local)."""
+
+    tracking_uri: str = "sqlite:///{root}/mlflow.db"
+    registry_uri: str | None = None  # None: the tracking URI's own registry
+    model_name: str = "fruits"  # on Unity Catalog: catalog.schema.fruits
+    experiment: str = "fruits"  # on Databricks: a workspace path such as /Shared/fruits
+    # Where a new experiment keeps runs' and models' files; None: the tracking store's default.
+    artifact_location: str | None = "{root}/mlartifacts"
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "./fruits-data"
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -165,15 +178,27 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     azure: AzureConfig = field(default_factory=AzureConfig)
     eventhub: EventHubConfig = field(default_factory=EventHubConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     source: str = "<defaults>"
 
-    def path(self, name: Literal["lake", "models", "checkpoints", "landing"]) -> str:
+    def path(self, name: Literal["lake", "checkpoints", "landing"]) -> str:
         """A configured location with ``{root}`` resolved (a local path or a URL)."""
         template: str = getattr(self.paths, name)
         return template.replace("{root}", self.root)
 
     def table_path(self, table: str) -> str:
         return f"{self.path('lake').rstrip('/')}/{table}"
+
+    def mlflow_uri(
+        self, name: Literal["tracking_uri", "registry_uri", "artifact_location"]
+    ) -> str | None:
+        """An ``mlflow`` location with ``{root}`` resolved; a local root is made absolute, so
+        ``sqlite:///{root}/mlflow.db`` names the same file from any working directory."""
+        template: str | None = getattr(self.mlflow, name)
+        if template is None:
+            return None
+        root = self.root if is_url(self.root) else os.path.abspath(self.root)
+        return template.replace("{root}", root.rstrip("/"))
 
 
 def is_url(location: str) -> bool:
@@ -346,6 +371,9 @@ def _validate(config: Config) -> None:
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
     _validate_eventhub(config.eventhub)
+    for name in ("tracking_uri", "model_name", "experiment"):
+        if not str(getattr(config.mlflow, name)).strip():
+            raise ConfigError(f"config key 'mlflow.{name}' must not be empty")
 
 
 def _validate_eventhub(eventhub: EventHubConfig) -> None:

@@ -57,7 +57,7 @@ def collect_status(
         "quarantine_reasons": dict(reasons),
         "last_batch_id": last_batch,
         "last_prediction_at": last_at.isoformat() if last_at else None,
-        "model_version": ModelRegistry(config.path("models")).current_version(),
+        "model_version": ModelRegistry(config).champion(),
         "latency_window_s": int(window.total_seconds()),
         "latency_rows": len(latencies),
         "latency_p50_ms": _percentile(latencies, 50),

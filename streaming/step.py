@@ -149,6 +149,7 @@ def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table,
     """Any other model (the trees): features from the UDF, answers from Spark ML."""
     from pyspark.sql import functions as F
 
+    assert serving.model is not None
     featurize = featurize_udf(serving.spec)
     # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
     featurized = _photos_through(batch, featurize).persist()

@@ -56,6 +56,13 @@ def copy_tree(target: Path, split: str, classes: tuple[str, ...], n: int) -> Pat
     return target
 
 
+def copy_registry(config: Config, root: Path) -> None:
+    """The MLflow store of ``config`` (runs, registry, aliases) copied under ``root``, the
+    default store there; the models' files stay in ``config``'s root, where it points."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(config.root) / "mlflow.db", root / "mlflow.db")
+
+
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export folder per run: every root of the run shares one export per size."""
@@ -140,7 +147,7 @@ def stream_config(
     """A fresh root whose registry is a copy of the trained one (tests may promote freely),
     written by each Delta writer in turn."""
     source, _ = trained
-    shutil.copytree(source.path("models"), tmp_path / "models")
+    copy_registry(source, tmp_path)
     return make_config(
         tmp_path,
         FRUITS__STREAM__TRIGGER_INTERVAL="200 milliseconds",
@@ -223,7 +230,7 @@ def azure_config(
     import uuid
 
     source, _ = trained
-    shutil.copytree(source.path("models"), tmp_path / "models")
+    copy_registry(source, tmp_path)
     suffix = uuid.uuid4().hex[:12]
     environ = {
         "FRUITS_ROOT": str(tmp_path),

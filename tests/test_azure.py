@@ -251,8 +251,9 @@ def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> N
     assert options["cloudFiles.format"] == "binaryFile"
     assert options["cloudFiles.useManagedFileEvents"] == "true"  # no credential, no backfill
     assert "cloudFiles.backfillInterval" not in options and "cloudFiles.queueName" not in options
-    assert config.path("models").startswith("/Volumes/")  # Unity Catalog Volumes, not /dbfs
+    # Unity Catalog: the ONNX export on a Volume (not /dbfs), the registry in Unity Catalog.
     assert config.featurizer.onnx_dir and config.featurizer.onnx_dir.startswith("/Volumes/")
+    assert config.mlflow.registry_uri == "databricks-uc"
     queue = autoloader_options(
         load_config(
             PROJECT / "conf" / "databricks.yaml",

@@ -15,8 +15,13 @@ LOCAL = PROJECT / "conf" / "local.yaml"
 
 def test_embedded_default_puts_everything_under_one_root(tmp_path: Path) -> None:
     config = load_config(LOCAL, environ={"FRUITS_ROOT": str(tmp_path)})
-    for name in ("lake", "models", "checkpoints", "landing"):
+    for name in ("lake", "checkpoints", "landing"):
         assert config.path(name) == f"{tmp_path}/{name}"  # type: ignore[arg-type]
+    # MLflow: the local SQLite store and its files under the same root, no server.
+    assert config.mlflow_uri("tracking_uri") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert config.mlflow_uri("artifact_location") == f"{tmp_path}/mlartifacts"
+    assert config.mlflow_uri("registry_uri") is None
+    assert (config.mlflow.model_name, config.mlflow.experiment) == ("fruits", "fruits")
     assert config.featurizer.weights == "imagenet"
     assert (config.featurizer.image_size, config.featurizer.layer) == (100, "mixed3")
     assert config.featurizer.backend == "onnx"
@@ -46,6 +51,8 @@ def test_environment_overrides_keys(tmp_path: Path) -> None:
         ("spark:\n  delta_writer: parquet\n", {}, "'spark.delta_writer' must be one of"),
         ("", {"FRUITS_WEIGHTS": "/nowhere/w.h5"}, "weights file not found: /nowhere/w.h5"),
         ("training:\n  classifier: svm\n", {}, "'training.classifier' must be 'best'"),
+        ("paths:\n  models: /registry\n", {}, "unknown config key 'paths.models'"),
+        ("mlflow:\n  model_name: ''\n", {}, "'mlflow.model_name' must not be empty"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(
@@ -90,6 +97,10 @@ def test_the_default_configuration_ships_in_the_package_and_is_the_checkouts(
 
 def test_a_packaged_configuration_is_chosen_by_name_or_by_fruits_config(tmp_path: Path) -> None:
     assert load_config("azurite", environ={}).azure.use_emulator
+    # Databricks: the workspace's MLflow, the model in Unity Catalog (catalog.schema.model).
+    databricks = load_config("databricks", environ={}).mlflow
+    assert (databricks.tracking_uri, databricks.registry_uri) == ("databricks", "databricks-uc")
+    assert databricks.model_name.count(".") == 2 and databricks.artifact_location is None
     chosen = load_config(environ={"FRUITS_CONFIG": "azurite"})
     assert chosen.azure.use_emulator and chosen.path("landing").startswith("az://")
     file = tmp_path / "mine.yaml"

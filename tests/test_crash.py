@@ -74,7 +74,7 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
     env = {
         "FRUITS_ROOT": str(tmp_path),
         "FRUITS_WEIGHTS": str(WEIGHTS),
-        "FRUITS__PATHS__MODELS": config.path("models"),
+        "FRUITS__MLFLOW__TRACKING_URI": str(config.mlflow_uri("tracking_uri")),
         "FRUITS__SPARK__MASTER": "local[2]",
         # Small batches (a batch of 8 takes ~0.3 s): a kill lands on a run that still has work.
         "FRUITS__STREAM__MAX_FILES_PER_TRIGGER": "8",

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.spark
 
 def _served(trained: tuple[Config, dict[str, Any]]) -> tuple[Any, ExtractorSpec]:
     config, _ = trained
-    entry, model = ModelRegistry(config.path("models")).load()
-    return model, ExtractorSpec.for_model(config, entry.meta)
+    files, model = ModelRegistry(config).load()
+    return model, ExtractorSpec.for_model(config, files.meta)
 
 
 def test_the_folded_linear_model_gives_spark_mls_answers(

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from fruits.config import Config
 from fruits.console import log
-from fruits.model.registry import ModelRegistry
+from fruits.features.featurizer import ExtractorSpec
+from fruits.model.registry import CHAMPION, ModelRegistry
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
@@ -91,29 +92,30 @@ def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
 
 
 def test_promoting_a_version_mid_stream_swaps_from_the_next_batch(
-    memory_query: Any, stream_config: Config
+    memory_query: Any, stream_config: Config, tmp_path: Path
 ) -> None:
     feed, query, _ = memory_query
     feed.add(_photo_rows("Banana", 1))
     query.processAllAvailable()
 
-    registry = ModelRegistry(stream_config.path("models"))
-    entry, model = registry.load(1)
-    meta = {k: entry.meta[k] for k in ("image_size", "layer", "classifier")}
-    second = registry.register(model, meta)
-    registry.promote(second.version)
+    # `fruits promote V` is registry.promote: the 'champion' alias moves in MLflow's registry.
+    registry = ModelRegistry(stream_config)
+    files, model = registry.load(1)
+    second = registry.register(model, ExtractorSpec.for_model(stream_config, files.meta))
+    assert registry.promote(second.version) == 1
     feed.add(_photo_rows("Banana", 1, skip=3))
     query.processAllAvailable()
 
-    # A promoted version that cannot load: logged, and the last good one keeps serving.
-    broken = registry.register(model, meta)
-    shutil.rmtree(broken.path / "pipeline")
-    registry.promote(broken.version)
+    # A champion whose files cannot be read: logged, and the last good one keeps serving.
+    broken = registry.client.create_model_version(
+        registry.name, source=(tmp_path / "no-such-model").as_uri()
+    )
+    registry.promote(int(broken.version))
     feed.add(_photo_rows("Banana", 1, skip=5))
     query.processAllAvailable()
 
-    # CURRENT naming a version that does not exist: same, the last good one keeps serving.
-    (Path(stream_config.path("models")) / "CURRENT").write_text("99\n")
+    # No champion at all (the alias removed): same, the last good one keeps serving.
+    registry.client.delete_registered_model_alias(registry.name, CHAMPION)
     feed.add(_photo_rows("Banana", 1, skip=7))
     query.processAllAvailable()
 
@@ -227,8 +229,8 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     from fruits.sinks.tables import FEATURES
 
     feed, query, step = memory_query
-    registry = ModelRegistry(stream_config.path("models"))
-    entry, linear = registry.load(1)
+    registry = ModelRegistry(stream_config)
+    files, linear = registry.load(1)
     features = DeltaRsLake(trained[0].path("lake")).read_arrow(FEATURES)
     settings = TrainingConfig(classifiers=("decision_tree",), classifier="decision_tree")
     tree = train(
@@ -237,7 +239,8 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
         extractor=linear.extractor,
     ).model
     assert linear.linear_scorer() is not None and tree.linear_scorer() is None
-    version = registry.register(tree, {**entry.meta, "classifier": "decision_tree"})
+    spec = ExtractorSpec.for_model(stream_config, files.meta)
+    version = registry.register(tree, spec, tags={"classifier": "decision_tree"})
     registry.promote(version.version)
 
     feed.add([*_photo_rows("Kiwi", 2, skip=2), ("mem://a.jpg", b"GIF89a", dt.datetime.now(dt.UTC))])
@@ -249,3 +252,15 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     assert _table(stream_config, QUARANTINE).column("reason").to_pylist() == ["not_an_image"]
     last = max(step.outcomes.values(), key=lambda o: o.batch_id)
     assert (last.predictions, last.quarantined, last.model_version) == (2, 1, version.version)
+
+    # The same version as a pyfunc (a tree: scored by Spark ML in this process' session).
+    import mlflow
+
+    registry.use()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version.version}")
+    photos = [*_photo_rows("Kiwi", 2, skip=2), ("mem://a.jpg", b"GIF89a", dt.datetime.now(dt.UTC))]
+    answered = pyfunc.predict(pd.DataFrame({"content": [content for _, content, _ in photos]}))
+    assert answered["label"].tolist() == ["Kiwi", "Kiwi", ""]
+    streamed = sorted(r["confidence"] for r in rows)
+    assert sorted(answered["confidence"][:2]) == pytest.approx(streamed, rel=1e-6)
+    assert answered["reason"].tolist() == ["", "", "not_an_image"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,20 @@ from fruits.model.registry import ModelRegistry
 from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree
 
 pytestmark = pytest.mark.spark
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture
@@ -65,19 +81,9 @@ def test_second_training_recomputes_no_features(
 ) -> None:
     config, first = trained
     # Through the CLI, to check its contract too: the last stdout line is the JSON summary.
-    import os
-
     env = {"FRUITS_ROOT": config.root, "FRUITS_WEIGHTS": config.featurizer.weights}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with _environment(env):
         assert main(["train", "--data", str(dataset), "--no-promote"]) == 0
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["features_computed"] == 0
     assert second["features_cached"] == first["features_computed"]
@@ -92,8 +98,8 @@ def test_second_training_recomputes_no_features(
         "accuracy_test",
     ):
         assert key in second
-    # --no-promote: version 1 stays current.
-    assert ModelRegistry(config.path("models")).current_version() == 1
+    # --no-promote: version 1 stays champion.
+    assert ModelRegistry(config).champion() == 1
 
 
 def test_evaluate_a_folder_mixing_known_and_unknown_classes(
@@ -111,18 +117,31 @@ def test_evaluate_a_folder_mixing_known_and_unknown_classes(
     assert result["model_version"] == 1
 
 
-def test_rollback_is_promoting_an_older_version(trained: tuple[Config, dict[str, Any]]) -> None:
+def test_rollback_is_moving_the_champion_alias_back(
+    trained: tuple[Config, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     config, _ = trained
-    registry = ModelRegistry(config.path("models"))
-    versions = registry.versions()
-    assert versions[:2] == [1, 2]
-    registry.promote(2)
-    assert registry.current_version() == 2
-    registry.promote(1)  # rollback
-    assert registry.current_version() == 1
-    entry, model = registry.load()
-    assert entry.version == 1 and set(model.classes) == set(KNOWN_CLASSES)
-    assert not any(p.name.startswith(".") for p in registry.versions_dir.iterdir())
+    registry = ModelRegistry(config)
+    assert [v.version for v in registry.versions()][:2] == [1, 2]
+    env = {"FRUITS_ROOT": config.root, "FRUITS_WEIGHTS": config.featurizer.weights}
+    with _environment(env):
+        assert main(["promote", "2"]) == 0
+        assert registry.champion() == 2
+        assert main(["promote", "1"]) == 0  # rollback
+        assert main(["models"]) == 0
+        assert main(["promote", "99"]) == 2  # a version that does not exist: one line, exit 2
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert results[0] == {"model_version": 2, "previous_version": 1}
+    assert results[1] == {"model_version": 1, "previous_version": 2}
+    listing = results[2]
+    assert listing["champion"] == 1 and listing["model"] == "fruits"
+    first = listing["versions"][0]
+    assert first["aliases"] == ["champion"] and first["test"] >= 0.95 and first["run_id"]
+    assert "v1" in out and "@champion" in out
+    assert "fruits: error: model version 99 does not exist" in err
+    files, model = registry.load()
+    assert files.version == 1 and set(model.classes) == set(KNOWN_CLASSES)
 
 
 def test_evaluate_refuses_features_from_other_weights(

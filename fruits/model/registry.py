@@ -1,178 +1,397 @@
-"""A versioned model registry in a folder: the simplest thing that keeps the properties we need.
+"""The model registry is MLflow's: one registered model, versions, and the ``champion`` alias.
 
-Layout under ``paths.models``::
+* A version is a pyfunc (:mod:`fruits.model.pyfunc`) logged in an MLflow run and registered as
+  ``mlflow.model_name``; its artifacts carry everything needed to answer a photo (the ONNX
+  featurizer, the folded linear scorer or the Spark ML pipeline; :func:`write_model_files`).
+* Promotion is the alias: :meth:`ModelRegistry.promote` points ``champion`` at a version (one
+  registry write, atomic); rollback is pointing it back. :meth:`ModelRegistry.champion` is one
+  small query, cheap enough to run before every micro-batch.
+* The local default is MLflow's SQLite store under the root (no server); on Databricks the
+  workspace and Unity Catalog (``conf/databricks.yaml``).
 
-    versions/v0001/model.json     classes, extractor, threshold, metrics, created_at
-    versions/v0001/pipeline/      the Spark ML PipelineModel (scaler, PCA, classifier)
-    versions/v0001/report/        the training report (markdown, JSON, PNG plots)
-    CURRENT                       the promoted version number
-
-* A version is written into a hidden staging folder and renamed into place, so a reader never
-  sees half a version; version numbers come from that rename, so two trainings cannot collide.
-* Promotion rewrites ``CURRENT`` through a temporary file and ``os.replace`` (atomic); rollback is
-  promoting an older version.
-
-Why not MLflow: it is the habit on Databricks (and this layout maps onto it one to one), but it
-adds a tracking server or workspace to every local run and test; a folder works everywhere the
-jobs run and is trivially inspectable.
+Each version carries tags with what ``fruits models`` lists (classifier, extractor, accuracy per
+split), so listing never downloads a model.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
+from fruits.config import Config
 from fruits.errors import ModelNotFoundError, RegistryError
 
 if TYPE_CHECKING:
-    from fruits.model.classifier import FruitModel
+    from mlflow import MlflowClient
 
-__all__ = ["ModelRegistry", "ModelVersion"]
+    from fruits.features.featurizer import ExtractorSpec
+    from fruits.model.classifier import FruitModel
+    from fruits.model.scoring import LinearScorer
+
+__all__ = ["CHAMPION", "ModelFiles", "ModelRegistry", "ModelVersion", "write_model_files"]
+
+CHAMPION = "champion"
+# The pyfunc's artifact key: its files sit under <model>/artifacts/fruits/.
+ARTIFACT_KEY = "fruits"
+# Model version tags shown by `fruits models` (and searchable in MLflow's UI).
+_TAGGED = (
+    "classifier",
+    "extractor",
+    "image_size",
+    "layer",
+    "pca_components",
+    "explained_variance",
+    "accuracy_train",
+    "accuracy_validation",
+    "accuracy_test",
+)
 
 
 @dataclass(frozen=True)
 class ModelVersion:
     version: int
-    path: Path
-    meta: dict[str, Any]
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    created_ms: int
 
     @property
-    def report_dir(self) -> Path:
-        return self.path / "report"
+    def metrics(self) -> dict[str, float | None]:
+        return {
+            split: float(self.tags[f"accuracy_{split}"])
+            if self.tags.get(f"accuracy_{split}") not in (None, "", "None")
+            else None
+            for split in ("train", "validation", "test")
+        }
 
 
-class ModelRegistry:
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.versions_dir = self.root / "versions"
+@dataclass(frozen=True)
+class ModelFiles:
+    """A version's files on this machine: ``meta`` (model.json) and the folder holding them."""
 
-    # -- writing -------------------------------------------------------------------------
-    def register(
-        self,
-        model: FruitModel,
-        meta: dict[str, Any],
-        *,
-        write_extras: Callable[[Path], None] | None = None,
-    ) -> ModelVersion:
-        """Store ``model`` as the next version (not promoted). ``write_extras(folder)`` may add
-        files (the report) before the version becomes visible."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.versions_dir / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir()
-        try:
-            # A file: URI, so Spark writes to this local (or FUSE-mounted) folder, whatever its
-            # default filesystem is (DBFS on Databricks).
-            model.pipeline.save((staging / "pipeline").resolve().as_uri())
-            if write_extras is not None:
-                write_extras(staging)
-            while True:
-                version = self._latest_number() + 1
-                full_meta = {
-                    **meta,
-                    "version": version,
-                    "classes": list(model.classes),
-                    "threshold": model.threshold,
-                    "extractor": model.extractor,
-                    "top_k": model.top_k,
-                    "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                }
-                (staging / "model.json").write_text(json.dumps(full_meta, indent=2))
-                target = self._version_dir(version)
-                try:
-                    # rename() of a folder onto a missing name is atomic; if another training
-                    # took this number first, try the next one.
-                    os.rename(staging, target)
-                except OSError:
-                    if target.exists():
-                        continue
-                    raise
-                return ModelVersion(version, target, full_meta)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    version: int
+    folder: Path
+    meta: dict[str, Any]
 
-    def promote(self, version: int) -> None:
-        """Make ``version`` the current one, atomically (rollback = promote an older one)."""
-        if not (self._version_dir(version) / "model.json").is_file():
-            raise ModelNotFoundError(f"model version {version} does not exist in {self.root}")
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".CURRENT-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{version}\n")
-        os.replace(tmp, self.root / "CURRENT")
+    def scorer(self) -> LinearScorer | None:
+        """The folded linear model (``scorer.npz``); None for a model only Spark ML scores."""
+        from fruits.model.scoring import LinearScorer
 
-    # -- reading -------------------------------------------------------------------------
-    def current_version(self) -> int | None:
-        try:
-            text = (self.root / "CURRENT").read_text().strip()
-        except FileNotFoundError:
+        path = self.folder / "scorer.npz"
+        if not path.is_file():
             return None
-        try:
-            return int(text)
-        except ValueError:
-            raise RegistryError(f"{self.root / 'CURRENT'} is corrupt: {text[:40]!r}") from None
+        import numpy as np
 
-    def versions(self) -> list[int]:
-        if not self.versions_dir.is_dir():
-            return []
-        return sorted(
-            int(p.name[1:])
-            for p in self.versions_dir.iterdir()
-            if p.name.startswith("v") and p.name[1:].isdigit()
+        with np.load(path) as arrays:
+            weights, bias = arrays["weights"], arrays["bias"]
+        return LinearScorer(
+            weights=weights,
+            bias=bias,
+            classes=tuple(self.meta["classes"]),
+            threshold=float(self.meta["threshold"]),
+            top_k=int(self.meta["top_k"]),
         )
 
-    def get(self, version: int | None = None) -> ModelVersion:
-        """A version's metadata (the current one by default)."""
-        if version is None:
-            version = self.current_version()
-            if version is None:
-                raise ModelNotFoundError(
-                    f"no model is promoted yet in {self.root}: run 'fruits train' first"
-                )
-        path = self._version_dir(version)
-        try:
-            meta = json.loads((path / "model.json").read_text())
-        except FileNotFoundError:
-            raise ModelNotFoundError(
-                f"model version {version} does not exist in {self.root}"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"model version {version} is unreadable: {exc}") from None
-        return ModelVersion(version, path, meta)
-
-    def load(self, version: int | None = None) -> tuple[ModelVersion, FruitModel]:
-        """The version's metadata and its model, ready to predict (needs a SparkSession)."""
+    def model(self) -> FruitModel:
+        """The Spark ML model (needs a SparkSession)."""
         from pyspark.ml import PipelineModel
 
         from fruits.model.classifier import FruitModel
 
-        entry = self.get(version)
         try:
-            pipeline = PipelineModel.load((entry.path / "pipeline").resolve().as_uri())
+            pipeline = PipelineModel.load((self.folder / "pipeline").resolve().as_uri())
         except Exception as exc:
             reason = " ".join(str(exc).split())[:200]
-            message = f"model version {entry.version} cannot be loaded: {reason}"
-            raise RegistryError(message) from None
-        meta = entry.meta
-        model = FruitModel(
+            raise RegistryError(
+                f"model version {self.version} cannot be loaded: {reason}"
+            ) from None
+        return FruitModel(
             pipeline=pipeline,
-            classes=tuple(meta["classes"]),
-            threshold=float(meta["threshold"]),
-            extractor=str(meta["extractor"]),
-            top_k=int(meta.get("top_k", 3)),
+            classes=tuple(self.meta["classes"]),
+            threshold=float(self.meta["threshold"]),
+            extractor=str(self.meta["extractor"]),
+            top_k=int(self.meta["top_k"]),
         )
-        return entry, model
 
-    def _latest_number(self) -> int:
-        versions = self.versions()
-        return versions[-1] if versions else 0
 
-    def _version_dir(self, version: int) -> Path:
-        return self.versions_dir / f"v{version:04d}"
+def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> dict[str, Any]:
+    """The pyfunc's artifact layout, written into ``folder``; returns ``model.json``'s content.
+
+    ``model.json``       classes, threshold, top_k, the extractor (id, layer, input size,
+                         weights digest, ONNX file name) and the image limits
+    ``<name>.onnx``      the featurizer (InceptionV3 to ``layer``, pooled), ONNX Runtime's input
+    ``scorer.npz``       standardise + PCA + logistic regression folded into one affine map
+    ``pipeline/``        the Spark ML PipelineModel (trees are scored with it; batch evaluation)
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from fruits.features.featurizer import export_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_file = Path(export_onnx(dataclasses.replace(spec, backend="onnx")))
+    shutil.copyfile(onnx_file, folder / onnx_file.name)
+    scorer = model.linear_scorer()
+    if scorer is not None:
+        np.savez(folder / "scorer.npz", weights=scorer.weights, bias=scorer.bias)
+    # A file: URI, so Spark writes to this local folder whatever its default filesystem is.
+    model.pipeline.save((folder / "pipeline").resolve().as_uri())
+    meta = {
+        "classes": list(model.classes),
+        "threshold": model.threshold,
+        "top_k": model.top_k,
+        "extractor": model.extractor,
+        "layer": spec.layer,
+        "image_size": spec.image_size,
+        "weights_digest": spec.weights_digest,
+        "onnx_file": onnx_file.name,
+        "max_bytes": spec.max_bytes,
+        "max_pixels": spec.max_pixels,
+        "scorer": "linear" if scorer is not None else "spark_ml",
+    }
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class ModelRegistry:
+    """The registered model ``mlflow.model_name`` in the configured MLflow registry."""
+
+    def __init__(self, config: Config) -> None:
+        self.tracking_uri = str(config.mlflow_uri("tracking_uri"))
+        self.registry_uri = config.mlflow_uri("registry_uri") or self.tracking_uri
+        self.name = config.mlflow.model_name
+        self.experiment = config.mlflow.experiment
+        self.artifact_location = config.mlflow_uri("artifact_location")
+        self._client: MlflowClient | None = None
+        self._files: dict[int, ModelFiles] = {}
+
+    def __repr__(self) -> str:
+        return f"model '{self.name}' in {self.registry_uri}"
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+            )
+        return self._client
+
+    # -- runs and writing ----------------------------------------------------------------
+    def use(self) -> str:
+        """Point the fluent MLflow API (``mlflow.start_run``, ``log_*``) at this store and
+        experiment (created with ``artifact_location`` when new); returns its id."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            experiment_id = str(experiment.experiment_id)
+        else:
+            try:
+                experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self._artifact_uri()
+                )
+            except Exception:  # created meanwhile by another process
+                again = self.client.get_experiment_by_name(self.experiment)
+                if again is None:
+                    raise
+                experiment_id = str(again.experiment_id)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+
+    @contextmanager
+    def run(self, name: str | None = None) -> Iterator[str]:
+        """The active MLflow run, or a new one for the duration; yields its id."""
+        import mlflow
+
+        self.use()
+        active = mlflow.active_run()
+        if active is not None:
+            yield active.info.run_id
+            return
+        with mlflow.start_run(run_name=name) as started:
+            yield started.info.run_id
+
+    def register(
+        self,
+        model: FruitModel,
+        spec: ExtractorSpec,
+        *,
+        tags: dict[str, Any] | None = None,
+        example: bytes | None = None,
+    ) -> ModelVersion:
+        """Log ``model`` as a pyfunc in the active run (or a new one) and register it as the
+        next version, not promoted. ``example``: one photo's bytes, the input example."""
+        import mlflow
+
+        from fruits.model.pyfunc import log_pyfunc
+
+        with self.run("register") as run_id, tempfile.TemporaryDirectory() as staging:
+            meta = write_model_files(Path(staging) / ARTIFACT_KEY, model, spec)
+            info = log_pyfunc(Path(staging) / ARTIFACT_KEY, example=example)
+            version_tags = {
+                "extractor": meta["extractor"],
+                "image_size": meta["image_size"],
+                "layer": meta["layer"],
+                **(tags or {}),
+            }
+            registered = mlflow.register_model(
+                info.model_uri,
+                self.name,
+                tags={k: str(v) for k, v in version_tags.items() if k in _TAGGED},
+            )
+        version = int(registered.version)
+        return ModelVersion(version, run_id, dict(registered.tags or {}), (), 0)
+
+    def promote(self, version: int) -> int | None:
+        """Point ``champion`` at ``version`` (rollback = an older one); returns the previous."""
+        previous = self.champion()
+        self._require(version)
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
+        return previous
+
+    # -- reading -------------------------------------------------------------------------
+    def champion(self) -> int | None:
+        """The version ``champion`` points at, or None: one query, or none at all when the local
+        store does not exist yet (a reader never creates it)."""
+        if not self._store_exists():
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version_by_alias(self.name, CHAMPION)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise RegistryError(f"{self} is unreadable: {_one_line(exc)}") from None
+        return int(found.version)
+
+    def versions(self) -> list[ModelVersion]:
+        """All versions, oldest first, with their tags and aliases."""
+        if not self._store_exists():
+            return []
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self.client.get_registered_model(self.name).aliases
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException as exc:
+            if _not_found(exc):
+                return []
+            raise RegistryError(f"{self} is unreadable: {_one_line(exc)}") from None
+        by_version: dict[int, list[str]] = {}
+        for alias, version in (aliases or {}).items():
+            by_version.setdefault(int(version), []).append(alias)
+        return sorted(
+            (
+                ModelVersion(
+                    int(v.version),
+                    v.run_id,
+                    dict(v.tags or {}),
+                    tuple(sorted(by_version.get(int(v.version), []))),
+                    int(v.creation_timestamp or 0),
+                )
+                for v in found
+            ),
+            key=lambda v: v.version,
+        )
+
+    def files(self, version: int | None = None) -> ModelFiles:
+        """A version's files (``champion`` by default), on this machine: read in place from a
+        local artifact store, else downloaded once per process."""
+        if version is None:
+            version = self.champion()
+            if version is None:
+                raise ModelNotFoundError(
+                    f"no version of {self} is '{CHAMPION}' yet: run 'fruits train' first"
+                )
+        if version in self._files:
+            return self._files[version]
+        uri = self._require(version)
+        folder = _local_folder(f"{uri.rstrip('/')}/artifacts/{ARTIFACT_KEY}")
+        try:
+            meta = json.loads((folder / "model.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(
+                f"model version {version} cannot be loaded: {_one_line(exc)}"
+            ) from None
+        files = ModelFiles(version, folder, meta)
+        self._files[version] = files
+        return files
+
+    def load(self, version: int | None = None) -> tuple[ModelFiles, FruitModel]:
+        """A version's files and its Spark ML model, ready to predict (needs a SparkSession)."""
+        files = self.files(version)
+        return files, files.model()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _require(self, version: int) -> str:
+        """The version's artifact URI; ModelNotFoundError when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        if not self._store_exists():
+            raise ModelNotFoundError(f"model version {version} does not exist: {self} is empty")
+        try:
+            return str(self.client.get_model_version_download_uri(self.name, str(version)))
+        except MlflowException as exc:
+            if _not_found(exc):
+                raise ModelNotFoundError(
+                    f"model version {version} does not exist in {self}"
+                ) from None
+            raise RegistryError(f"{self} is unreadable: {_one_line(exc)}") from None
+
+    def _store_exists(self) -> bool:
+        local = _sqlite_file(self.registry_uri)
+        return local is None or local.is_file()
+
+    def _artifact_uri(self) -> str | None:
+        location = self.artifact_location
+        if location is None or "://" in location or location.startswith("dbfs:"):
+            return location
+        return Path(location).resolve().as_uri()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _local_folder(uri: str) -> Path:
+    """A local folder for an artifact URI: the folder itself for file: URIs and paths, else a
+    download into a temporary folder."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        folder = Path(unquote(parsed.path))
+    elif not parsed.scheme:
+        folder = Path(uri)
+    else:
+        from mlflow.artifacts import download_artifacts
+
+        target = tempfile.mkdtemp(prefix="fruits-model-")
+        try:
+            folder = Path(download_artifacts(artifact_uri=uri, dst_path=target))
+        except Exception as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise RegistryError(f"model files at {uri} cannot be read: {_one_line(exc)}") from None
+    if not folder.is_dir():
+        raise RegistryError(f"model files not found at {uri}")
+    return folder
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

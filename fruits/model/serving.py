@@ -1,8 +1,9 @@
-"""The model a long-running job serves, hot-swapped when the registry promotes another.
+"""The model a long-running job serves, hot-swapped when the registry's ``champion`` moves.
 
-:meth:`ServedModel.refresh` costs one small file read when nothing changed, so the stream calls
-it before every micro-batch. A promoted version that fails to load (or needs features from other
-weights) is logged once and the previous version keeps serving.
+:meth:`ServedModel.refresh` costs one registry query (the alias) when nothing changed, so the
+stream calls it before every micro-batch; only a new version's files are read. A version that
+fails to load (or needs features from other weights) is logged once and the previous version
+keeps serving; so does a registry that cannot be read or an alias that was removed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Serving:
     """What one micro-batch uses: a version, its model and the matching feature extractor."""
 
     version: int
-    model: FruitModel
+    # Spark ML's model, loaded only for a model that is not linear (the trees).
+    model: FruitModel | None
     spec: ExtractorSpec
     # The model as one numpy map, scored inside the featurizer's UDF; None: Spark ML scores it.
     scorer: LinearScorer | None = None
@@ -34,7 +36,7 @@ class Serving:
 class ServedModel:
     def __init__(self, config: Config, *, log: Callable[[str], None]) -> None:
         self._config = config
-        self._registry = ModelRegistry(config.path("models"))
+        self._registry = ModelRegistry(config)
         self._log = log
         self._serving: Serving | None = None
         self._failed: int | None = None  # the promoted version that failed, not retried
@@ -48,14 +50,14 @@ class ServedModel:
     def refresh(self) -> Serving:
         """The serving model after checking the registry; raises only if none ever loaded."""
         try:
-            promoted = self._registry.current_version()
+            promoted = self._registry.champion()
         except RegistryError as exc:
             promoted = None
             self._warn_once(-1, f"registry unreadable ({exc})")
         if promoted is None:
             if self._serving is None:
                 raise ModelNotFoundError(
-                    f"no model is promoted in {self._registry.root}: run 'fruits train' first"
+                    f"no version of {self._registry} is 'champion': run 'fruits train' first"
                 )
             return self._serving
         if self._serving is not None and promoted in (self._serving.version, self._failed):
@@ -73,14 +75,15 @@ class ServedModel:
         return serving
 
     def _load(self, version: int) -> Serving:
-        entry, model = self._registry.load(version)
-        spec = ExtractorSpec.for_model(self._config, entry.meta)
-        if spec.extractor_id != model.extractor:
+        files = self._registry.files(version)
+        spec = ExtractorSpec.for_model(self._config, files.meta)
+        if spec.extractor_id != files.meta["extractor"]:
             raise RegistryError(
-                f"model version {version} needs features {model.extractor}, but the configured "
-                f"weights give {spec.extractor_id}"
+                f"model version {version} needs features {files.meta['extractor']}, but the "
+                f"configured weights give {spec.extractor_id}"
             )
-        return Serving(version, model, spec, model.linear_scorer())
+        scorer = files.scorer()
+        return Serving(version, None if scorer is not None else files.model(), spec, scorer)
 
     def _warn_once(self, version: int, reason: str) -> None:
         if self._failed != version:
