@@ -79,6 +79,12 @@ class Lake(ABC):
     def version(self, table: str) -> int:
         """The table's latest Delta version; -1 if it was not created yet."""
 
+    @abstractmethod
+    def add_missing_columns(self, table: str) -> list[str]:
+        """Bring a table created by an older release up to the contract's schema: columns the
+        contract gained since are added (a metadata-only commit; older rows read them as
+        null). Returns the names added; nothing to do for a table not created yet."""
+
     def read_appended(
         self,
         table: str,
@@ -191,6 +197,18 @@ class DeltaRsLake(Lake):
         delta = self._table(table)
         return -1 if delta is None else int(delta.version())
 
+    def add_missing_columns(self, table: str) -> list[str]:
+        from deltalake.schema import Field
+
+        delta = self._table(table)
+        if delta is None:
+            return []
+        present = set(delta.schema().to_arrow().names)
+        missing = [f for f in SCHEMAS[table] if f.name not in present]
+        if missing:
+            delta.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
+        return [f.name for f in missing]
+
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:
@@ -272,6 +290,21 @@ class SparkDeltaLake(Lake):
             return -1
         history = DeltaTable.forPath(spark, self.path(table)).history(1)
         return int(history.select("version").first()[0])  # type: ignore[index]
+
+    def add_missing_columns(self, table: str) -> list[str]:
+        # Not run on these machines (no Delta jars): Delta's own ALTER TABLE ... ADD COLUMNS.
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.getOrCreate()
+        if not self._exists(spark, table):
+            return []
+        present = set(spark.read.format("delta").load(self.path(table)).columns)
+        missing = [f for f in SCHEMAS[table] if f.name not in present]
+        if missing:
+            types = spark.createDataFrame(pa.schema(missing).empty_table()).schema
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in types)
+            spark.sql(f"ALTER TABLE delta.`{self.path(table)}` ADD COLUMNS ({columns})")
+        return [f.name for f in missing]
 
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None

@@ -24,7 +24,7 @@ import pytest
 
 from fruits.config import Config
 from fruits.lake import DeltaRsLake
-from fruits.tables import PREDICTIONS, QUARANTINE
+from fruits.tables import FEATURES, PREDICTIONS, QUARANTINE
 
 from .conftest import KNOWN_CLASSES, WEIGHTS, real_photos
 
@@ -138,3 +138,7 @@ def test_training_killed_mid_featurization_resumes_from_the_cache(
     )
     for key in ("n_classes", "pca_components", "classifier", "accuracy_test", "rejected_files"):
         assert summary[key] == uninterrupted[key], key
+    # The chunks committed before the kill were found by the rerun, not featurized again.
+    paths = DeltaRsLake(str(tmp_path / "lake")).read_arrow(FEATURES, columns=["path"])
+    assert [p for p, n in Counter(paths.column("path").to_pylist()).items() if n > 1] == []
+    assert paths.num_rows == uninterrupted["features_computed"]
