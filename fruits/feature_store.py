@@ -12,9 +12,11 @@ hits another's features.
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["FeatureRun", "Rejected", "featurize_labelled"]
 
 Progress = Callable[[int, int], None]
+_IN_FLIGHT = 2  # chunks submitted to Spark at a time
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,35 @@ def featurize_labelled(
 
     if progress:
         progress(0, len(todo))
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
-        computed = _featurize_files(spark, chunk, spec, images, azure)
+    featurize = featurize_udf(spec) if todo else None
+    done = 0
+
+    def commit(chunk: list[PhotoFile], job: Future[pa.Table]) -> None:
+        nonlocal done
+        computed = job.result()
         good, rejected = _outcomes(chunk, computed)
         run.rejected.extend(rejected)
         if good:
             lake.append_arrow(_feature_rows(good, computed, split, spec), FEATURES)
             keys.extend((photo.path, photo.label, image_id) for photo, image_id, _ in good)
         run.computed += len(good)
+        done += len(chunk)
         if progress:
-            progress(start + len(chunk), len(todo))
+            progress(done, len(todo))
+
+    # Two chunks in flight: while one chunk's Spark job runs, the driver plans the next one
+    # and commits the one before, so the task slots do not wait for the driver between jobs.
+    # Chunks are committed in order, each as soon as it is done.
+    in_flight: deque[tuple[list[PhotoFile], Future[pa.Table]]] = deque()
+    with ThreadPoolExecutor(max_workers=_IN_FLIGHT, thread_name_prefix="features") as pool:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            job = pool.submit(_featurize_files, spark, chunk, featurize, images, azure)
+            in_flight.append((chunk, job))
+            if len(in_flight) == _IN_FLIGHT:
+                commit(*in_flight.popleft())
+        while in_flight:
+            commit(*in_flight.popleft())
 
     keys_df = spark.createDataFrame(keys, "path string, label string, image_id string")
     features = lake.read(
@@ -129,16 +150,15 @@ def _cached_keys(lake: Lake, spec: ExtractorSpec) -> dict[tuple[str, int, int], 
 def _featurize_files(
     spark: SparkSession,
     chunk: list[PhotoFile],
-    spec: ExtractorSpec,
+    featurize: Any,
     images: ImagesConfig,
     azure: AzureConfig | None,
 ) -> pa.Table:
     """(path, image_id, features, reason, detail) of the chunk's files: one Spark job, one
     task per task slot (as a micro-batch of the stream), each photo read once, hashed and
-    featurized by the same UDF."""
+    featurized by the same UDF (:func:`~fruits.featurizer.featurize_udf`)."""
     files = read_image_files(spark, [p.path for p in chunk], images, azure)
     slots = spark.sparkContext.defaultParallelism
-    featurize = featurize_udf(spec)
     return (
         files.coalesce(slots)
         .select("path", featurize("content").alias("result"))

@@ -179,21 +179,16 @@ def read_image_files(
 
     Files are stat'ed by the driver, as the stream does for a micro-batch: above
     ``spark.sql.sources.parallelPartitionDiscovery.threshold`` paths (32 by default) Spark
-    would stat them in a Spark job of one task per file."""
+    would stat them in a Spark job of one task per file. The threshold is only ever raised
+    (as the stream's file source does), so concurrent callers cannot lower it under another."""
     if paths and paths[0].startswith("az://"):
         container = paths[0].split("/", 3)[2]
         names = tuple(p.split("/", 3)[3] for p in paths)
         return _read_blobs(spark, f"az://{container}", images, azure, names=names)
     key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, str(max(32, len(paths))))
-    try:  # the files are listed now, when the relation is resolved
-        return spark.read.format("binaryFile").load(list(paths))
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
+    if int(spark.conf.get(key, "32") or 32) < len(paths):
+        spark.conf.set(key, str(len(paths)))
+    return spark.read.format("binaryFile").load(list(paths))
 
 
 def _read_blobs(
