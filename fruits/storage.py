@@ -177,16 +177,18 @@ def read_image_files(
     """Exactly these files (paths as :func:`read_labelled` or :func:`list_labelled` give
     them).
 
-    Files are stat'ed by the driver, as the stream does for a micro-batch: above
-    ``spark.sql.sources.parallelPartitionDiscovery.threshold`` paths (32 by default) Spark
-    would stat them in a Spark job of one task per file. The threshold is only ever raised
-    (as the stream's file source does), so concurrent callers cannot lower it under another."""
+    Local files are stat'ed by the driver, as the stream does for a micro-batch (microseconds
+    each): above ``spark.sql.sources.parallelPartitionDiscovery.threshold`` paths (32 by
+    default) Spark would stat them in a Spark job of one task per file. The threshold is only
+    ever raised (as the stream's file source does), so concurrent callers cannot lower it under
+    another. Remote files (``abfss://``...) keep Spark's distributed stat: one remote call each.
+    """
     if paths and paths[0].startswith("az://"):
         container = paths[0].split("/", 3)[2]
         names = tuple(p.split("/", 3)[3] for p in paths)
         return _read_blobs(spark, f"az://{container}", images, azure, names=names)
     key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-    if int(spark.conf.get(key, "32") or 32) < len(paths):
+    if paths and not is_url(paths[0]) and int(spark.conf.get(key, "32") or 32) < len(paths):
         spark.conf.set(key, str(len(paths)))
     return spark.read.format("binaryFile").load(list(paths))
 
