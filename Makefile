@@ -14,8 +14,12 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup run test lint clean azurite-start azurite-stop
-setup: $(VENV)/.installed
+.PHONY: setup native-blas run test lint clean azurite-start azurite-stop
+setup: $(VENV)/.installed native-blas
+
+# Spark ML on a native BLAS/LAPACK: installed when root with apt-get, else one line says why not.
+native-blas:
+	@scripts/native-blas.sh
 
 # The package with its pinned set (constraints.txt), then the Spark jars pyspark lacks (Delta,
 # Hadoop's Azure driver) from Maven Central into pyspark's jars folder (scripts/spark-jars.sh).

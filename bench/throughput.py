@@ -6,13 +6,16 @@ streaming job, measured one after the other in one process run on the same photo
 (b) stream: ``fruits stream --once`` on a fresh root whose registry holds a trained model;
 (c) floor: the same stream over N files of the same sizes that are not photos (quarantined at
     the header, no inference): what Spark costs per micro-batch whatever the featurizer, which
-    bounds the ratio (``ratio_bound``).
+    bounds the ratio (``ratio_bound``);
+(d) batch: the training job's featurization (``featurize_labelled``, what ``fruits train`` and
+    ``fruits evaluate`` run) on the same N photos in a ``<Class>/`` tree, a fresh features
+    table, in the same SparkSession (``batch_photos_per_s``, ``batch_to_stream_ratio``).
 
 Warm-up is excluded from both: (a) each process featurizes one batch before the clock starts
 (model load); (b) three ``--once`` passes over a few other photos start Spark's Python workers,
 load their models and let the JVM compile its hot code (a first pass alone leaves the timed
 pass paying ~1 s of JIT compilation: BENCHMARKS.md, section 4), then the timed pass runs on the
-N photos in the same SparkSession.
+N photos in the same SparkSession; (d) one batch pass over the warm-up photos first.
 The ratio stream / bare is what Spark, Delta and the model cost on top of the featurizer.
 """
 
@@ -22,6 +25,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +50,7 @@ from fruits.console import log
 from fruits.features.featurizer import Backend, ExtractorSpec, featurize_frame, prepare_backend
 from fruits.features.inception import FULL_NETWORK
 
-__all__ = ["bare_throughput", "run_sizes", "run_throughput"]
+__all__ = ["bare_throughput", "batch_figures", "run_sizes", "run_throughput"]
 
 _WARM_UP_PASSES = 3
 
@@ -120,6 +124,9 @@ def run_throughput(
     bare = n / bare_s
     stream_s = summary["busy_seconds"]
     streamed = n / stream_s
+    log(f"bench: (d) the batch job's featurization on the same {n} photos")
+    batch_figures(config, warm_up, root / "batch-warm-up")  # the JVM's batch read path
+    batch_run = batch_figures(config, timed, root / "batch", stream_photos_per_s=streamed)
     return {
         "backend": spec.backend,
         "image_size": spec.image_size,
@@ -145,6 +152,7 @@ def run_throughput(
         "stream_cpu_seconds": stream_cpu,
         "stream_cpu_scope": "CPU seconds of the timed --once run by process: fruits = the "
         "driver's Python, java = Spark's JVM, python3 = Spark's Python workers",
+        **batch_run,
         "stream_wall_photos_per_s": round(n / wall_s, 2),
         "stream_wall_scope": "the whole --once run: query start and model load from the "
         "registry included (paid once by a long-running stream)",
@@ -164,6 +172,49 @@ def run_throughput(
         **baseline_figures,
         **machine(),
     }
+
+
+def batch_figures(
+    config: Config, photos: list[Path], folder: Path, *, stream_photos_per_s: float | None = None
+) -> dict[str, Any]:
+    """The batch job's featurization of ``photos``, copied into ``folder/<Class>/``, with a
+    fresh features table under ``folder``, in this process' SparkSession: photos per second,
+    and their ratio to the stream's when given."""
+    from fruits.features.store import featurize_labelled
+    from fruits.sinks.delta_rs import DeltaRsLake
+    from fruits.spark import get_spark
+
+    tree = folder / "photos"
+    for photo in photos:
+        (tree / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photo, tree / photo.parent.name / photo.name)
+    spark = get_spark(config, streaming=True)  # the stream's session when it ran before
+    chunk = config.training.feature_chunk_size
+    started = time.perf_counter()
+    _, run = featurize_labelled(
+        spark,
+        DeltaRsLake(str(folder / "lake")),
+        str(tree),
+        split="bench",
+        spec=ExtractorSpec.from_config(config),
+        images=config.images,
+        chunk_size=chunk,
+    )
+    seconds = time.perf_counter() - started
+    if run.computed != len(photos):
+        raise RuntimeError(f"the batch pass featurized {run.computed} of {len(photos)} photos")
+    per_s = len(photos) / seconds
+    figures: dict[str, Any] = {
+        "batch_photos_per_s": round(per_s, 2),
+        "batch_seconds": round(seconds, 2),
+        "batch_chunk_size": chunk,
+        "batch_scope": "featurize_labelled (fruits train / evaluate) on the same photos in a "
+        "<Class>/ tree, fresh features table: listing, cache lookup, one Spark job per chunk "
+        "(read, hash, featurize), a Delta commit per chunk, the features DataFrame",
+    }
+    if stream_photos_per_s:
+        figures["batch_to_stream_ratio"] = round(per_s / stream_photos_per_s, 3)
+    return figures
 
 
 def _stream_floor(config: Config, photos: list[Path], folder: Path) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from bench._harness import (
     tree_rss_mb,
 )
 from bench.discovery import run_discovery
-from bench.throughput import bare_throughput
+from bench.throughput import bare_throughput, batch_figures
 from fruits.config import Config
 from fruits.features.featurizer import ExtractorSpec
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.tables import FEATURES
 
 from .conftest import FRUITS360, with_backend
 
@@ -34,6 +36,24 @@ def test_bare_featurizer_runs_in_parallel_processes_on_real_photos(
     blobs = [p.read_bytes() for p in pick_photos(FRUITS360 / "Test", 8)]
     seconds = bare_throughput(blobs, spec, processes=2, batch=2)
     assert 0 < seconds < 60
+
+
+def test_batch_figures_time_the_training_jobs_featurization_on_the_same_photos(
+    spark: object, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    photos = pick_photos(FRUITS360 / "Test", 8)
+    figures = batch_figures(
+        make_config(tmp_path / "root"), photos, tmp_path, stream_photos_per_s=50
+    )
+    assert figures["batch_photos_per_s"] > 0 and figures["batch_seconds"] > 0
+    ratio = figures["batch_photos_per_s"] / 50
+    assert abs(figures["batch_to_stream_ratio"] - ratio) < 0.01
+    assert figures["batch_chunk_size"] == 512 and "featurize_labelled" in figures["batch_scope"]
+    # Every photo went through the batch path, from its class folder: one feature row each.
+    rows = DeltaRsLake(str(tmp_path / "lake")).read_arrow(FEATURES, columns=["path", "label"])
+    assert sorted((r["label"], Path(r["path"]).name) for r in rows.to_pylist()) == sorted(
+        (p.parent.name, p.name) for p in photos
+    )
 
 
 def test_photos_are_spread_over_all_classes() -> None:

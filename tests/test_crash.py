@@ -24,7 +24,7 @@ import pytest
 
 from fruits.config import Config
 from fruits.sinks.delta_rs import DeltaRsLake
-from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.sinks.tables import FEATURES, PREDICTIONS, QUARANTINE
 
 from .conftest import DELTA_WRITERS, KNOWN_CLASSES, WEIGHTS, real_photos
 
@@ -140,3 +140,7 @@ def test_training_killed_mid_featurization_resumes_from_the_cache(
     )
     for key in ("n_classes", "pca_components", "classifier", "accuracy_test", "rejected_files"):
         assert summary[key] == uninterrupted[key], key
+    # The chunks committed before the kill were found by the rerun, not featurized again.
+    paths = DeltaRsLake(str(tmp_path / "lake")).read_arrow(FEATURES, columns=["path"])
+    assert [p for p, n in Counter(paths.column("path").to_pylist()).items() if n > 1] == []
+    assert paths.num_rows == uninterrupted["features_computed"]

@@ -76,6 +76,12 @@ class Lake(ABC):
     def version(self, table: str) -> int:
         """The table's latest Delta version; -1 if it was not created yet."""
 
+    @abstractmethod
+    def add_missing_columns(self, table: str) -> list[str]:
+        """Bring a table created by an older release up to the contract's schema: columns the
+        contract gained since are added (a metadata-only commit; older rows read them as
+        null). Returns the names added; nothing to do for a table not created yet."""
+
     def read_appended(
         self,
         table: str,

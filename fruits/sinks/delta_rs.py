@@ -96,6 +96,18 @@ class DeltaRsLake(Lake):
         delta = self._table(table)
         return -1 if delta is None else int(delta.version())
 
+    def add_missing_columns(self, table: str) -> list[str]:
+        from deltalake.schema import Field
+
+        delta = self._table(table)
+        if delta is None:
+            return []
+        present = set(delta.schema().to_arrow().names)
+        missing = [f for f in SCHEMAS[table] if f.name not in present]
+        if missing:
+            delta.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
+        return [f.name for f in missing]
+
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:

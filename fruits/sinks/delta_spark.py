@@ -74,6 +74,20 @@ class SparkDeltaLake(Lake):
         latest = DeltaTable.forPath(self.spark, self.path(table)).history(1).first()
         return -1 if latest is None else int(latest["version"])
 
+    def add_missing_columns(self, table: str) -> list[str]:
+        """Delta's own ``ALTER TABLE ... ADD COLUMNS`` on the table's path."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        if not self._exists(table):
+            return []
+        present = set(self.spark.read.format("delta").load(self.path(table)).columns)
+        missing = [f for f in SCHEMAS[table] if f.name not in present]
+        if missing:
+            types = from_arrow_schema(pa.schema([f.with_nullable(True) for f in missing]))
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in types)
+            self.spark.sql(f"ALTER TABLE delta.`{self.path(table)}` ADD COLUMNS ({columns})")
+        return [f.name for f in missing]
+
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:

@@ -25,6 +25,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("features", pa.list_(pa.float32())),
             pa.field("extractor", pa.string(), nullable=False),
             pa.field("computed_at", _TIMESTAMP),
+            # The file as featurized: the cache's lookup key is (path, size_bytes, modified_at),
+            # so a photo is not read again to be recognised. Added later: null in rows written
+            # before (those photos are featurized once more, then found by this key).
+            pa.field("size_bytes", pa.int64()),
+            pa.field("modified_at", _TIMESTAMP),
         ]
     ),
     PREDICTIONS: pa.schema(
