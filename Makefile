@@ -14,7 +14,8 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup run test lint clean azurite-start azurite-stop
+.PHONY: setup run test lint clean azurite-start azurite-stop cluster-start cluster-stop \
+	connect-start connect-stop
 setup: $(VENV)/.installed
 
 # The package with its pinned set (constraints.txt), then the Spark jars pyspark lacks (Delta,
@@ -47,5 +48,14 @@ azurite-start:
 azurite-stop:
 	scripts/azurite.sh stop
 
+# A standalone Spark cluster from pyspark's jars: master spark://127.0.0.1:7077 (UI :8080), two
+# workers of one core (UIs :8081, :8082). FRUITS__SPARK__MASTER=spark://127.0.0.1:7077 uses it.
+cluster-start: setup
+	scripts/spark-cluster.sh start
+
+cluster-stop:
+	scripts/spark-cluster.sh stop
+
 clean:
-	rm -rf $(VENV) fruits-data .azurite .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) fruits-data .azurite .spark-cluster .spark-connect .pytest_cache .mypy_cache \
+		.ruff_cache
