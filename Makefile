@@ -56,6 +56,14 @@ cluster-start: setup
 cluster-stop:
 	scripts/spark-cluster.sh stop
 
+# A local Spark Connect server (pyspark's own) on sc://127.0.0.1:15002, the project's Python for
+# its workers. FRUITS__SPARK__REMOTE=sc://127.0.0.1:15002 runs the jobs through it.
+connect-start: setup
+	scripts/spark-connect.sh start
+
+connect-stop:
+	scripts/spark-connect.sh stop
+
 clean:
 	rm -rf $(VENV) fruits-data .azurite .spark-cluster .spark-connect .pytest_cache .mypy_cache \
 		.ruff_cache

@@ -85,8 +85,12 @@ def run_stream(
         reports = _Reports(step, OutcomeFolder(_outcome_folder(checkpoint)) if remote else None)
         reports.take()  # a killed run's leftovers: their batches are already in Delta
         outcomes: list[BatchOutcome] = []
+        # Spark's progress of each trigger, kept as it comes: a Spark Connect server may forget
+        # a query's progress once it ends.
+        progress: dict[int, Any] = {}
 
         def report() -> None:
+            progress.update({p["batchId"]: p for p in query.recentProgress})
             for outcome in reports.take():
                 _log_batch(outcome)
                 outcomes.append(outcome)
@@ -115,7 +119,7 @@ def run_stream(
             raise FruitsError(f"the streaming query failed: {query.exception()}")
         # Spark's own time for the triggers that had photos: discovery (listing), the batch,
         # and the offset/commit log writes; not the query's start-up or idle triggers.
-        busy = [p["durationMs"] for p in query.recentProgress if p.get("numInputRows")]
+        busy = [p["durationMs"] for p in progress.values() if p["numInputRows"]]
         busy_ms = sum(d.get("triggerExecution", 0) for d in busy)
         # Where that time went, summed over those triggers: latestOffset (discovery), addBatch
         # (the foreachBatch step: Spark job + Delta commits), walCommit / commitOffsets (the
