@@ -82,7 +82,7 @@ def run_stream(
         query, step = start_query(
             spark, config, source, served=served, once=once, on_batch=None if remote else publish
         )
-        reports = _Reports(step, OutcomeFolder(_outcome_folder(checkpoint)) if remote else None)
+        reports = _Reports(step, _outcome_folder(checkpoint) if remote else None, remote=remote)
         reports.take()  # a killed run's leftovers: their batches are already in Delta
         outcomes: list[BatchOutcome] = []
         # Spark's progress of each trigger, kept as it comes: a Spark Connect server may forget
@@ -90,7 +90,16 @@ def run_stream(
         progress: dict[int, Any] = {}
 
         def report() -> None:
-            progress.update({p["batchId"]: p for p in query.recentProgress})
+            fresh = {p["batchId"]: p for p in query.recentProgress if p["batchId"] not in progress}
+            progress.update(fresh)
+            if reports.blind:  # the step's reports cannot reach us: Spark's counts only
+                for batch_id, p in sorted(fresh.items()):
+                    if p["numInputRows"]:
+                        log(
+                            f"batch {batch_id}: {p['numInputRows']} in, "
+                            f"{p['batchDuration'] / 1000:.2f} s (Spark's progress; the step's "
+                            "own counts are in the server's log)"
+                        )
             for outcome in reports.take():
                 _log_batch(outcome)
                 outcomes.append(outcome)
@@ -127,13 +136,27 @@ def run_stream(
         phases_ms = Counter[str]()
         for durations in busy:
             phases_ms.update({k: int(v) for k, v in durations.items() if k != "triggerExecution"})
+    if reports.blind:
+        with_rows = [p for p in progress.values() if p["numInputRows"]]
+        counts: dict[str, int | None] = {
+            "batches": len(with_rows),
+            "rows_in": sum(int(p["numInputRows"]) for p in with_rows),
+            "predictions": None,
+            "quarantined": None,
+        }
+    else:
+        counts = {
+            "batches": len(outcomes),
+            "rows_in": sum(o.rows_in for o in outcomes),
+            "predictions": sum(o.predictions for o in outcomes),
+            "quarantined": sum(o.quarantined for o in outcomes),
+        }
     return {
-        "batches": len(outcomes),
-        "rows_in": sum(o.rows_in for o in outcomes),
-        "predictions": sum(o.predictions for o in outcomes),
-        "quarantined": sum(o.quarantined for o in outcomes),
+        **counts,
         "model_version": served.current.version,
-        "busy_seconds": round(busy_ms / 1000, 3),
+        # None: Spark's progress of those batches was gone before it was read (a short --once
+        # run under Spark Connect, whose server forgets an ended query's progress).
+        "busy_seconds": round(busy_ms / 1000, 3) if busy or not outcomes else None,
         "busy_phases_ms": dict(phases_ms),
         "stopped_by_signal": stop.is_set(),
     }
@@ -159,7 +182,7 @@ def start_query(
         query_id=partial(query_id, checkpoint),
         timeout_s=config.stream.batch_timeout_s,
         on_batch=on_batch,
-        report_to=OutcomeFolder(_outcome_folder(checkpoint)) if remote else None,
+        report_to=_outcome_folder(checkpoint) if remote else None,
     )
     writer = (
         source.writeStream.foreachBatch(step)
@@ -233,30 +256,31 @@ def _event_publishing(
         publisher.close()
 
 
-def _outcome_folder(checkpoint: str) -> str:
-    """Where a step running beside a Spark Connect server reports its batches: beside the
+def _outcome_folder(checkpoint: str) -> OutcomeFolder | None:
+    """Where a step running beside a Spark Connect server reports its batches: beside a local
     checkpoint (a path the client and the server both see: the same machine, a shared disk,
-    /Volumes on Databricks)."""
+    /Volumes on Databricks). None for a URL checkpoint: the client then logs Spark's progress
+    only (rows in, duration), and the step's own counts go to the server's log."""
     if is_url(checkpoint):
-        raise FruitsError(
-            f"under Spark Connect the stream's checkpoint must be a path the client also sees "
-            f"(a shared disk, /Volumes/...), got {checkpoint}"
-        )
-    return f"{checkpoint.rstrip('/')}.outcomes"
+        return None
+    return OutcomeFolder(f"{checkpoint.rstrip('/')}.outcomes")
 
 
 class _Reports:
     """The outcomes of batches not reported yet: from the step object itself when it runs in
-    this process, else from the folder it writes to."""
+    this process, else from the folder it writes to (``blind``: neither)."""
 
-    def __init__(self, step: PredictionStep, folder: OutcomeFolder | None) -> None:
+    def __init__(self, step: PredictionStep, folder: OutcomeFolder | None, *, remote: bool) -> None:
         self._step = step
         self._folder = folder
+        self.blind = remote and folder is None
         self._seen: set[int] = set()
 
     def take(self) -> list[BatchOutcome]:
         if self._folder is not None:
             return self._folder.take()
+        if self.blind:
+            return []
         new = [o for batch_id, o in list(self._step.outcomes.items()) if batch_id not in self._seen]
         self._seen.update(o.batch_id for o in new)
         return new

@@ -47,8 +47,8 @@ def _land(landing: Path) -> list[str]:
         for photo in real_photos("Test", label, 3, skip=2):
             shutil.copy(photo, folder / photo.name)
             landed.append(str(folder / photo.name))
-    (landing / "empty.jpg").write_bytes(b"")
-    landed.append(str(landing / "empty.jpg"))
+    (landing / "notes.jpg").write_bytes(b"shopping list: kiwis\n")
+    landed.append(str(landing / "notes.jpg"))
     return landed
 
 
@@ -108,7 +108,7 @@ def test_train_stream_and_status_through_spark_connect_match_local(
         _answers(remote),
         _answers(local_root),
     )
-    assert remote_quarantine == local_quarantine == {"empty.jpg": "empty"}
+    assert remote_quarantine == local_quarantine == {"notes.jpg": "not_an_image"}
     assert remote_predictions.keys() == local_predictions.keys()
     for path, (label, confidence, unknown) in local_predictions.items():
         assert remote_predictions[path][0] == label, path
