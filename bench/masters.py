@@ -30,6 +30,8 @@ _KEPT = (
     "bare_photos_per_s",
     "ratio",
     "stream_phases_ms",
+    "stream_cpu_seconds",
+    "peak_pss_mb",  # the driver's process tree: on a cluster, without the executors
 )
 
 
