@@ -77,13 +77,15 @@ def run_stream(
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
         remote = is_connect(spark)
+        folder = _outcome_folder(checkpoint) if remote else None
+        if folder is not None:
+            folder.take()  # a killed run's leftovers: their batches are already in Delta
         # Under Spark Connect the step runs beside the server: it reports through files, and
         # the Event Hubs hook (threads, clients) stays here, run as each report arrives.
         query, step = start_query(
             spark, config, source, served=served, once=once, on_batch=None if remote else publish
         )
-        reports = _Reports(step, _outcome_folder(checkpoint) if remote else None, remote=remote)
-        reports.take()  # a killed run's leftovers: their batches are already in Delta
+        reports = _Reports(step, folder, remote=remote)
         outcomes: list[BatchOutcome] = []
         # Spark's progress of each trigger, kept as it comes: a Spark Connect server may forget
         # a query's progress once it ends.
