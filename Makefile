@@ -14,7 +14,8 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup native-blas run test lint clean azurite-start azurite-stop
+.PHONY: setup native-blas run test lint clean azurite-start azurite-stop cluster-start \
+	cluster-stop connect-start connect-stop
 setup: $(VENV)/.installed native-blas
 
 # Spark ML on a native BLAS/LAPACK: installed when root with apt-get, else one line says why not.
@@ -51,5 +52,22 @@ azurite-start:
 azurite-stop:
 	scripts/azurite.sh stop
 
+# A standalone Spark cluster from pyspark's jars: master spark://127.0.0.1:7077 (UI :8080), two
+# workers of one core (UIs :8081, :8082). FRUITS__SPARK__MASTER=spark://127.0.0.1:7077 uses it.
+cluster-start: setup
+	scripts/spark-cluster.sh start
+
+cluster-stop:
+	scripts/spark-cluster.sh stop
+
+# A local Spark Connect server (pyspark's own) on sc://127.0.0.1:15002, the project's Python for
+# its workers. FRUITS__SPARK__REMOTE=sc://127.0.0.1:15002 runs the jobs through it.
+connect-start: setup
+	scripts/spark-connect.sh start
+
+connect-stop:
+	scripts/spark-connect.sh stop
+
 clean:
-	rm -rf $(VENV) fruits-data .azurite .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) fruits-data .azurite .spark-cluster .spark-connect .pytest_cache .mypy_cache \
+		.ruff_cache

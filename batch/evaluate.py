@@ -11,7 +11,7 @@ from typing import Any
 from fruits.config import Config
 from fruits.console import Stages, log, progress_printer
 from fruits.errors import ConfigError
-from fruits.features.featurizer import ExtractorSpec
+from fruits.features.featurizer import ExtractorSpec, ship_backend
 from fruits.features.store import featurize_labelled
 from fruits.model.metrics import classification_report, open_set_report
 from fruits.model.registry import ModelRegistry
@@ -35,6 +35,7 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
     stages = Stages()
     with stages("spark start"):
         spark = get_spark(config)
+    ship_backend(spark, spec)  # the ONNX export (made once) to every executor, through Spark
     model = entry.model()
     with stages("features"):
         features, run = featurize_labelled(

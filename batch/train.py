@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 from batch.report import write_report
 from fruits.config import Config, is_url
 from fruits.console import Stages, log, progress_printer
-from fruits.features.featurizer import ExtractorSpec
+from fruits.features.featurizer import ExtractorSpec, ship_backend
 from fruits.features.store import FeatureRun, featurize_labelled
 from fruits.model.classifier import FruitModel, train
 from fruits.model.metrics import classification_report
@@ -52,6 +52,7 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
     stages = Stages()
     with stages("spark start"):
         spark = get_spark(config)
+    ship_backend(spark, spec)  # the ONNX export (made once) to every executor, through Spark
     lake = open_lake(config)
 
     def features_of(location: str, split: str) -> tuple[DataFrame, FeatureRun]:

@@ -152,6 +152,17 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             idle_probe_s=args.idle_probe,
             **setting,
         )
+    if args.kind == "masters":
+        from bench.masters import run_masters
+
+        return run_masters(
+            images=args.images,
+            n=args.n,
+            masters=args.masters,
+            models=args.models,
+            with_ui=args.with_ui,
+            config=args.config,
+        )
     if args.kind == "sizes":
         from bench.throughput import run_sizes
 
@@ -231,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.set_defaults(handler=_upload)
 
     bench = sub.add_parser(
-        "bench", parents=[common], help="benchmarks: throughput, latency, discovery"
+        "bench", parents=[common], help="benchmarks: throughput, masters, latency, sizes, discovery"
     )
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     model_options = argparse.ArgumentParser(add_help=False)
@@ -269,6 +280,20 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="then wait S quiet seconds and time one photo (Spark ends workers idle > 60 s)",
+    )
+    masters = bench_kinds.add_parser(
+        "masters",
+        parents=[common],
+        help="bench throughput on several Spark masters (local, a cluster), one run",
+    )
+    masters.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
+    masters.add_argument("--n", type=int, default=512, help="photos (default: %(default)s)")
+    masters.add_argument(
+        "--masters", nargs="+", default=["local[2]", "spark://127.0.0.1:7077"], metavar="MASTER"
+    )
+    masters.add_argument("--models", help="a trained registry to copy (default: train one)")
+    masters.add_argument(
+        "--with-ui", action="store_true", help="also the first master with the Spark UI on"
     )
     sizes = bench_kinds.add_parser(
         "sizes", parents=[common], help="bare featurizer speed per backend and input size"

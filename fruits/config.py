@@ -73,6 +73,17 @@ class SparkConfig:
     # Flags for the JVM a job starts itself (local mode); a cluster's JVM is the cluster's.
     java_options: str | None = None  # batch jobs: train, evaluate
     stream_java_options: str | None = "-XX:TieredStopAtLevel=1"  # the streaming job
+    # Spark Connect (sc://host:port): the jobs run as a client of that server; master, driver
+    # memory and JVM flags are then the server's.
+    remote: str | None = None
+    # On a cluster (spark://, yarn, k8s://): memory and cores of each executor; null: Spark's.
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    # The Spark UI (Jobs, SQL, Structured Streaming tabs): off for the batch jobs, on for the
+    # long-running stream (its address is logged at start); ui_port, or the next free one.
+    ui: bool = False
+    stream_ui: bool = True
+    ui_port: int = 4040
 
 
 @dataclass(frozen=True)
@@ -182,9 +193,12 @@ class Config:
     source: str = "<defaults>"
 
     def path(self, name: Literal["lake", "checkpoints", "landing"]) -> str:
-        """A configured location with ``{root}`` resolved (a local path or a URL)."""
+        """A configured location with ``{root}`` resolved: a URL, or an absolute local path (a
+        cluster's executors and a Spark Connect server do not share this process' working
+        directory)."""
         template: str = getattr(self.paths, name)
-        return template.replace("{root}", self.root)
+        location = template.replace("{root}", self.root)
+        return location if is_url(location) else os.path.abspath(location)
 
     def table_path(self, table: str) -> str:
         return f"{self.path('lake').rstrip('/')}/{table}"
@@ -367,6 +381,16 @@ def _validate(config: Config) -> None:
         )
     if not 3 <= len(config.stream.queue) <= 63:
         raise ConfigError("config key 'stream.queue' must be a queue name of 3 to 63 characters")
+    remote = config.spark.remote
+    if remote is not None and not re.fullmatch(r"sc://[^/\s]+(/.*)?", remote):
+        raise ConfigError(
+            f"config key 'spark.remote' must be a Spark Connect URL, sc://host:port "
+            f"(got {remote!r})"
+        )
+    if config.spark.executor_cores is not None and config.spark.executor_cores < 1:
+        raise ConfigError("config key 'spark.executor_cores' must be at least 1")
+    if not 1024 <= config.spark.ui_port <= 65535:
+        raise ConfigError("config key 'spark.ui_port' must be a port number from 1024 to 65535")
     for name in ("arrow_batch_size", "shuffle_partitions"):
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")

@@ -1,10 +1,12 @@
 """The SparkSession, configured once from :class:`~fruits.config.SparkConfig`.
 
-Locally (``local[*]`` or a plain Spark cluster) this builds the session: Delta's SQL extension
-when Delta's jars are in pyspark's jars folder (``scripts/spark-jars.sh``), and Hadoop's Azure
-driver pointed at the configured storage account for ``abfs[s]://`` paths. On Databricks the
-runtime owns the session, its Delta and its storage credentials: the session is taken as it is
-and only the SQL settings the jobs rely on are set, never jars nor credentials.
+Locally (``local[*]``) or on a cluster (``spark://``, ``yarn``, ``k8s://``) this builds the
+session: Delta's SQL extension when Delta's jars are in pyspark's jars folder
+(``scripts/spark-jars.sh``), and Hadoop's Azure driver pointed at the configured storage account
+for ``abfs[s]://`` paths. With ``spark.remote`` (``sc://host:port``) it is a Spark Connect client:
+the server owns the JVM, its jars and its storage credentials, and there is no ``SparkContext``.
+On Databricks the runtime owns the session, its Delta and its storage credentials: the session
+is taken as it is and only the SQL settings the jobs rely on are set, never jars nor credentials.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["get_spark", "local_jars", "on_databricks"]
+__all__ = [
+    "get_spark",
+    "is_connect",
+    "local_jars",
+    "on_databricks",
+    "ship_file",
+    "task_slots",
+    "ui_address",
+]
 
 _DELTA_EXTENSION = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -42,9 +52,16 @@ def local_jars(prefix: str) -> list[Path]:
     return sorted((Path(pyspark.__file__).parent / "jars").glob(f"{prefix}*.jar"))
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect session (``sc://``, Databricks serverless or standard access mode): no
+    ``SparkContext``, and ``foreachBatch`` runs in a Python process beside the server."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
     """The process' SparkSession; ``streaming`` picks ``spark.stream_java_options`` instead of
-    ``spark.java_options`` for the JVM, if this call is the one that starts it."""
+    ``spark.java_options`` for the JVM and ``spark.stream_ui`` instead of ``spark.ui``, if this
+    call is the one that starts it."""
     from pyspark.sql import SparkSession
 
     spark_conf = config.spark
@@ -58,6 +75,12 @@ def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
     }
     if on_databricks():
         spark = SparkSession.builder.getOrCreate()
+        for key, value in sql.items():
+            spark.conf.set(key, value)
+        return spark
+    if spark_conf.remote:
+        # A Spark Connect client: SQL settings only; the server has its jars and credentials.
+        spark = SparkSession.builder.remote(spark_conf.remote).getOrCreate()
         for key, value in sql.items():
             spark.conf.set(key, value)
         return spark
@@ -79,8 +102,16 @@ def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
         # Keep Python workers alive between tasks so each builds InceptionV3 only once.
         .config("spark.python.worker.reuse", "true")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.ui.enabled", "false")
+        .config(
+            "spark.ui.enabled", str(spark_conf.stream_ui if streaming else spark_conf.ui).lower()
+        )
+        .config("spark.ui.port", str(spark_conf.ui_port))
     )
+    # On a cluster: the executors' size (a worker offers its cores and memory to executors).
+    if spark_conf.executor_memory:
+        builder = builder.config("spark.executor.memory", spark_conf.executor_memory)
+    if spark_conf.executor_cores:
+        builder = builder.config("spark.executor.cores", str(spark_conf.executor_cores))
     for key, value in sql.items():
         builder = builder.config(key, value)
     if delta_jars:  # one session serves both writers: delta-rs ignores Spark's catalog
@@ -102,6 +133,42 @@ def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
     return spark
 
 
+def ui_address(spark: SparkSession) -> str | None:
+    """The Spark UI's address (the driver's), or None when it is off or out of reach (a Spark
+    Connect client: the UI is the server's)."""
+    if is_connect(spark):
+        return None
+    address = spark.sparkContext.uiWebUrl
+    return str(address) if address else None
+
+
+def task_slots(spark: SparkSession) -> int | None:
+    """How many tasks run at once: the cluster's cores (``defaultParallelism``); under Spark
+    Connect ``spark.default.parallelism`` when the server sets it, else None (unknown)."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    value = spark.conf.get("spark.default.parallelism", None)
+    return int(value) if value else None
+
+
+_SHIPPED: set[tuple[str, str]] = set()
+
+
+def ship_file(spark: SparkSession, path: str) -> None:
+    """Make a driver-side file reachable by every executor, under its own name, through Spark
+    (``SparkFiles.get(name)`` in a task): the ONNX export, the weights. Nothing to do in local
+    mode, where the executors share the driver's disk; a cluster's or a Spark Connect server's
+    executors need not. Once per session and file."""
+    remote = is_connect(spark)
+    if not remote and (spark.sparkContext.master or "").startswith("local"):
+        return
+    session = spark.session_id if remote else spark.sparkContext.applicationId  # type: ignore[attr-defined]
+    key = (str(session), os.path.abspath(path))
+    if key not in _SHIPPED:
+        spark.addArtifacts(path, file=True)
+        _SHIPPED.add(key)
+
+
 def _configure_azure(spark: SparkSession, config: Config) -> None:
     """Hadoop's ABFS driver for the configured account, when its jar is here and the config
     names an account. Set on the session's Hadoop configuration, not in SparkConf: a key never
@@ -109,8 +176,8 @@ def _configure_azure(spark: SparkSession, config: Config) -> None:
     from fruits.azure import AzureStorage
 
     storage = AzureStorage(config.azure)
-    if not local_jars("hadoop-azure-") or not storage.configured:
-        return
+    if is_connect(spark) or not local_jars("hadoop-azure-") or not storage.configured:
+        return  # a Spark Connect server holds its own storage credentials
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in storage.hadoop_options().items():
         hadoop.set(key, value)

@@ -1,8 +1,11 @@
 """``fruits stream``: the long-running Structured Streaming job (or one ``--once`` pass).
 
 landing discovery -> :class:`~streaming.step.PredictionStep` in ``foreachBatch`` -> Delta.
-One log line per micro-batch from a ``StreamingQueryListener``; SIGINT/SIGTERM stop the query
-between or during a batch, which is safe because every batch commit is idempotent.
+One log line per micro-batch, written by this process from the step's outcomes: read from the
+step itself when it runs here (``local[*]``, a cluster's driver), from an
+:class:`~streaming.step.OutcomeFolder` beside the checkpoint under Spark Connect, where it runs
+beside the server. No JVM listener, no state shared through module globals. SIGINT/SIGTERM stop
+the query between or during a batch, which is safe because every batch commit is idempotent.
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.errors import FruitsError
-from fruits.features.featurizer import prepare_backend
+from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import open_lake
 from fruits.sources.landing import landing_source
-from fruits.spark import get_spark
-from streaming.step import BatchOutcome, PredictionStep
+from fruits.spark import get_spark, is_connect, ui_address
+from streaming.step import BatchOutcome, OutcomeFolder, PredictionStep
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -60,15 +64,50 @@ def run_stream(
         spark = get_spark(config, streaming=True)
         served.refresh()  # fails now, clearly, if there is no usable model
         # The one-time ONNX export into a fresh cache (seconds) happens here, not inside the
-        # first micro-batch, where it would count against the batch and its timeout.
-        prepare_backend(served.current.spec)
+        # first micro-batch, where it would count against the batch and its timeout; then it
+        # goes to the executors through Spark.
+        ship_backend(spark, served.current.spec)
+        ui = ui_address(spark)
+        if ui:
+            log(f"Spark UI (Jobs, SQL, Structured Streaming): {ui}")
         source = landing_source(spark, config, checkpoint)
         stop = threading.Event()
         previous = {
             sig: signal.signal(sig, lambda *_: stop.set())
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
-        query, step = start_query(spark, config, source, served=served, once=once, on_batch=publish)
+        remote = is_connect(spark)
+        folder = _outcome_folder(checkpoint) if remote else None
+        if folder is not None:
+            folder.take()  # a killed run's leftovers: their batches are already in Delta
+        # Under Spark Connect the step runs beside the server: it reports through files, and
+        # the Event Hubs hook (threads, clients) stays here, run as each report arrives.
+        query, step = start_query(
+            spark, config, source, served=served, once=once, on_batch=None if remote else publish
+        )
+        reports = _Reports(step, folder, remote=remote)
+        outcomes: list[BatchOutcome] = []
+        # Spark's progress of each trigger, kept as it comes: a Spark Connect server may forget
+        # a query's progress once it ends.
+        progress: dict[int, Any] = {}
+
+        def report() -> None:
+            fresh = {p["batchId"]: p for p in query.recentProgress if p["batchId"] not in progress}
+            progress.update(fresh)
+            if reports.blind:  # the step's reports cannot reach us: Spark's counts only
+                for batch_id, p in sorted(fresh.items()):
+                    if p["numInputRows"]:
+                        log(
+                            f"batch {batch_id}: {p['numInputRows']} in, "
+                            f"{p['batchDuration'] / 1000:.2f} s (Spark's progress; the step's "
+                            "own counts are in the server's log)"
+                        )
+            for outcome in reports.take():
+                _log_batch(outcome)
+                outcomes.append(outcome)
+                if remote and publish is not None:
+                    publish(outcome)
+
         log(
             f"streaming {config.path('landing')} -> {config.path('lake')} "
             f"({'once' if once else 'every ' + config.stream.trigger_interval}); "
@@ -77,18 +116,21 @@ def run_stream(
         try:
             while query.isActive and not stop.is_set():
                 query.awaitTermination(1)
+                report()
         finally:
             if query.isActive:
                 log("stopping the query (a batch in flight is replayed, exactly once, on restart)")
                 query.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            _flush_batch_log(str(query.id))
+            report()
+            if query.exception() is not None:
+                log(f"query terminated with an error: {str(query.exception()).splitlines()[0]}")
         if query.exception() is not None:
             raise FruitsError(f"the streaming query failed: {query.exception()}")
         # Spark's own time for the triggers that had photos: discovery (listing), the batch,
         # and the offset/commit log writes; not the query's start-up or idle triggers.
-        busy = [p["durationMs"] for p in query.recentProgress if p.get("numInputRows")]
+        busy = [p["durationMs"] for p in progress.values() if p["numInputRows"]]
         busy_ms = sum(d.get("triggerExecution", 0) for d in busy)
         # Where that time went, summed over those triggers: latestOffset (discovery), addBatch
         # (the foreachBatch step: Spark job + Delta commits), walCommit / commitOffsets (the
@@ -96,14 +138,27 @@ def run_stream(
         phases_ms = Counter[str]()
         for durations in busy:
             phases_ms.update({k: int(v) for k, v in durations.items() if k != "triggerExecution"})
-    outcomes = list(step.outcomes.values())
+    if reports.blind:
+        with_rows = [p for p in progress.values() if p["numInputRows"]]
+        counts: dict[str, int | None] = {
+            "batches": len(with_rows),
+            "rows_in": sum(int(p["numInputRows"]) for p in with_rows),
+            "predictions": None,
+            "quarantined": None,
+        }
+    else:
+        counts = {
+            "batches": len(outcomes),
+            "rows_in": sum(o.rows_in for o in outcomes),
+            "predictions": sum(o.predictions for o in outcomes),
+            "quarantined": sum(o.quarantined for o in outcomes),
+        }
     return {
-        "batches": len(outcomes),
-        "rows_in": sum(o.rows_in for o in outcomes),
-        "predictions": sum(o.predictions for o in outcomes),
-        "quarantined": sum(o.quarantined for o in outcomes),
+        **counts,
         "model_version": served.current.version,
-        "busy_seconds": round(busy_ms / 1000, 3),
+        # None: Spark's progress of those batches was gone before it was read (a short --once
+        # run under Spark Connect, whose server forgets an ended query's progress).
+        "busy_seconds": round(busy_ms / 1000, 3) if busy or not outcomes else None,
         "busy_phases_ms": dict(phases_ms),
         "stopped_by_signal": stop.is_set(),
     }
@@ -122,20 +177,15 @@ def start_query(
     """Start the prediction query over any source with the binaryFile schema (tests use this
     with the memory source). ``on_batch`` runs after each batch's Delta commit."""
     checkpoint = checkpoint or checkpoint_path(config)
-
-    def after_commit(outcome: BatchOutcome) -> None:
-        _remember(outcome)
-        if on_batch is not None:
-            on_batch(outcome)
-
+    remote = is_connect(spark)
     step = PredictionStep(
         open_lake(config),
         served,
-        query_id=lambda: query_id(checkpoint),
+        query_id=partial(query_id, checkpoint),
         timeout_s=config.stream.batch_timeout_s,
-        on_batch=after_commit,
+        on_batch=on_batch,
+        report_to=_outcome_folder(checkpoint) if remote else None,
     )
-    _install_batch_logger(spark)
     writer = (
         source.writeStream.foreachBatch(step)
         .option("checkpointLocation", checkpoint)
@@ -208,55 +258,40 @@ def _event_publishing(
         publisher.close()
 
 
-# Filled by each query's step, read by the listener: keyed by (query id, batch id).
-_OUTCOMES: dict[tuple[str, int], BatchOutcome] = {}
-_LISTENING: set[int] = set()  # sessions that have the listener
+def _outcome_folder(checkpoint: str) -> OutcomeFolder | None:
+    """Where a step running beside a Spark Connect server reports its batches: beside a local
+    checkpoint (a path the client and the server both see: the same machine, a shared disk,
+    /Volumes on Databricks). None for a URL checkpoint: the client then logs Spark's progress
+    only (rows in, duration), and the step's own counts go to the server's log."""
+    if is_url(checkpoint):
+        return None
+    return OutcomeFolder(f"{checkpoint.rstrip('/')}.outcomes")
 
 
-def _remember(outcome: BatchOutcome) -> None:
-    _OUTCOMES[(outcome.query_id, outcome.batch_id)] = outcome
+class _Reports:
+    """The outcomes of batches not reported yet: from the step object itself when it runs in
+    this process, else from the folder it writes to (``blind``: neither)."""
+
+    def __init__(self, step: PredictionStep, folder: OutcomeFolder | None, *, remote: bool) -> None:
+        self._step = step
+        self._folder = folder
+        self.blind = remote and folder is None
+        self._seen: set[int] = set()
+
+    def take(self) -> list[BatchOutcome]:
+        if self._folder is not None:
+            return self._folder.take()
+        if self.blind:
+            return []
+        new = [o for batch_id, o in list(self._step.outcomes.items()) if batch_id not in self._seen]
+        self._seen.update(o.batch_id for o in new)
+        return new
 
 
-def _log_batch(outcome: BatchOutcome, rows_in: int, seconds: float) -> None:
+def _log_batch(outcome: BatchOutcome) -> None:
     replay = " (replay: already in Delta)" if outcome.replayed else ""
     log(
-        f"batch {outcome.batch_id}: {rows_in} in, {outcome.predictions} predicted, "
-        f"{outcome.quarantined} quarantined, {seconds:.2f} s "
+        f"batch {outcome.batch_id}: {outcome.rows_in} in, {outcome.predictions} predicted, "
+        f"{outcome.quarantined} quarantined, {outcome.seconds:.2f} s "
         f"(Delta {outcome.delta_seconds:.2f} s), model v{outcome.model_version}{replay}"
     )
-
-
-def _flush_batch_log(query_id: str) -> None:
-    """Log batches whose progress event had not arrived when the query ended (the last of an
-    ``--once`` run), from the step's own counts."""
-    for key in [k for k in _OUTCOMES if k[0] == query_id]:
-        outcome = _OUTCOMES.pop(key, None)
-        if outcome is not None:
-            _log_batch(outcome, outcome.rows_in, outcome.seconds)
-
-
-def _install_batch_logger(spark: SparkSession) -> None:
-    """One log line per micro-batch, joining Spark's progress with the step's own counts."""
-    if id(spark) in _LISTENING:
-        return
-    from pyspark.sql.streaming.listener import StreamingQueryListener
-
-    class BatchLogger(StreamingQueryListener):
-        def onQueryStarted(self, event: Any) -> None:
-            pass
-
-        def onQueryProgress(self, event: Any) -> None:
-            progress = event.progress
-            outcome = _OUTCOMES.pop((str(progress.id), progress.batchId), None)
-            if outcome is not None:  # None: an idle trigger, nothing was discovered
-                _log_batch(outcome, progress.numInputRows, progress.batchDuration / 1000)
-
-        def onQueryIdle(self, event: Any) -> None:
-            pass
-
-        def onQueryTerminated(self, event: Any) -> None:
-            if event.exception:
-                log(f"query terminated with an error: {event.exception.splitlines()[0]}")
-
-    spark.streams.addListener(BatchLogger())
-    _LISTENING.add(id(spark))

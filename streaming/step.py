@@ -3,33 +3,44 @@
 Every discovered file ends in exactly one table: a usable photo in ``predictions``, anything
 else in ``quarantine`` with a reason code. Both appends carry ``Txn(query id, batch id)``, so a
 batch replayed after a crash (Delta committed, checkpoint not) writes nothing twice.
+
+The step runs wherever Spark calls ``foreachBatch``: in the driver's process (``local[*]``, a
+cluster), or under Spark Connect in a Python process beside the server, from a pickled copy.
+So it uses only the batch's own session (no ``SparkContext``: operation tags for the timeout),
+and what the client must know of a batch it reports through :class:`OutcomeFolder`, not
+through objects in this process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.features.featurizer import featurize_udf
+from fruits.features.featurizer import featurize_udf, ship_backend
 from fruits.model.classifier import PREDICTION_COLUMNS
 from fruits.model.scoring import predict_udf
 from fruits.model.serving import ServedModel, Serving
 from fruits.sinks.delta import Lake, Txn
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
+from fruits.spark import task_slots
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["BatchOutcome", "BatchTimeoutError", "PredictionStep"]
+__all__ = ["BatchOutcome", "BatchTimeoutError", "OutcomeFolder", "PredictionStep"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -47,8 +58,40 @@ class BatchOutcome:
     replayed: bool  # True when Delta already held this batch (a replay after a crash)
 
 
+class OutcomeFolder:
+    """Batch outcomes handed from the step to the client as one small JSON file per batch, in a
+    folder both see (beside the checkpoint): under Spark Connect the step runs in another
+    process, often on another machine than the client.
+
+    A file appears whole (temporary name, then rename); the client deletes what it has read,
+    so the folder holds only the batches not reported yet."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def put(self, outcome: BatchOutcome) -> None:
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".outcome-")
+        with os.fdopen(handle, "w") as out:
+            json.dump(asdict(outcome), out)
+        os.replace(temporary, folder / f"{outcome.batch_id:020d}.json")
+
+    def take(self) -> list[BatchOutcome]:
+        """The outcomes not read yet, oldest batch first; read ones are deleted."""
+        folder = Path(self.folder)
+        if not folder.is_dir():
+            return []
+        outcomes = []
+        for file in sorted(folder.glob("*.json")):
+            outcomes.append(BatchOutcome(**json.loads(file.read_text())))
+            file.unlink()
+        return outcomes
+
+
 class PredictionStep:
-    """Callable for ``writeStream.foreachBatch``; runs on the driver."""
+    """Callable for ``writeStream.foreachBatch``: in the driver's process, or pickled to a
+    Python process beside a Spark Connect server."""
 
     def __init__(
         self,
@@ -58,6 +101,7 @@ class PredictionStep:
         query_id: Callable[[], str],
         timeout_s: float | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        report_to: OutcomeFolder | None = None,
     ) -> None:
         self._lake = lake
         self._served = served
@@ -65,13 +109,17 @@ class PredictionStep:
         self._resolved_query_id: str | None = None  # read once: fixed for a checkpoint
         self._timeout_s = timeout_s
         self._on_batch = on_batch
-        # foreachBatch calls run one after another, so no lock is needed.
+        self._report_to = report_to
+        # foreachBatch calls run one after another, so no lock is needed. In the process
+        # that runs the step: the client reads it only when that is its own process.
         self.outcomes: dict[int, BatchOutcome] = {}
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
         discovered_at = dt.datetime.now(dt.UTC)
         serving = self._served.refresh()  # hot-swap point: between micro-batches
+        # The version's ONNX export to the executors (once per session and file).
+        ship_backend(batch.sparkSession, serving.spec)
         with _deadline(batch, batch_id, self._timeout_s):
             if serving.scorer is not None:
                 predictions, quarantine = _answer_in_one_job(batch, serving)
@@ -106,6 +154,8 @@ class PredictionStep:
             and predictions.num_rows + quarantine.num_rows > 0,
         )
         self.outcomes[batch_id] = outcome
+        if self._report_to is not None:
+            self._report_to.put(outcome)
         if self._on_batch:
             self._on_batch(outcome)
 
@@ -120,9 +170,9 @@ def _photos_through(batch: DataFrame, udf: Any) -> DataFrame:
     adds any, so a small batch stays one small task."""
     from pyspark.sql import functions as F
 
-    slots = batch.sparkSession.sparkContext.defaultParallelism
+    slots = task_slots(batch.sparkSession)  # None: unknown (Spark Connect), left as it is
     return (
-        batch.coalesce(slots)
+        (batch.coalesce(slots) if slots else batch)
         .select(
             "path",
             F.col("modificationTime").alias("uploaded_at"),
@@ -170,18 +220,21 @@ class BatchTimeoutError(RuntimeError):
 @contextmanager
 def _deadline(batch: DataFrame, batch_id: int, seconds: float | None) -> Iterator[None]:
     """Cancel this batch's Spark jobs after ``seconds``: the query then fails instead of
-    stalling, and its restart (by the scheduler) replays the batch exactly once."""
+    stalling, and its restart (by the scheduler) replays the batch exactly once.
+
+    The batch's operations carry an operation tag, interrupted from a timer thread: the same
+    calls in a classic session and under Spark Connect (which has no job groups)."""
     if not seconds:
         yield
         return
-    context = batch.sparkSession.sparkContext
-    group = f"fruits-batch-{batch_id}-{uuid.uuid4().hex[:8]}"
-    context.setJobGroup(group, f"fruits micro-batch {batch_id}", interruptOnCancel=True)
+    spark = batch.sparkSession
+    tag = f"fruits-batch-{batch_id}-{uuid.uuid4().hex[:8]}"
+    spark.addTag(tag)
     expired = threading.Event()
 
     def cancel() -> None:
         expired.set()
-        context.cancelJobGroup(group)
+        spark.interruptTag(tag)
 
     timer = threading.Timer(seconds, cancel)
     timer.daemon = True
@@ -199,7 +252,7 @@ def _deadline(batch: DataFrame, batch_id: int, seconds: float | None) -> Iterato
             raise BatchTimeoutError(message)
     finally:
         timer.cancel()
-        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        spark.removeTag(tag)
 
 
 def _constant(value: object, n: int, kind: pa.DataType) -> pa.Array:

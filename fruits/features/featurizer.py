@@ -46,6 +46,7 @@ __all__ = [
     "featurize_udf",
     "photo_ids",
     "prepare_backend",
+    "ship_backend",
 ]
 
 # The UDF's result: the photo's sha256, and features for a usable photo or a quarantine reason
@@ -187,6 +188,32 @@ def prepare_backend(spec: ExtractorSpec) -> None:
         export_onnx(spec)
 
 
+def ship_backend(spark: Any, spec: ExtractorSpec) -> None:
+    """Driver side, before Spark jobs: :func:`prepare_backend`, then hand the file the workers
+    load (the ONNX export, or the Keras weights) to every executor through Spark
+    (``SparkFiles``): a cluster's executors need not see the driver's disk."""
+    from fruits.spark import ship_file
+
+    prepare_backend(spec)
+    if spec.backend == "onnx":
+        ship_file(spark, spec.onnx_path)
+    elif spec.weights != "imagenet":
+        ship_file(spark, spec.weights)
+
+
+def _shipped(path: str) -> str | None:
+    """In a Spark task: the copy of ``path`` that the driver shipped (:func:`ship_backend`),
+    or None when there is none (local mode, or nothing shipped)."""
+    try:
+        from pyspark.core.files import SparkFiles
+    except ImportError:  # no Spark here: plain arrays
+        return None
+    if SparkFiles._root_directory is None:  # not in a Spark task
+        return None
+    copy = os.path.join(SparkFiles._root_directory, os.path.basename(path))
+    return copy if os.path.isfile(copy) else None
+
+
 def export_onnx(spec: ExtractorSpec) -> str:
     """Export the Keras InceptionV3 of ``spec`` to ``spec.onnx_path`` unless it exists.
 
@@ -308,10 +335,12 @@ def _onnx_runner(path: str, intra_op_threads: int) -> Runner:
 
 def _runner(spec: ExtractorSpec) -> Runner:
     if spec.backend == "onnx":
-        # Normally exported by the driver; on a cluster whose executors do not see the
-        # driver's disk, each executor exports once, under the same lock.
-        return _onnx_runner(export_onnx(spec), spec.intra_op_threads)
-    return _keras_runner(spec.weights, spec.image_size, spec.layer, spec.intra_op_threads)
+        # The copy the driver shipped through Spark (a cluster), else the driver's export
+        # (local mode); failing both, each executor exports once, under the same lock.
+        path = _shipped(spec.onnx_path) or export_onnx(spec)
+        return _onnx_runner(path, spec.intra_op_threads)
+    weights = (spec.weights != "imagenet" and _shipped(spec.weights)) or spec.weights
+    return _keras_runner(weights, spec.image_size, spec.layer, spec.intra_op_threads)
 
 
 def extract_features(pixels: np.ndarray, spec: ExtractorSpec) -> np.ndarray:

@@ -41,6 +41,12 @@ class ServedModel:
         self._serving: Serving | None = None
         self._failed: int | None = None  # the promoted version that failed, not retried
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled with the stream's step for Spark Connect, whose ``foreachBatch`` runs in a
+        Python process beside the server: the model is loaded again there, from the registry
+        (a loaded model holds the client's Spark objects)."""
+        return {**self.__dict__, "_serving": None, "_failed": None}
+
     @property
     def current(self) -> Serving:
         if self._serving is None:

@@ -66,6 +66,10 @@ class DeltaRsLake(Lake):
     ) -> DataFrame:
         data = self.read_arrow(table, columns=columns, equals=equals)
         data = self.conform(data, table, partial=True)
+        if not data.num_rows:  # Spark Connect infers no schema from an empty table
+            from pyspark.sql.pandas.types import from_arrow_schema
+
+            return spark.createDataFrame(data, schema=from_arrow_schema(data.schema))
         return spark.createDataFrame(data)
 
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
