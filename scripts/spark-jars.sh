@@ -35,5 +35,6 @@ elif [ -n "${FRUITS_MAVEN_REPO:-}" ]; then
 XML
   args=(-s "$settings" "${args[@]}")
 fi
-mvn "${args[@]}"
+# Maven 3.8 prints colour resets even in batch mode: strip them from the log.
+mvn "${args[@]}" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'
 echo "spark-jars: $(grep -c '<artifactId>' scripts/spark-jars/pom.xml | awk '{print $1 - 1}') jars in $JARS" >&2
