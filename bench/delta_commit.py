@@ -31,11 +31,13 @@ from fruits.spark import get_spark
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _rows(n: int, batch: int) -> pa.Table:
+def sample_predictions(paths: list[str], batch: int) -> pa.Table:
+    """Prediction rows (the table's contract) for ``paths``, as one micro-batch writes them."""
+    n = len(paths)
     return pa.table(
         {
-            "image_id": [f"{batch}-{i}" for i in range(n)],
-            "path": [f"landing/{batch}-{i}.jpg" for i in range(n)],
+            "image_id": [f"id-{p}" for p in paths],
+            "path": paths,
             "label": ["Kiwi"] * n,
             "confidence": [0.9] * n,
             "top_k": [[{"label": "Kiwi", "prob": 0.9}]] * n,
@@ -53,8 +55,9 @@ def _rows(n: int, batch: int) -> pa.Table:
 def _time_appends(lake: Lake, appends: int, rows: int) -> list[float]:
     seconds = []
     for batch in range(appends):
+        data = sample_predictions([f"landing/{batch}-{i}.jpg" for i in range(rows)], batch)
         started = time.perf_counter()
-        lake.append_arrow(_rows(rows, batch), PREDICTIONS, txn=Txn("bench", batch))
+        lake.append_arrow(data, PREDICTIONS, txn=Txn("bench", batch))
         seconds.append(round(time.perf_counter() - started, 3))
     return seconds
 

@@ -14,7 +14,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,22 +26,11 @@ from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import FEATURES, PREDICTIONS, QUARANTINE
 
 from .conftest import DELTA_WRITERS, KNOWN_CLASSES, WEIGHTS, real_photos
+from .spark_services import cli
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 KILLS = 5  # per run; the photos take ~31 batches of 8
-
-
-def _cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``fruits ...`` in its own process group, so a kill takes its JVM down too."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fruits.cli", *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -86,7 +74,7 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
     kills = 0
     while kills < KILLS:
         before = _rows(lake)
-        process = _cli(["stream", "--once"], env, log)
+        process = cli(["stream", "--once"], env, log)
         # Once this run has committed something, a random point within the next batches:
         # featurizing, between the two Delta commits, or before the checkpoint commit.
         deadline = time.monotonic() + 300
@@ -99,7 +87,7 @@ def test_stream_killed_five_times_loses_and_duplicates_nothing(
         _kill_group(process)
         kills += 1
         print(f"kill {kills}: {before} -> {_rows(lake)} prediction rows")
-    final = _cli(["stream", "--once"], env, log)
+    final = cli(["stream", "--once"], env, log)
     assert final.wait(timeout=600) == 0, log.read_text()[-3000:]
 
     predicted = [r["path"] for r in lake.read_arrow(PREDICTIONS, columns=["path"]).to_pylist()]
@@ -122,14 +110,14 @@ def test_training_killed_mid_featurization_resumes_from_the_cache(
         "FRUITS__TRAINING__FEATURE_CHUNK_SIZE": "8",
     }
     log = tmp_path / "train.log"
-    process = _cli(["train", "--data", str(dataset_with_corrupt)], env, log)
+    process = cli(["train", "--data", str(dataset_with_corrupt)], env, log)
     deadline = time.monotonic() + 300
     while "features Training: 16/" not in log.read_text(errors="replace"):
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     _kill_group(process)
 
-    rerun = _cli(["train", "--data", str(dataset_with_corrupt)], env, log)
+    rerun = cli(["train", "--data", str(dataset_with_corrupt)], env, log)
     assert rerun.wait(timeout=600) == 0, log.read_text()[-3000:]
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
     summary = json.loads(lines[-1])

@@ -8,7 +8,6 @@ own, Delta configured through the pip helper, the CLI stopping a Databricks clus
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import sys
 import threading
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from bench.delta_commit import sample_predictions as _predictions
 from fruits.config import Config
 from fruits.sinks.delta import Txn
 from fruits.sinks.delta_rs import DeltaRsLake
@@ -25,28 +25,6 @@ from fruits.sinks.delta_spark import SparkDeltaLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE, SCHEMAS
 
 pytestmark = pytest.mark.spark
-
-NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
-
-
-def _predictions(paths: list[str], batch_id: int) -> pa.Table:
-    n = len(paths)
-    return pa.table(
-        {
-            "image_id": [f"id-{p}" for p in paths],
-            "path": paths,
-            "label": ["Kiwi"] * n,
-            "confidence": [0.9] * n,
-            "top_k": [[{"label": "Kiwi", "prob": 0.9}]] * n,
-            "is_unknown": [False] * n,
-            "model_version": [1] * n,
-            "uploaded_at": [NOW] * n,
-            "discovered_at": [NOW] * n,
-            "predicted_at": [NOW] * n,
-            "latency_ms": [12.5] * n,
-            "batch_id": [batch_id] * n,
-        }
-    )
 
 
 @pytest.fixture
