@@ -9,6 +9,7 @@
 # ports). Data persists in .azurite/data, so a stop/start (an "outage") keeps the blobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/_process.sh
 
 VERSION=3.37.0
 HOME_DIR=${AZURITE_HOME:-.azurite}
@@ -74,17 +75,8 @@ stop() {
     echo "azurite: not running"
     return 0
   fi
-  local pid
-  pid=$(cat "$PID_FILE")
-  kill -TERM "$pid" 2>/dev/null || true
   # Azurite can ignore SIGTERM while requests are open: give it 5 s, then SIGKILL.
-  for _ in $(seq 1 10); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  stop_pid "$(cat "$PID_FILE")" 5
   rm -f "$PID_FILE"
   echo "azurite: stopped"
 }

@@ -13,6 +13,7 @@
 # pyspark, so the Delta and Azure jars that scripts/spark-jars.sh put there are on their classpath.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/_process.sh
 
 PYTHON=${FRUITS_PYTHON:-.venv/bin/python}
 HOME_DIR=${FRUITS_CLUSTER_HOME:-.spark-cluster}
@@ -109,12 +110,7 @@ stop_one() {
   local name=$1 pid
   pid=$(pid_of "$name")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    stop_pid "$pid" 10
   fi
   rm -f "$HOME_DIR/$name.pid"
 }

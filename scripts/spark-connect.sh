@@ -14,6 +14,7 @@
 # master is local[2] (FRUITS_CONNECT_MASTER, e.g. spark://127.0.0.1:7077 for the cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/_process.sh
 
 PYTHON=${FRUITS_PYTHON:-.venv/bin/python}
 HOME_DIR=${FRUITS_CONNECT_HOME:-.spark-connect}
@@ -92,16 +93,7 @@ stop() {
     echo "spark-connect: not running"
     return 0
   fi
-  local pid
-  pid=$(cat "$PID_FILE")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 20); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  stop_pid "$(cat "$PID_FILE")" 10
   rm -f "$PID_FILE"
   echo "spark-connect: stopped"
 }

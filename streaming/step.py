@@ -35,7 +35,7 @@ from fruits.model.scoring import predict_udf
 from fruits.model.serving import ServedModel, Serving
 from fruits.sinks.delta import Lake, Txn
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
-from fruits.spark import task_slots
+from fruits.spark import one_task_per_slot
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -162,17 +162,12 @@ class PredictionStep:
 
 def _photos_through(batch: DataFrame, udf: Any) -> DataFrame:
     """The batch's photos (path, uploaded_at, size_bytes) with the columns of ``udf``'s struct
-    result on ``content`` (image_id first), in one task per task slot.
-
-    One task per slot: the file source packs ~32 photos per task, and each task pays its own
-    Spark and Python round trip: 512 photos on 2 slots took 1.02-1.12 s in 4 tasks and 0.83 s
-    in 2 (BENCHMARKS.md, section 4). A coalesce merges partitions without a shuffle; it never
-    adds any, so a small batch stays one small task."""
+    result on ``content`` (image_id first), in one task per task slot (the file source packs
+    ~32 photos per task: :func:`~fruits.spark.one_task_per_slot`)."""
     from pyspark.sql import functions as F
 
-    slots = task_slots(batch.sparkSession)  # None: unknown (Spark Connect), left as it is
     return (
-        (batch.coalesce(slots) if slots else batch)
+        one_task_per_slot(batch)
         .select(
             "path",
             F.col("modificationTime").alias("uploaded_at"),

@@ -25,6 +25,7 @@ from fruits.errors import DataError
 from fruits.features.featurizer import ExtractorSpec, featurize_udf
 from fruits.sinks.tables import FEATURES
 from fruits.sources.training import PhotoFile, list_labelled, read_image_files
+from fruits.spark import one_task_per_slot
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -158,9 +159,8 @@ def _featurize_files(
     task per task slot (as a micro-batch of the stream), each photo read once, hashed and
     featurized by the same UDF (:func:`~fruits.features.featurizer.featurize_udf`)."""
     files = read_image_files(spark, [p.path for p in chunk], images, azure)
-    slots = spark.sparkContext.defaultParallelism
     return (
-        files.coalesce(slots)
+        one_task_per_slot(files)
         .select("path", featurize("content").alias("result"))
         .select("path", "result.*")
         .toArrow()

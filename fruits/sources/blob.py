@@ -49,6 +49,7 @@ from fruits.sources.discovery import Arrival, DiscoveryState, utc
 from fruits.sources.events import parse_blob_events
 from fruits.sources.names import NameFilter
 from fruits.sources.schema import BINARY_FILE_SCHEMA
+from fruits.spark import task_slots
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -403,7 +404,7 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
         include_existing_files=stream.include_existing_files,
         max_file_age_s=interval_seconds(stream.max_file_age),
         backfill_interval_s=interval_seconds(backfill) if backfill else None,
-        parallelism=spark.sparkContext.defaultParallelism,
+        parallelism=task_slots(spark) or 2,
     )
     register(spark)
     return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()
