@@ -154,7 +154,7 @@ class AzureConfig:
 
 @dataclass(frozen=True)
 class EventHubConfig:
-    """Event Hubs publishing of predictions (fruits/eventhubs.py). No secret lives here:
+    """Event Hubs publishing of predictions (fruits/sinks/eventhubs.py). No secret lives here:
     ``connection_string_env`` is the NAME of the environment variable that holds it."""
 
     enabled: bool = False

@@ -243,7 +243,7 @@ def _event_publishing(
     config: Config, client: Callable[[HubTarget], Producer] | None = None
 ) -> Iterator[Callable[[BatchOutcome], None] | None]:
     """With ``eventhub.enabled``, an ``on_batch`` hook publishing the predictions' events
-    (fruits/eventhubs.py): what a previous run left at start, after each batch commit, every
+    (fruits/sinks/eventhubs.py): what a previous run left at start, after each batch commit, every
     ``eventhub.retry_interval_s`` while Event Hubs is down, and once more before exit."""
     if not config.eventhub.enabled:
         yield None

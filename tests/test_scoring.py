@@ -1,4 +1,4 @@
-"""The classifier folded into numpy (fruits/scoring.py) answers exactly as Spark ML does."""
+"""The classifier folded into numpy (fruits/model/scoring.py) answers exactly as Spark ML does."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class FruitModel:
 
     def linear_scorer(self) -> LinearScorer | None:
         """The whole pipeline as one numpy map when the classifier is a logistic regression
-        (fruits/scoring.py); None for the trees, which only Spark ML scores."""
+        (fruits/model/scoring.py); None for the trees, which only Spark ML scores."""
         from pyspark.ml.classification import LogisticRegressionModel
         from pyspark.ml.feature import PCAModel, StandardScalerModel
 

@@ -9,7 +9,7 @@ __all__ = ["EVENTHUB_OUTBOX", "FEATURES", "PREDICTIONS", "QUARANTINE", "SCHEMAS"
 FEATURES = "features"
 PREDICTIONS = "predictions"
 QUARANTINE = "quarantine"
-# The Event Hubs outbox cursor (fruits/eventhubs.py): up to which Delta version of
+# The Event Hubs outbox cursor (fruits/sinks/eventhubs.py): up to which Delta version of
 # `predictions` the events are published, one row per published chunk.
 EVENTHUB_OUTBOX = "eventhub_outbox"
 
