@@ -86,25 +86,19 @@ def run_stream(
             spark, config, source, served=served, once=once, on_batch=None if remote else publish
         )
         reports = _Reports(step, folder, remote=remote)
-        outcomes: list[BatchOutcome] = []
-        # Spark's progress of each trigger, kept as it comes: a Spark Connect server may forget
-        # a query's progress once it ends.
-        progress: dict[int, Any] = {}
+        totals = _Totals()
 
         def report() -> None:
-            fresh = {p["batchId"]: p for p in query.recentProgress if p["batchId"] not in progress}
-            progress.update(fresh)
-            if reports.blind:  # the step's reports cannot reach us: Spark's counts only
-                for batch_id, p in sorted(fresh.items()):
-                    if p["numInputRows"]:
-                        log(
-                            f"batch {batch_id}: {p['numInputRows']} in, "
-                            f"{p['batchDuration'] / 1000:.2f} s (Spark's progress; the step's "
-                            "own counts are in the server's log)"
-                        )
+            for p in totals.add_progress(query.recentProgress):
+                if reports.blind:  # the step's reports cannot reach us: Spark's counts only
+                    log(
+                        f"batch {p['batchId']}: {p['numInputRows']} in, "
+                        f"{p['batchDuration'] / 1000:.2f} s (Spark's progress; the step's "
+                        "own counts are in the server's log)"
+                    )
             for outcome in reports.take():
                 _log_batch(outcome)
-                outcomes.append(outcome)
+                totals.add_outcome(outcome)
                 if remote and publish is not None:
                     publish(outcome)
 
@@ -128,40 +122,71 @@ def run_stream(
                 log(f"query terminated with an error: {str(query.exception()).splitlines()[0]}")
         if query.exception() is not None:
             raise FruitsError(f"the streaming query failed: {query.exception()}")
-        # Spark's own time for the triggers that had photos: discovery (listing), the batch,
-        # and the offset/commit log writes; not the query's start-up or idle triggers.
-        busy = [p["durationMs"] for p in progress.values() if p["numInputRows"]]
-        busy_ms = sum(d.get("triggerExecution", 0) for d in busy)
-        # Where that time went, summed over those triggers: latestOffset (discovery), addBatch
-        # (the foreachBatch step: Spark job + Delta commits), walCommit / commitOffsets (the
-        # checkpoint's offset and commit logs), queryPlanning, getBatch.
-        phases_ms = Counter[str]()
-        for durations in busy:
-            phases_ms.update({k: int(v) for k, v in durations.items() if k != "triggerExecution"})
-    if reports.blind:
-        with_rows = [p for p in progress.values() if p["numInputRows"]]
-        counts: dict[str, int | None] = {
-            "batches": len(with_rows),
-            "rows_in": sum(int(p["numInputRows"]) for p in with_rows),
-            "predictions": None,
-            "quarantined": None,
-        }
-    else:
-        counts = {
-            "batches": len(outcomes),
-            "rows_in": sum(o.rows_in for o in outcomes),
-            "predictions": sum(o.predictions for o in outcomes),
-            "quarantined": sum(o.quarantined for o in outcomes),
-        }
     return {
-        **counts,
+        **totals.counts(blind=reports.blind),
         "model_version": served.current.version,
         # None: Spark's progress of those batches was gone before it was read (a short --once
         # run under Spark Connect, whose server forgets an ended query's progress).
-        "busy_seconds": round(busy_ms / 1000, 3) if busy or not outcomes else None,
-        "busy_phases_ms": dict(phases_ms),
+        "busy_seconds": round(totals.busy_ms / 1000, 3)
+        if totals.busy_batches or not totals.batches
+        else None,
+        "busy_phases_ms": dict(totals.phases_ms),
         "stopped_by_signal": stop.is_set(),
     }
+
+
+class _Totals:
+    """What a run reports, summed as batches end: a few counters, however long it runs (no list
+    of batches nor of Spark's progress events, which a weeks-long stream would pile up)."""
+
+    def __init__(self) -> None:
+        self.batches = self.rows_in = self.predictions = self.quarantined = 0
+        # Spark's own time for the triggers that had photos: discovery (listing), the batch,
+        # and the offset/commit log writes; not the query's start-up or idle triggers. Where
+        # it went: latestOffset (discovery), addBatch (the foreachBatch step: Spark job + Delta
+        # commits), walCommit / commitOffsets (the checkpoint's logs), queryPlanning, getBatch.
+        self.busy_batches = self.busy_rows = self.busy_ms = 0
+        self.phases_ms = Counter[str]()
+        self._last_busy = -1  # batch ids only grow: this is every busy batch counted so far
+
+    def add_progress(self, recent: list[Any]) -> list[Any]:
+        """Count the busy triggers of Spark's recent progress not counted yet (kept as they
+        come: a Spark Connect server may forget an ended query's progress); returns them."""
+        fresh = sorted(
+            (p for p in recent if p["numInputRows"] and p["batchId"] > self._last_busy),
+            key=lambda p: int(p["batchId"]),
+        )
+        for p in fresh:
+            durations = p["durationMs"]
+            self.busy_batches += 1
+            self.busy_rows += int(p["numInputRows"])
+            self.busy_ms += durations.get("triggerExecution", 0)
+            self.phases_ms.update(
+                {k: int(v) for k, v in durations.items() if k != "triggerExecution"}
+            )
+            self._last_busy = int(p["batchId"])
+        return fresh
+
+    def add_outcome(self, outcome: BatchOutcome) -> None:
+        self.batches += 1
+        self.rows_in += outcome.rows_in
+        self.predictions += outcome.predictions
+        self.quarantined += outcome.quarantined
+
+    def counts(self, *, blind: bool) -> dict[str, int | None]:
+        if blind:  # only Spark's progress reached this process
+            return {
+                "batches": self.busy_batches,
+                "rows_in": self.busy_rows,
+                "predictions": None,
+                "quarantined": None,
+            }
+        return {
+            "batches": self.batches,
+            "rows_in": self.rows_in,
+            "predictions": self.predictions,
+            "quarantined": self.quarantined,
+        }
 
 
 def start_query(
@@ -276,15 +301,19 @@ class _Reports:
         self._step = step
         self._folder = folder
         self.blind = remote and folder is None
-        self._seen: set[int] = set()
+        self._last = -1  # batch ids only grow within a run
 
     def take(self) -> list[BatchOutcome]:
         if self._folder is not None:
             return self._folder.take()
         if self.blind:
             return []
-        new = [o for batch_id, o in list(self._step.outcomes.items()) if batch_id not in self._seen]
-        self._seen.update(o.batch_id for o in new)
+        new = sorted(
+            (o for batch_id, o in list(self._step.outcomes.items()) if batch_id > self._last),
+            key=lambda o: o.batch_id,
+        )
+        if new:
+            self._last = new[-1].batch_id
         return new
 
 
