@@ -50,7 +50,7 @@ def run_steady_state(config: Config, *, images: str, drops: int, n: int) -> dict
     java_options = config.spark.stream_java_options
 
     def wait_for(rows: int) -> None:
-        while sum(o.rows_in for o in step.outcomes.values()) < rows:
+        while sum(o.rows_in for o in step.outcomes) < rows:
             if not query.isActive:
                 raise RuntimeError(f"the query stopped: {query.exception()}")
             time.sleep(0.05)

@@ -27,9 +27,10 @@ from fruits.console import log
 from fruits.errors import FruitsError
 from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
-from fruits.sinks.delta import open_lake
+from fruits.sinks.delta import Lake, open_lake
 from fruits.sources.landing import landing_source
 from fruits.spark import get_spark, is_connect, ui_address
+from streaming.decisions import DecisionJournal
 from streaming.step import BatchOutcome, OutcomeFolder, PredictionStep
 
 if TYPE_CHECKING:
@@ -198,18 +199,21 @@ def start_query(
     once: bool,
     checkpoint: str | None = None,
     on_batch: Callable[[BatchOutcome], None] | None = None,
+    lake: Lake | None = None,
 ) -> tuple[StreamingQuery, PredictionStep]:
     """Start the prediction query over any source with the binaryFile schema (tests use this
-    with the memory source). ``on_batch`` runs after each batch's Delta commit."""
+    with the memory source). ``on_batch`` runs after each batch's Delta commit; ``lake``
+    replaces the configured one (fault-injection tests)."""
     checkpoint = checkpoint or checkpoint_path(config)
     remote = is_connect(spark)
     step = PredictionStep(
-        open_lake(config),
+        lake or open_lake(config),
         served,
         query_id=partial(query_id, checkpoint),
         timeout_s=config.stream.batch_timeout_s,
         on_batch=on_batch,
         report_to=_outcome_folder(checkpoint) if remote else None,
+        journal=DecisionJournal(f"{checkpoint.rstrip('/')}/decisions"),
     )
     writer = (
         source.writeStream.foreachBatch(step)
@@ -309,7 +313,7 @@ class _Reports:
         if self.blind:
             return []
         new = sorted(
-            (o for batch_id, o in list(self._step.outcomes.items()) if batch_id > self._last),
+            (o for o in list(self._step.outcomes) if o.batch_id > self._last),
             key=lambda o: o.batch_id,
         )
         if new:

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,11 +37,15 @@ from fruits.model.serving import ServedModel, Serving
 from fruits.sinks.delta import Lake, Txn
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 from fruits.spark import one_task_per_slot
+from streaming.decisions import Decision, DecisionJournal
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "OutcomeFolder", "PredictionStep"]
+
+# Outcomes kept in memory for an in-process reader (which takes them within a second or so).
+OUTCOMES_KEPT = 1024
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -56,6 +61,7 @@ class BatchOutcome:
     seconds: float
     delta_seconds: float  # of ``seconds``: the two Delta appends (the rest is the Spark job)
     replayed: bool  # True when Delta already held this batch (a replay after a crash)
+    recalled: bool = False  # the answers came from the decision journal (a replay)
 
 
 class OutcomeFolder:
@@ -102,6 +108,7 @@ class PredictionStep:
         timeout_s: float | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
         report_to: OutcomeFolder | None = None,
+        journal: DecisionJournal | None = None,
     ) -> None:
         self._lake = lake
         self._served = served
@@ -110,12 +117,54 @@ class PredictionStep:
         self._timeout_s = timeout_s
         self._on_batch = on_batch
         self._report_to = report_to
-        # foreachBatch calls run one after another, so no lock is needed. In the process
-        # that runs the step: the client reads it only when that is its own process.
-        self.outcomes: dict[int, BatchOutcome] = {}
+        self._journal = journal
+        # The latest batches' outcomes, for the client in the same process (job.py's reports,
+        # tests): bounded, a stream runs for weeks. foreachBatch calls run one after another
+        # and deque appends are atomic, so no lock is needed.
+        self.outcomes: deque[BatchOutcome] = deque(maxlen=OUTCOMES_KEPT)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
+        if self._resolved_query_id is None:
+            self._resolved_query_id = self._query_id()
+        query_id = self._resolved_query_id
+        decision = None
+        if self._journal is not None:
+            self._journal.forget_before(batch_id)  # Spark committed those batches
+            decision = self._journal.recall(query_id, batch_id)
+        recalled = decision is not None
+        if decision is None:
+            decision = self._decide(batch, batch_id)
+            if self._journal is not None:
+                # Before the first Delta commit: a replay appends exactly these rows.
+                self._journal.write(query_id, batch_id, decision)
+
+        writing = time.perf_counter()
+        # The Delta app id: one per query (stable across restarts), versions = batch ids.
+        txn = Txn(f"fruits-stream-{query_id}", batch_id)
+        wrote_quarantine = self._lake.append_arrow(decision.quarantine, QUARANTINE, txn=txn)
+        wrote_predictions = self._lake.append_arrow(decision.predictions, PREDICTIONS, txn=txn)
+        rows_in = decision.predictions.num_rows + decision.quarantine.num_rows
+        outcome = BatchOutcome(
+            query_id=query_id,
+            batch_id=batch_id,
+            rows_in=rows_in,
+            predictions=decision.predictions.num_rows,
+            quarantined=decision.quarantine.num_rows,
+            model_version=decision.model_version,
+            seconds=round(time.perf_counter() - started, 3),
+            delta_seconds=round(time.perf_counter() - writing, 3),
+            replayed=not (wrote_predictions or wrote_quarantine) and rows_in > 0,
+            recalled=recalled,
+        )
+        self.outcomes.append(outcome)
+        if self._report_to is not None:
+            self._report_to.put(outcome)
+        if self._on_batch:
+            self._on_batch(outcome)
+
+    def _decide(self, batch: DataFrame, batch_id: int) -> Decision:
+        """Run the batch's Spark job: every photo's answer, or its reason for quarantine."""
         discovered_at = dt.datetime.now(dt.UTC)
         serving = self._served.refresh()  # hot-swap point: between micro-batches
         # The version's ONNX export to the executors (once per session and file).
@@ -125,39 +174,19 @@ class PredictionStep:
                 predictions, quarantine = _answer_in_one_job(batch, serving)
             else:
                 predictions, quarantine = _answer_with_spark_ml(batch, serving)
-
         predicted_at = dt.datetime.now(dt.UTC)
-        writing = time.perf_counter()
-        if self._resolved_query_id is None:
-            self._resolved_query_id = self._query_id()
-        query_id = self._resolved_query_id
-        # The Delta app id: one per query (stable across restarts), versions = batch ids.
-        txn = Txn(f"fruits-stream-{query_id}", batch_id)
-        wrote_quarantine = self._lake.append_arrow(
-            _quarantine_rows(quarantine, batch_id, predicted_at), QUARANTINE, txn=txn
-        )
-        wrote_predictions = self._lake.append_arrow(
-            _prediction_rows(predictions, serving.version, batch_id, discovered_at, predicted_at),
-            PREDICTIONS,
-            txn=txn,
-        )
-        outcome = BatchOutcome(
-            query_id=query_id,
-            batch_id=batch_id,
-            rows_in=predictions.num_rows + quarantine.num_rows,
-            predictions=predictions.num_rows,
-            quarantined=quarantine.num_rows,
+        return Decision(
+            predictions=self._lake.conform(
+                _prediction_rows(
+                    predictions, serving.version, batch_id, discovered_at, predicted_at
+                ),
+                PREDICTIONS,
+            ),
+            quarantine=self._lake.conform(
+                _quarantine_rows(quarantine, batch_id, predicted_at), QUARANTINE
+            ),
             model_version=serving.version,
-            seconds=round(time.perf_counter() - started, 3),
-            delta_seconds=round(time.perf_counter() - writing, 3),
-            replayed=not (wrote_predictions or wrote_quarantine)
-            and predictions.num_rows + quarantine.num_rows > 0,
         )
-        self.outcomes[batch_id] = outcome
-        if self._report_to is not None:
-            self._report_to.put(outcome)
-        if self._on_batch:
-            self._on_batch(outcome)
 
 
 def _photos_through(batch: DataFrame, udf: Any) -> DataFrame:
