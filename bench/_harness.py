@@ -33,6 +33,7 @@ __all__ = [
     "spark_cores",
     "stream_environment",
     "tree_cpu_seconds",
+    "tree_memory",
 ]
 
 _VERSIONS = ("pyspark", "tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "deltalake", "numpy")
@@ -122,6 +123,11 @@ def tree_rss_mb(root: int) -> float:
 
 def tree_processes(root: int) -> list[tuple[str, float, float]]:
     """(command name, RSS MiB, PSS MiB) of ``root`` and each of its descendants."""
+    return [(name, rss, pss) for _, name, rss, pss in tree_memory(root)]
+
+
+def tree_memory(root: int) -> list[tuple[int, str, float, float]]:
+    """(pid, command name, RSS MiB, PSS MiB) of ``root`` and each of its descendants."""
     page = os.sysconf("SC_PAGE_SIZE")
     result = []
     for process in _process_tree(root):
@@ -129,7 +135,8 @@ def tree_processes(root: int) -> list[tuple[str, float, float]]:
             statm = Path(f"/proc/{process.pid}/statm").read_text().split()
         except OSError:  # the process ended while we looked
             continue
-        result.append((process.name, int(statm[1]) * page / 2**20, _pss_mb(process.pid)))
+        rss = int(statm[1]) * page / 2**20
+        result.append((process.pid, process.name, rss, _pss_mb(process.pid)))
     return result
 
 

@@ -174,6 +174,20 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             backends=args.backends,
             layers=args.layers,
         )
+    if args.kind == "soak":
+        from bench.soak import run_soak
+
+        return run_soak(
+            config,
+            images=args.images,
+            rate=args.rate,
+            minutes=args.minutes,
+            sample_s=args.sample_seconds,
+            warm_up_minutes=args.warm_up_minutes,
+            bad_every=args.bad_every,
+            models=args.models,
+            out=args.out,
+        )
     from bench.discovery import run_discovery
 
     return run_discovery(sizes=args.files, new_files=args.new_files, triggers=args.triggers)
@@ -242,7 +256,9 @@ def _parser() -> argparse.ArgumentParser:
     upload.set_defaults(handler=_upload)
 
     bench = sub.add_parser(
-        "bench", parents=[common], help="benchmarks: throughput, masters, latency, sizes, discovery"
+        "bench",
+        parents=[common],
+        help="benchmarks: throughput, masters, latency, sizes, discovery, soak",
     )
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     model_options = argparse.ArgumentParser(add_help=False)
@@ -315,6 +331,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     discovery.add_argument("--new-files", type=int, default=10, help="new files per trigger")
     discovery.add_argument("--triggers", type=int, default=5, help="triggers timed per size")
+    soak = bench_kinds.add_parser(
+        "soak",
+        parents=[common],
+        help="a long-running stream fed R photos/s: memory, batch time, files, state over time",
+    )
+    soak.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
+    soak.add_argument("--rate", type=float, default=5.0, help="photos per second")
+    soak.add_argument("--minutes", type=float, default=60.0, help="how long to feed it")
+    soak.add_argument("--sample-seconds", type=float, default=30.0, help="sampling interval")
+    soak.add_argument(
+        "--warm-up-minutes", type=float, help="left out of the trends (default: min(10, M/6))"
+    )
+    soak.add_argument(
+        "--bad-every", type=int, default=50, help="one truncated JPEG in N files (0: none)"
+    )
+    soak.add_argument("--models", help="a trained registry to copy (default: train one)")
+    soak.add_argument("--out", help="folder for soak.json and soak.png (default: its root)")
     bench.set_defaults(handler=_bench)
     return parser
 

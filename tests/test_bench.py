@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bench._harness import (
     TreeMemory,
     bench_config,
@@ -116,3 +118,17 @@ def test_discovery_listing_reads_the_whole_container_notification_only_new_files
     assert (small["files"], large["files"]) == (100, 6000)
     assert (small["blob_list_pages_per_trigger"], large["blob_list_pages_per_trigger"]) == (1, 2)
     assert result["cores"] == os.cpu_count()
+
+
+def test_soak_trends_are_relative_growth_after_the_warm_up() -> None:
+    from bench.soak import trend
+
+    hours = [i * 360.0 for i in range(11)]  # one hour, every 6 minutes
+    flat = trend(hours, [1000.0 + (5 if i % 2 else -5) for i in range(11)])
+    assert flat is not None and abs(flat["growth"]) < 0.01
+    leaking = trend(hours, [1000.0 + 20 * i for i in range(11)])  # +200 MB an hour
+    assert leaking is not None
+    assert leaking["growth"] == pytest.approx(0.2) and leaking["slope_per_hour"] == pytest.approx(
+        200
+    )
+    assert trend(hours[:2], [1.0, 2.0]) is None  # too few samples for a line
