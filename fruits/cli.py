@@ -19,6 +19,7 @@ from fruits.config import CONFIG_ENV, DEFAULT_CONFIG, PACKAGED_CONFIGS, Config, 
 from fruits.errors import ConfigError, FruitsError
 from fruits.features.inception import LAYERS
 from fruits.secrets import redact
+from fruits.sinks.tables import SCHEMAS
 
 __all__ = ["main"]
 
@@ -105,6 +106,22 @@ def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print(format_status(status))
     return status
+
+
+def _maintain(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.sinks.maintenance import maintain_lake
+
+    # The table properties (log retention, checkpoint interval) are set here, not by the
+    # stream's own maintenance: a metadata commit makes a concurrent append fail.
+    results = maintain_lake(config, tables=args.table or None, set_properties=True)
+    for r in results:
+        print(
+            f"{r.table}: files {r.files_before} -> {r.files_after} "
+            f"({r.files_compacted} compacted, {r.files_vacuumed} vacuumed), "
+            f"version {r.version_before} -> {r.version_after}, {r.seconds:.2f} s",
+            file=sys.stderr,
+        )
+    return {"tables": [r.as_dict() for r in results]}
 
 
 def _upload(config: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -247,6 +264,19 @@ def _parser() -> argparse.ArgumentParser:
         "--last", type=int, default=5, help="newest answers shown per table (default: %(default)s)"
     )
     status.set_defaults(handler=_status)
+
+    maintain = sub.add_parser(
+        "maintain",
+        parents=[common],
+        help="compact, vacuum and checkpoint the Delta tables (the stream also does it)",
+    )
+    maintain.add_argument(
+        "--table",
+        action="append",
+        choices=list(SCHEMAS),
+        help="only this table (repeatable; default: all)",
+    )
+    maintain.set_defaults(handler=_maintain)
 
     upload = sub.add_parser(
         "upload", parents=[common], help="put photos into the landing area (folder or Blob)"

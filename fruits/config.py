@@ -29,6 +29,7 @@ __all__ = [
     "EventHubConfig",
     "FeaturizerConfig",
     "ImagesConfig",
+    "MaintenanceConfig",
     "MlflowConfig",
     "PathsConfig",
     "SparkConfig",
@@ -166,6 +167,23 @@ class EventHubConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """Delta maintenance of every table (fruits/sinks/maintenance.py): compaction of small
+    files, vacuum and log checkpoints, by the stream (a background thread) and `fruits maintain`.
+    """
+
+    enabled: bool = True  # run by the stream; `fruits maintain` runs whatever this says
+    every_batches: int = 600  # the stream maintains after this many micro-batches...
+    every_minutes: float = 15.0  # ...or this many minutes, whichever comes first
+    target_file_size_mb: int = 128  # compaction bins small files into files of about this size
+    # Removed files are deleted this long after their removal (readers' and time travel's
+    # margin), and never while the Event Hubs outbox still has to read them.
+    vacuum_retention_hours: float = 168.0
+    log_retention_hours: float = 720.0  # delta.logRetentionDuration: the log's time travel
+    checkpoint_interval: int = 100  # delta.checkpointInterval: commits between checkpoints
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     """MLflow: the tracking store (runs), the model registry (versions, the ``champion`` alias)
     and where their files go. ``{root}`` is replaced by the root (made absolute when local)."""
@@ -189,6 +207,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     azure: AzureConfig = field(default_factory=AzureConfig)
     eventhub: EventHubConfig = field(default_factory=EventHubConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     source: str = "<defaults>"
 
@@ -395,6 +414,7 @@ def _validate(config: Config) -> None:
         if getattr(config.spark, name) < 1:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
     _validate_eventhub(config.eventhub)
+    _validate_maintenance(config.maintenance)
     for name in ("tracking_uri", "model_name", "experiment"):
         if not str(getattr(config.mlflow, name)).strip():
             raise ConfigError(f"config key 'mlflow.{name}' must not be empty")
@@ -418,6 +438,15 @@ def _validate_eventhub(eventhub: EventHubConfig) -> None:
     for name in ("publish_timeout_s", "retry_interval_s"):
         if getattr(eventhub, name) <= 0:
             raise ConfigError(f"config key 'eventhub.{name}' must be positive")
+
+
+def _validate_maintenance(maintenance: MaintenanceConfig) -> None:
+    for name in ("every_batches", "every_minutes", "target_file_size_mb", "checkpoint_interval"):
+        if getattr(maintenance, name) <= 0:
+            raise ConfigError(f"config key 'maintenance.{name}' must be positive")
+    for name in ("vacuum_retention_hours", "log_retention_hours"):
+        if getattr(maintenance, name) < 0:
+            raise ConfigError(f"config key 'maintenance.{name}' must be at least 0")
 
 
 _UNIT_SECONDS = {

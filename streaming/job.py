@@ -60,7 +60,12 @@ def run_stream(
 
     ``eventhub_client`` replaces the Event Hubs SDK client (tests)."""
     checkpoint = checkpoint_path(config)
-    with checkpoint_lock(checkpoint), _event_publishing(config, eventhub_client) as publish:
+    with (
+        checkpoint_lock(checkpoint),
+        _event_publishing(config, eventhub_client) as publish_events,
+        _background_maintenance(config) as maintain,
+    ):
+        on_batch = _hooks(publish_events, maintain)
         served = ServedModel(config, log=log)
         spark = get_spark(config, streaming=True)
         served.refresh()  # fails now, clearly, if there is no usable model
@@ -84,7 +89,7 @@ def run_stream(
         # Under Spark Connect the step runs beside the server: it reports through files, and
         # the Event Hubs hook (threads, clients) stays here, run as each report arrives.
         query, step = start_query(
-            spark, config, source, served=served, once=once, on_batch=None if remote else publish
+            spark, config, source, served=served, once=once, on_batch=None if remote else on_batch
         )
         reports = _Reports(step, folder, remote=remote)
         totals = _Totals()
@@ -100,8 +105,8 @@ def run_stream(
             for outcome in reports.take():
                 _log_batch(outcome)
                 totals.add_outcome(outcome)
-                if remote and publish is not None:
-                    publish(outcome)
+                if remote and on_batch is not None:
+                    on_batch(outcome)
 
         log(
             f"streaming {config.path('landing')} -> {config.path('lake')} "
@@ -285,6 +290,41 @@ def _event_publishing(
         yield publisher.after_batch
     finally:
         publisher.close()
+
+
+@contextmanager
+def _background_maintenance(config: Config) -> Iterator[Callable[[BatchOutcome], None] | None]:
+    """With ``maintenance.enabled``, an ``on_batch`` hook counting batches for the Delta
+    maintenance thread (fruits/sinks/maintenance.py), which compacts, vacuums and checkpoints
+    the tables every ``every_batches`` batches or ``every_minutes``, off the batches' path."""
+    if not config.maintenance.enabled:
+        yield None
+        return
+    from fruits.sinks.maintenance import BackgroundMaintenance
+
+    maintenance = BackgroundMaintenance(config)
+    maintenance.start()
+    try:
+        yield maintenance.after_batch
+    finally:
+        maintenance.close()
+
+
+def _hooks(
+    *hooks: Callable[[BatchOutcome], None] | None,
+) -> Callable[[BatchOutcome], None] | None:
+    """One ``on_batch`` hook running each of ``hooks`` in turn (None: there is none)."""
+    present = [hook for hook in hooks if hook is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def run_all(outcome: BatchOutcome) -> None:
+        for hook in present:
+            hook(outcome)
+
+    return run_all
 
 
 def _outcome_folder(checkpoint: str) -> OutcomeFolder | None:

@@ -5,14 +5,18 @@
   Spark's native writer.
 
 An append with a :class:`Txn` commits at most once per (app id, version), whichever the writer.
-Both read and write the Arrow schemas of :mod:`fruits.sinks.tables`.
+Both read and write the Arrow schemas of :mod:`fruits.sinks.tables`, and both maintain a table
+the same way (:meth:`Lake.maintain`: compaction, vacuum, log checkpoint).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["Lake", "Txn", "open_lake"]
+__all__ = ["Lake", "MaintenancePolicy", "MaintenanceResult", "Txn", "open_lake"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,57 @@ class Txn:
 
     app_id: str
     version: int
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    """How :meth:`Lake.maintain` treats one table (built from the ``maintenance`` config)."""
+
+    target_file_size: int  # bytes: compaction bins small files up to about this size
+    vacuum_retention_hours: float  # removed files younger than this are kept (readers)
+    log_retention_hours: float = 720.0  # delta.logRetentionDuration
+    checkpoint_interval: int = 100  # delta.checkpointInterval
+    # The oldest commit a reader still has to open (the Event Hubs outbox: the first version
+    # not published yet): the files that commit and later ones added are not vacuumed, nor
+    # their log entries cleaned up, however old. None: no such reader.
+    keep_from_version: int | None = None
+    # Write log_retention_hours / checkpoint_interval into the table's properties where they
+    # differ: a metadata commit, which makes a concurrent append fail, so `fruits maintain`
+    # does it and the stream's background maintenance does not.
+    set_properties: bool = False
+
+    def table_properties(self) -> dict[str, str]:
+        """The policy's table properties, as Delta writes them (both writers read these)."""
+        return {
+            "delta.logRetentionDuration": f"interval {self.log_retention_hours:g} hours",
+            "delta.checkpointInterval": str(self.checkpoint_interval),
+        }
+
+
+@dataclass(frozen=True)
+class MaintenanceResult:
+    """What :meth:`Lake.maintain` did to one table: a JSON-ready summary."""
+
+    table: str
+    version_before: int  # -1: the table does not exist (nothing done)
+    version_after: int
+    files_before: int  # data files of the latest version
+    files_after: int
+    bytes_before: int
+    bytes_after: int
+    files_compacted: int  # small files rewritten (removed) by the compaction
+    files_written: int  # files the compaction wrote
+    files_vacuumed: int  # removed files deleted from storage
+    vacuum_retention_hours: float  # the retention used (the policy's, or longer for a reader)
+    checkpoint_version: int | None  # the log's latest checkpoint after maintenance
+    # Expired log entries were cleaned up by this call (never while a reader needs them;
+    # Spark's writer cleans up at its own checkpoints, by delta.logRetentionDuration).
+    log_cleaned: bool
+    properties_set: dict[str, str]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Lake(ABC):
@@ -106,6 +161,106 @@ class Lake(ABC):
     ) -> pa.Table:
         """The rows of the data files present at ``until_version`` and absent at
         ``after_version`` (-1: none), cast to the contract schema."""
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def maintain(self, table: str, policy: MaintenancePolicy) -> MaintenanceResult:
+        """Compact the table's small files, vacuum the files removed long enough ago, write a
+        log checkpoint and clean up expired log entries, keeping what ``policy`` protects.
+
+        Safe beside a running stream: compaction conflicts with no blind append (Delta's
+        optimistic concurrency: the appends keep committing, and so does the compaction), and
+        its files are marked ``dataChange=false``, which :meth:`read_appended` skips."""
+        started = time.perf_counter()
+        before = self.version(table)
+        if before < 0:  # not created yet: nothing to do
+            return MaintenanceResult(
+                table=table,
+                version_before=-1,
+                version_after=-1,
+                files_before=0,
+                files_after=0,
+                bytes_before=0,
+                bytes_after=0,
+                files_compacted=0,
+                files_written=0,
+                files_vacuumed=0,
+                vacuum_retention_hours=policy.vacuum_retention_hours,
+                checkpoint_version=None,
+                log_cleaned=False,
+                properties_set={},
+                seconds=0.0,
+            )
+        files_before, bytes_before = self._live_files(table)
+        properties = self._set_properties(table, policy) if policy.set_properties else {}
+        compacted, written = self._compact(table, policy.target_file_size)
+        retention, clean_logs = self._retention(table, policy)
+        vacuumed = self._vacuum(table, retention)
+        checkpoint, cleaned = self._checkpoint(table, clean_logs=clean_logs)
+        files_after, bytes_after = self._live_files(table)
+        return MaintenanceResult(
+            table=table,
+            version_before=before,
+            version_after=self.version(table),
+            files_before=files_before,
+            files_after=files_after,
+            bytes_before=bytes_before,
+            bytes_after=bytes_after,
+            files_compacted=compacted,
+            files_written=written,
+            files_vacuumed=vacuumed,
+            vacuum_retention_hours=retention,
+            checkpoint_version=checkpoint,
+            log_cleaned=cleaned,
+            properties_set=properties,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _retention(self, table: str, policy: MaintenancePolicy) -> tuple[float, bool]:
+        """(vacuum retention in hours, whether expired log entries may be cleaned up).
+
+        A file that a protected commit (``keep_from_version`` or later) added was removed
+        after that commit was made; a retention longer than that commit's age keeps it, and
+        the log entries it is read from are kept while it is older than the log retention."""
+        retention = float(policy.vacuum_retention_hours)
+        keep = policy.keep_from_version
+        if keep is None or keep > self.version(table):
+            return retention, True
+        made_at = self._commit_timestamp(table, keep)
+        if made_at is None:  # its log entry is gone: nothing left to protect
+            return retention, True
+        age_hours = (dt.datetime.now(dt.UTC) - made_at).total_seconds() / 3600
+        # One hour more than its age: clocks of writers and this machine may disagree a little.
+        retention = max(retention, float(math.ceil(age_hours + 1)))
+        return retention, age_hours + 1 < policy.log_retention_hours
+
+    @abstractmethod
+    def _live_files(self, table: str) -> tuple[int, int]:
+        """(number, total bytes) of the data files of the latest version."""
+
+    @abstractmethod
+    def _set_properties(self, table: str, policy: MaintenancePolicy) -> dict[str, str]:
+        """Set the policy's log retention and checkpoint interval as table properties where
+        they differ; returns those set."""
+
+    @abstractmethod
+    def _compact(self, table: str, target_file_size: int) -> tuple[int, int]:
+        """Bin small files into files of about ``target_file_size`` bytes (a commit of
+        ``dataChange=false`` actions); (files removed, files added)."""
+
+    @abstractmethod
+    def _vacuum(self, table: str, retention_hours: float) -> int:
+        """Delete files removed from the table more than ``retention_hours`` ago; how many."""
+
+    @abstractmethod
+    def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:
+        """Make sure the log has a recent checkpoint (and, with ``clean_logs``, drop the log
+        entries older than the log retention): (the latest checkpoint's version, whether log
+        entries were cleaned up)."""
+
+    @abstractmethod
+    def _commit_timestamp(self, table: str, version: int) -> dt.datetime | None:
+        """When ``version`` was committed (its commitInfo); None if its log entry is gone."""
 
     def conform(self, data: pa.Table, table: str, *, partial: bool = False) -> pa.Table:
         """Select and cast to the contract schema, so both writers store the same types.

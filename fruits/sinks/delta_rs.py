@@ -7,13 +7,18 @@ it by itself).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+import json
+import math
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pa_fs
 
-from fruits.sinks.delta import Lake, Txn
+from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
@@ -115,23 +120,37 @@ class DeltaRsLake(Lake):
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:
-        # An append-only table: the rows of the files present at `until` and absent at
-        # `after_version`, read through delta-rs' own dataset (its filesystem serves az:// too).
-        # The change data feed (load_cdf) would skip files rewritten by OPTIMIZE, but delta-rs
-        # refuses it for version 0 without delta.enableChangeDataFeed. After an OPTIMIZE, the
-        # rewritten rows count as appended again: at least once, never lost. Opening an old
-        # version needs its log: keep the log retention longer than any Event Hubs outage.
+        # The files that the commits after_version+1..until_version added as new data, read
+        # from those commits' own log entries (as Spark's writer does): a file since rewritten
+        # by a compaction is still read (vacuum keeps it, Lake.maintain), and the compaction's
+        # own files (dataChange=false) are not, so no row is published twice. The change data
+        # feed (load_cdf) would do the same, but delta-rs refuses it for version 0 without
+        # delta.enableChangeDataFeed.
+        names: list[str] = []
+        for version in range(after_version + 1, until_version + 1):
+            for action in self._commit_actions(table, version):
+                add = action.get("add")
+                if add is not None and add.get("dataChange", True):
+                    names.append(unquote(add["path"]))  # the protocol URL-encodes paths
         dataset = self._at(table, until_version).to_pyarrow_dataset()
-        known: set[str] = set()
-        if after_version >= 0:  # the add actions' paths are relative, as the fragments' are
-            actions = pa.table(self._at(table, after_version).get_add_actions(flatten=True))
-            known = set(actions.column("path").to_pylist())
-        fragments = [f for f in dataset.get_fragments() if f.path not in known]
-        appended = ds.FileSystemDataset(
-            fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem
+        appended = ds.dataset(
+            sorted(set(names)), schema=dataset.schema, format="parquet", filesystem=self._fs(table)
         ).to_table(columns=columns)
-        del dataset, fragments  # free delta-rs' threads now (see read_arrow)
+        del dataset  # free delta-rs' threads now (see read_arrow)
         return self.conform(appended, table, partial=columns is not None)
+
+    def _fs(self, table: str) -> pa_fs.PyFileSystem:
+        """The table's folder as a pyarrow filesystem (delta-rs' own: local or az://)."""
+        from deltalake.fs import DeltaStorageHandler
+
+        return pa_fs.PyFileSystem(DeltaStorageHandler(self.path(table), self.storage_options))
+
+    def _commit_actions(self, table: str, version: int) -> list[dict[str, Any]]:
+        """The actions of one commit, from its log entry (FileNotFoundError once cleaned up:
+        keep maintenance.log_retention_hours longer than any Event Hubs outage)."""
+        with self._fs(table).open_input_stream(f"_delta_log/{version:020d}.json") as entry:
+            text = entry.read().decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def _at(self, table: str, version: int):  # type: ignore[no-untyped-def]
         from deltalake import DeltaTable
@@ -144,3 +163,59 @@ class DeltaRsLake(Lake):
             return -1
         version = delta.transaction_version(app_id)
         return -1 if version is None else int(version)
+
+    # --- maintenance (Lake.maintain) -------------------------------------------------------
+
+    def _live_files(self, table: str) -> tuple[int, int]:
+        actions = pa.table(self._table(table).get_add_actions(flatten=True))
+        return actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0)
+
+    def _set_properties(self, table: str, policy: MaintenancePolicy) -> dict[str, str]:
+        delta = self._table(table)
+        wanted = policy.table_properties()
+        current = delta.metadata().configuration
+        changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if changed:
+            delta.alter.set_table_properties(changed)
+        return changed
+
+    def _compact(self, table: str, target_file_size: int) -> tuple[int, int]:
+        metrics = self._table(table).optimize.compact(target_size=target_file_size)
+        return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+
+    def _vacuum(self, table: str, retention_hours: float) -> int:
+        # Not "full": only files the log removed (tombstones), never a file a writer is
+        # still committing (a full vacuum would judge those by their age alone).
+        deleted = self._table(table).vacuum(
+            retention_hours=math.ceil(retention_hours),
+            dry_run=False,
+            enforce_retention_duration=False,  # the policy's retention is the one that counts
+        )
+        return len(deleted)
+
+    def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:
+        delta = self._table(table)
+        if _last_checkpoint(self._fs(table)) != delta.version():
+            delta.create_checkpoint()
+        if clean_logs:
+            delta.cleanup_metadata()  # entries older than delta.logRetentionDuration
+        return _last_checkpoint(self._fs(table)), clean_logs
+
+    def _commit_timestamp(self, table: str, version: int) -> dt.datetime | None:
+        try:
+            actions = self._commit_actions(table, version)
+        except FileNotFoundError:
+            return None
+        for action in actions:
+            if "commitInfo" in action and "timestamp" in action["commitInfo"]:
+                stamp = int(action["commitInfo"]["timestamp"])
+                return dt.datetime.fromtimestamp(stamp / 1000, dt.UTC)
+        return None
+
+
+def _last_checkpoint(fs: pa_fs.PyFileSystem) -> int | None:
+    try:
+        with fs.open_input_stream("_delta_log/_last_checkpoint") as handle:
+            return int(json.loads(handle.read().decode())["version"])
+    except FileNotFoundError:
+        return None

@@ -11,12 +11,14 @@ own, where ``SparkSession.getActiveSession()`` is None.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+import math
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pyarrow as pa
 
-from fruits.sinks.delta import Lake, Txn
+from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
@@ -93,9 +95,10 @@ class SparkDeltaLake(Lake):
     ) -> pa.Table:
         """The data files added by commits ``after_version + 1 .. until_version``, read from
         those commits' own log entries: no scan of whole table versions and no
-        ``input_file_name()`` (which Unity Catalog shared clusters refuse). As with delta-rs,
-        files rewritten by OPTIMIZE count as added again (at least once, never lost), and the
-        commits must still be in the log (keep its retention longer than any outage)."""
+        ``input_file_name()`` (which Unity Catalog shared clusters refuse). Files that OPTIMIZE
+        wrote (``dataChange=false``) are not added rows; the files they replaced are still read
+        (vacuum keeps them for the outbox, Lake.maintain). The commits must still be in the log
+        (maintenance.log_retention_hours longer than any outage)."""
         from pyspark.sql import functions as F
 
         root = self.path(table)
@@ -106,8 +109,9 @@ class SparkDeltaLake(Lake):
         actions = self.spark.read.json(commits)
         names: list[str] = []
         if "add" in actions.columns:
-            rows = actions.where(F.col("add").isNotNull()).select("add.path").collect()
-            names = [row["path"] for row in rows]
+            # dataChange=false: a compaction's rewrite of rows already added (Lake.maintain).
+            added = actions.where(F.col("add").isNotNull() & F.col("add.dataChange"))
+            names = [row["path"] for row in added.select("add.path").collect()]
         names = sorted(set(names))
         wanted = columns or SCHEMAS[table].names
         if not names:
@@ -150,3 +154,70 @@ class SparkDeltaLake(Lake):
             return False  # as delta-rs: no empty commit (a clean batch has no quarantine rows)
         rows = self.spark.createDataFrame(self.conform(data, table))
         return self.append(rows, table, txn=txn)
+
+    # --- maintenance (Lake.maintain) -------------------------------------------------------
+
+    def _delta(self, table: str):  # type: ignore[no-untyped-def]
+        from delta.tables import DeltaTable
+
+        return DeltaTable.forPath(self.spark, self.path(table))
+
+    def _live_files(self, table: str) -> tuple[int, int]:
+        detail = self._delta(table).detail().first()
+        return int(detail["numFiles"]), int(detail["sizeInBytes"])
+
+    def _set_properties(self, table: str, policy: MaintenancePolicy) -> dict[str, str]:
+        current = self._delta(table).detail().first()["properties"] or {}
+        changed = {k: v for k, v in policy.table_properties().items() if current.get(k) != v}
+        if changed:
+            settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+            self.spark.sql(f"ALTER TABLE delta.`{self.path(table)}` SET TBLPROPERTIES ({settings})")
+        return changed
+
+    def _compact(self, table: str, target_file_size: int) -> tuple[int, int]:
+        # OPTIMIZE's target size is a session setting (the same for every table here).
+        self.spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_file_size))
+        metrics = self._delta(table).optimize().executeCompaction().first()["metrics"]
+        return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+
+    def _vacuum(self, table: str, retention_hours: float) -> int:
+        # LITE: only the files the log removed, never a file a writer is still committing
+        # (FULL judges files it finds in storage by their age alone). The retention below
+        # Delta's 7-day check is the policy's decision (Lake._retention), so the check is off.
+        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        command = (
+            f"VACUUM delta.`{self.path(table)}` LITE RETAIN {math.ceil(retention_hours)} HOURS"
+        )
+        deleted = self.spark.sql(f"{command} DRY RUN").count()
+        self.spark.sql(command).collect()
+        return deleted
+
+    def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:
+        """A checkpoint of the latest version, through Delta's own ``DeltaLog`` (no public
+        Python call exists; the JVM of a classic session, as this writer needs anyway). Spark's
+        Delta drops the log entries older than delta.logRetentionDuration at its checkpoints by
+        itself, so ``clean_logs`` cannot hold them back here: the log retention must outlast
+        any Event Hubs outage (RELIABILITY.md). Where ``DeltaLog`` is not reachable (another
+        Delta build), Delta's automatic checkpoints every delta.checkpointInterval commits
+        remain, and None is reported."""
+        try:
+            jvm: Any = self.spark._jvm
+            session: Any = self.spark._jsparkSession
+            log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(session, self.path(table))
+            snapshot = log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+            log.checkpoint(snapshot, jvm.scala.Option.empty())
+            return int(snapshot.version()), False
+        except Exception:  # py4j's errors: no such class or method in this Delta build
+            return None, False
+
+    def _commit_timestamp(self, table: str, version: int) -> dt.datetime | None:
+        from pyspark.errors import AnalysisException
+        from pyspark.sql import functions as F
+
+        try:
+            actions = self.spark.read.json(f"{self.path(table)}/_delta_log/{version:020d}.json")
+            info = actions.where(F.col("commitInfo").isNotNull()).select("commitInfo.timestamp")
+            first = info.first()
+        except AnalysisException:
+            return None
+        return None if first is None else dt.datetime.fromtimestamp(first[0] / 1000, dt.UTC)

@@ -1,0 +1,238 @@
+"""Delta maintenance (compaction, vacuum, log checkpoints), for both writers, on real tables.
+
+Each test would fail if its feature broke: the small files stay, rows change, a replayed batch
+is written again, the outbox publishes a compacted row twice or loses one vacuumed too early,
+an append fails beside a compaction, or the stream's maintenance thread never runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.delta_commit import sample_predictions
+from fruits.config import Config
+from fruits.errors import ConfigError
+from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
+from fruits.sinks.delta_rs import DeltaRsLake
+from fruits.sinks.delta_spark import SparkDeltaLake
+from fruits.sinks.maintenance import BackgroundMaintenance, maintain_lake, maintenance_policy
+from fruits.sinks.tables import PREDICTIONS
+
+from .conftest import real_photos
+from .test_eventhubs import FakeHub, publisher_for
+
+NOW_POLICY = MaintenancePolicy(target_file_size=128 << 20, vacuum_retention_hours=0)
+
+
+@pytest.fixture
+def lake(request: pytest.FixtureRequest, delta_writer: str, tmp_path: Path) -> Lake:
+    """An empty lake written by each Delta writer in turn."""
+    root = str(tmp_path / "lake")
+    if delta_writer == "spark":
+        return SparkDeltaLake(root, request.getfixturevalue("spark"))
+    return DeltaRsLake(root)
+
+
+def _append_batches(lake: Lake, batches: range, *, rows: int = 2) -> None:
+    for batch in batches:
+        paths = [f"landing/{batch}-{i}.jpg" for i in range(rows)]
+        assert lake.append_arrow(sample_predictions(paths, batch), PREDICTIONS, txn=Txn("q", batch))
+
+
+def _stored_files(lake: Lake, table: str) -> set[str]:
+    """The data files in the table's folder, referenced or not (what vacuum deletes)."""
+    return {p.name for p in Path(lake.path(table)).glob("*.parquet")}
+
+
+def _sorted_rows(lake: Lake) -> list[dict[str, Any]]:
+    return lake.read_arrow(PREDICTIONS).sort_by("path").to_pylist()
+
+
+def test_maintain_compacts_small_files_keeps_the_rows_and_the_txn_skip(lake: Lake) -> None:
+    _append_batches(lake, range(12))
+    rows = _sorted_rows(lake)
+    before = len(_stored_files(lake, PREDICTIONS))
+    assert before >= 12  # at least one file per append (Spark: one per task)
+
+    result = lake.maintain(PREDICTIONS, NOW_POLICY)
+
+    assert (result.files_before, result.files_after) == (before, 1)
+    assert result.files_compacted == before and result.files_written == 1
+    assert result.files_vacuumed == before  # retention 0: the removed small files are deleted
+    assert len(_stored_files(lake, PREDICTIONS)) == 1  # only the compacted file is left
+    assert result.version_after > result.version_before and result.checkpoint_version is not None
+    assert _sorted_rows(lake) == rows  # the same rows, none lost or doubled
+    # The app transactions survive the rewrite: a replayed batch is still skipped.
+    replay = sample_predictions(["landing/5-0.jpg"], 5)
+    assert lake.append_arrow(replay, PREDICTIONS, txn=Txn("q", 5)) is False
+    _append_batches(lake, range(12, 13))
+    assert lake.read_arrow(PREDICTIONS).num_rows == 26
+    again = lake.maintain(PREDICTIONS, NOW_POLICY)
+    assert again.files_after == 1 and again.files_compacted >= 2
+
+
+def test_the_outbox_publishes_each_row_once_across_compaction_and_vacuum(
+    lake: Lake, tmp_path: Path
+) -> None:
+    hub = FakeHub()
+    publisher = publisher_for(tmp_path, hub, lake=lake)  # type: ignore[arg-type]
+    _append_batches(lake, range(6))
+    assert publisher.publish_pending().published == 12
+    cursor = publisher.publish_pending().cursor
+    _append_batches(lake, range(6, 12))  # not published yet (say, Event Hubs is down)
+    stored = _stored_files(lake, PREDICTIONS)  # the 6 published files and the 6 others
+    keep = dataclasses.replace(NOW_POLICY, keep_from_version=cursor + 1)
+
+    result = lake.maintain(PREDICTIONS, keep)
+
+    # Compacted into one file, but the unpublished batches' removed files stay on storage,
+    # however short the configured retention: the outbox reads them by version.
+    assert result.files_after == 1 and result.files_compacted == len(stored)
+    assert result.files_vacuumed == 0 and result.vacuum_retention_hours >= 1
+    assert stored < _stored_files(lake, PREDICTIONS)
+    assert publisher.publish_pending().published == 12
+    assert publisher.publish_pending().published == 0  # the compaction's rows are not new
+    ids = hub.event_ids()
+    assert len(ids) == len(set(ids)) == 24  # every row once: no duplicate, none lost
+
+    # Everything published: now the removed files go, and nothing is published again.
+    head = lake.version(PREDICTIONS)
+    result = lake.maintain(PREDICTIONS, dataclasses.replace(NOW_POLICY, keep_from_version=head + 1))
+    assert result.files_vacuumed == len(stored) and len(_stored_files(lake, PREDICTIONS)) == 1
+    _append_batches(lake, range(12, 13))
+    assert publisher.publish_pending().published == 2
+    assert len(hub.event_ids()) == len(set(hub.event_ids())) == 26
+
+
+def test_appends_keep_committing_while_maintenance_runs(lake: Lake) -> None:
+    _append_batches(lake, range(3))
+    errors: list[BaseException] = []
+    passes = 0
+    stop = threading.Event()
+
+    def maintain() -> None:
+        nonlocal passes
+        try:
+            while not stop.is_set():
+                lake.maintain(PREDICTIONS, NOW_POLICY)
+                passes += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=maintain)
+    thread.start()
+    try:
+        _append_batches(lake, range(3, 23))  # each asserts that its append committed
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == [] and passes >= 1
+    rows = lake.read_arrow(PREDICTIONS)
+    paths = rows.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 46
+    assert sorted(set(rows.column("batch_id").to_pylist())) == list(range(23))
+
+
+def test_maintain_lake_maintains_every_table_and_protects_the_outbox(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, FRUITS__EVENTHUB__ENABLED="true")
+    lake = DeltaRsLake(config.path("lake"))
+    _append_batches(lake, range(4))
+    # No event published yet: the whole table is protected (version 0 on).
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == 0
+    results = {r.table: r for r in maintain_lake(config, lake=lake)}
+    assert set(results) == {"features", "predictions", "quarantine", "eventhub_outbox"}
+    assert results["features"].version_before == -1  # not created: nothing done
+    assert results["predictions"].files_after == 1
+    assert results["predictions"].files_vacuumed == 0  # 168 h, and the outbox's own floor
+    with pytest.raises(ValueError, match="no table 'nope'"):
+        maintain_lake(config, lake=lake, tables=["nope"])
+
+
+def test_fruits_maintain_prints_a_json_summary_and_sets_the_table_properties(
+    make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from fruits.cli import main
+
+    config = make_config(tmp_path)
+    lake = DeltaRsLake(config.path("lake"))
+    _append_batches(lake, range(5))
+    for name, value in {
+        "FRUITS_ROOT": str(tmp_path),
+        "FRUITS_WEIGHTS": config.featurizer.weights,
+        "FRUITS__MAINTENANCE__VACUUM_RETENTION_HOURS": "0",
+        "FRUITS__MAINTENANCE__LOG_RETENTION_HOURS": "48",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["maintain", "--table", "predictions"]) == 0
+    out = capsys.readouterr()
+    (summary,) = json.loads(out.out.splitlines()[-1])["tables"]
+    assert summary["table"] == "predictions"
+    assert (summary["files_before"], summary["files_after"], summary["files_vacuumed"]) == (5, 1, 5)
+    assert summary["properties_set"]["delta.logRetentionDuration"] == "interval 48 hours"
+    assert "predictions: files 5 -> 1" in out.err
+    configuration = lake._table(PREDICTIONS).metadata().configuration
+    assert configuration["delta.checkpointInterval"] == "100"
+    assert main(["maintain", "--table", "predictions"]) == 0  # properties already set
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])["tables"][0]
+    assert again["properties_set"] == {} and again["files_compacted"] == 0
+
+
+def test_bad_maintenance_config_fails_with_one_line(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match=r"maintenance\.every_batches"):
+        make_config(FRUITS__MAINTENANCE__EVERY_BATCHES="0")
+
+
+# --- the stream's maintenance thread ----------------------------------------------------------
+
+
+@pytest.fixture
+def maintenance(stream_config: Config) -> Iterator[BackgroundMaintenance]:
+    """The stream's background maintenance, every 2 batches, vacuuming at once."""
+    settings = dataclasses.replace(
+        stream_config.maintenance, every_batches=2, every_minutes=60, vacuum_retention_hours=0
+    )
+    worker = BackgroundMaintenance(dataclasses.replace(stream_config, maintenance=settings))
+    worker.start()
+    yield worker
+    worker.close()
+
+
+@pytest.fixture
+def on_batch(maintenance: BackgroundMaintenance) -> Any:
+    """memory_query's hook: the maintenance counter, as run_stream wires it."""
+    return maintenance.after_batch
+
+
+@pytest.mark.spark
+def test_the_streams_maintenance_runs_every_two_batches_and_the_tables_stay_right(
+    memory_query: Any, stream_config: Config, maintenance: BackgroundMaintenance
+) -> None:
+    import datetime as dt
+
+    feed, query, step = memory_query
+    photos = real_photos("Test", "Kiwi", 5)
+    for photo in photos[:4]:
+        feed.add([(f"mem://Kiwi/{photo.name}", photo.read_bytes(), dt.datetime.now(dt.UTC))])
+        query.processAllAvailable()
+    assert maintenance.wait_for_runs(2, timeout_s=120)
+    assert maintenance.failures == 0
+    lake = DeltaRsLake(stream_config.path("lake"))
+    last = {r.table: r for r in maintenance.last}
+    assert last[PREDICTIONS].files_after == 1 and last[PREDICTIONS].files_compacted >= 2
+    assert len(_stored_files(lake, PREDICTIONS)) == 1
+    # The stream goes on after maintenance: a new batch, and nothing replayed twice.
+    photo = photos[4]
+    feed.add([(f"mem://Kiwi/{photo.name}", photo.read_bytes(), dt.datetime.now(dt.UTC))])
+    query.processAllAvailable()
+    paths = lake.read_arrow(PREDICTIONS).column("path").to_pylist()
+    assert sorted(paths) == sorted(f"mem://Kiwi/{p.name}" for p in photos)
+    assert query.isActive and not any(o.replayed for o in step.outcomes.values())
