@@ -83,7 +83,7 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Decoded:
-    """An RGB photo resized to the model's input, values still in 0..255."""
+    """An RGB photo fitted into the model's square input, values still in 0..255."""
 
     pixels: np.ndarray  # (size, size, 3) float32
     width: int  # original size, after EXIF rotation

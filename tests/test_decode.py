@@ -143,7 +143,7 @@ def test_a_wide_photo_is_fitted_on_white_bands_not_stretched() -> None:
     assert columns[:20].min() == 255 and columns[20:40].max() == 0 and columns[40:].min() == 255
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "HEIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF"])
 def test_exif_orientation_gives_the_upright_pixels(fmt: str) -> None:
     # Upright: a real photo over a red top band; stored turned a quarter to the left with
     # orientation 6 ("turn 90 degrees clockwise to display"), as a phone held sideways saves it.
