@@ -101,7 +101,8 @@ class FeaturizerConfig:
 
 @dataclass(frozen=True)
 class ImagesConfig:
-    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "webp")
+    # azurite.yaml and databricks.yaml take this default (local.yaml lists the same).
+    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "webp", "heic", "heif", "avif")
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
 

@@ -3,17 +3,28 @@
 A photo either becomes a ``(size, size, 3)`` float32 array ready for InceptionV3, or a
 :class:`Rejection` with a short reason code. Nothing here raises on bad bytes, and the pixel
 limit is checked from the header, before the full decode, so a decompression bomb costs nothing.
+
+Photos as phones send them: JPEG (and MPO, the multi-picture JPEG: its first picture), PNG, GIF,
+WebP, HEIC/HEIF (pillow-heif, registered when this module is imported, so in every process that
+decodes, Spark's Python workers included) and AVIF (Pillow's own plugin). The format comes from
+the bytes, never the name. EXIF orientation is applied, an embedded ICC profile is converted to
+sRGB, and the photo is fitted into the model's square input keeping its aspect ratio, centred on
+the Fruits-360 white background. A square photo is resized exactly as before (a 100x100
+Fruits-360 photo at a 100x100 input is untouched), so models trained earlier keep their accuracy.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "REASONS",
@@ -22,6 +33,7 @@ __all__ = [
     "Rejection",
     "decode_batch",
     "decode_image",
+    "fit_square",
     "preprocess_input",
 ]
 
@@ -40,6 +52,21 @@ REASONS = {
 
 # We enforce our own pixel limit before decoding; Pillow's global one would raise elsewhere.
 Image.MAX_IMAGE_PIXELS = None
+# HEIC/HEIF through Pillow's Image.open, once per process (importing this module is enough: the
+# featurizer's UDF imports it in each Spark Python worker). Thumbnails are not needed. AVIF is
+# Pillow's own plugin (Pillow >= 11.2).
+pillow_heif.register_heif_opener(thumbnails=False)
+
+# The dataset's background: padding around a photo that is not square, and under transparency.
+WHITE = (255, 255, 255)
+# Pillow's resize first shrinks by an integer factor (fast box filter) when the photo is at
+# least this many times the target; below it, the plain bilinear resize of the earlier versions.
+_REDUCING_GAP = 3.0
+_ORIENTATION = 0x0112
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+# ISO-BMFF brands of still images (HEIF family and AVIF): "ftyp" box at offset 4.
+_BMFF_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_BMFF_IMAGE_BRANDS |= {b"avif", b"avis", b"avio"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +83,7 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Decoded:
-    """An RGB photo resized to the model's input, values still in 0..255."""
+    """An RGB photo fitted into the model's square input, values still in 0..255."""
 
     pixels: np.ndarray  # (size, size, 3) float32
     width: int  # original size, after EXIF rotation
@@ -73,10 +100,8 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
         return Rejection("too_large_bytes", f"{len(data)} bytes > {limits.max_bytes}")
     try:
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        return Rejection("not_an_image", _describe_magic(data))
     except Exception as exc:  # Pillow raises many types on hostile headers
-        return Rejection("not_an_image", _short(exc))
+        return _unopenable(data, exc)
     width, height = image.size
     if width <= 0 or height <= 0:
         return Rejection("zero_pixels", f"{width}x{height}")
@@ -85,17 +110,37 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            orientation = _orientation(image)
+            _decode_reduced(image, size)
             image.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
+            upright = ImageOps.exif_transpose(image) or image
+            rgb = _to_rgb(_to_srgb(upright))
     except _UnsupportedMode as exc:
         return Rejection("unsupported_mode", str(exc))
     except Exception as exc:  # truncated streams, bad Huffman tables, broken chunks...
-        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        reason = "truncated" if _looks_truncated(data, exc) else "corrupt"
         return Rejection(reason, _short(exc))
-    width, height = rgb.size  # after EXIF rotation
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return Decoded(pixels=np.asarray(rgb, dtype=np.float32), width=width, height=height)
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the photo is displayed on its side
+        width, height = height, width
+    return Decoded(
+        pixels=np.asarray(fit_square(rgb, size), dtype=np.float32), width=width, height=height
+    )
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """``image`` fitted into ``size`` x ``size``: scaled so its longer side is ``size``, centred
+    on white. A square image is only resized (the Fruits-360 photos' path since the start)."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    if width == height:
+        return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
+    scale = size / max(width, height)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = image.resize(fitted, Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
+    canvas = Image.new("RGB", (size, size), WHITE)
+    canvas.paste(resized, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
+    return canvas
 
 
 def decode_batch(
@@ -135,6 +180,93 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV"):
         return image.convert("RGB")
     raise _UnsupportedMode(f"pixel mode {mode}")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1: upright). pillow-heif applies HEIF's own rotation and
+    reports 1 here."""
+    try:
+        return int(image.getexif().get(_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block: the photo is shown as stored
+        return 1
+
+
+def _decode_reduced(image: Image.Image, size: int) -> None:
+    """For a JPEG at least twice the model's input, let libjpeg decode at 1/2, 1/4 or 1/8 scale
+    (its DCT scaling), never below the size the fit needs: a 12 Mpx photo costs a fraction of its
+    full decode. Smaller photos, and other formats, decode in full (same pixels as before)."""
+    width, height = image.size
+    if image.format not in ("JPEG", "MPO") or max(width, height) < 2 * size:
+        return
+    scale = size / max(width, height)
+    image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Pixels described by an embedded ICC profile (Adobe RGB, Display P3 from iPhones, a CMYK
+    press profile...) converted to sRGB, the colours the model was trained on. A profile that
+    cannot be read, or does not fit the pixel mode, is ignored: the pixels are used as they are."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return image  # already sRGB: skip a transform that would change nothing
+        space = profile.profile.xcolor_space.strip()
+        modes = {"RGB": ("RGB", "RGBA"), "CMYK": ("CMYK",), "GRAY": ("L",)}.get(space, ())
+        if image.mode not in modes:
+            return image
+        out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode=out_mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image
+    return converted if converted is not None else image
+
+
+def _unopenable(data: bytes, exc: BaseException) -> Rejection:
+    """Pillow found no format that opens these bytes. A HEIF/AVIF container cut short fails here
+    already (its boxes are parsed on opening): ``truncated``; a damaged one ``corrupt``."""
+    brand = _bmff_image_brand(data)
+    if brand is None:
+        detail = _describe_magic(data) if isinstance(exc, UnidentifiedImageError) else _short(exc)
+        return Rejection("not_an_image", detail)
+    if _bmff_runs_past_end(data):
+        return Rejection("truncated", f"{brand} file whose boxes run past its {len(data)} bytes")
+    return Rejection("corrupt", f"{brand} file whose container cannot be read")
+
+
+def _bmff_image_brand(data: bytes) -> str | None:
+    """The major brand of a HEIF/AVIF file (``heic``, ``avif``...), None for other bytes."""
+    if data[4:8] != b"ftyp" or data[8:12] not in _BMFF_IMAGE_BRANDS:
+        return None
+    return data[8:12].decode("ascii")
+
+
+def _bmff_runs_past_end(data: bytes) -> bool:
+    """Whether the top-level boxes of an ISO-BMFF file declare more bytes than there are."""
+    offset = 0
+    while offset + 8 <= len(data):
+        size = struct.unpack_from(">I", data, offset)[0]
+        header = 8
+        if size == 1:  # a 64-bit size follows the type
+            if offset + 16 > len(data):
+                return True
+            size = struct.unpack_from(">Q", data, offset + 8)[0]
+            header = 16
+        elif size == 0:  # the last box, up to the end of the file
+            return False
+        if size < header:
+            return False  # not a box: damaged, not cut
+        offset += size
+    return offset > len(data)
+
+
+def _looks_truncated(data: bytes, exc: BaseException) -> bool:
+    text = str(exc).lower()
+    if "truncated" in text or "end of file" in text:
+        return True
+    return _bmff_image_brand(data) is not None and _bmff_runs_past_end(data)
 
 
 def _describe_magic(data: bytes) -> str:

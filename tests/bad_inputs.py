@@ -13,9 +13,12 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 from .conftest import real_photos
+
+pillow_heif.register_heif_opener()  # saving HEIF here; fruits.decode registers it for reading
 
 PREDICTED = "predicted"
 
@@ -45,6 +48,70 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
 
 
+def adobe_rgb_icc() -> bytes:
+    """An ICC v2 display profile with Adobe RGB (1998)'s primaries and gamma (563/256), written
+    field by field (no profile file ships with Pillow or this machine): a photo tagged with it
+    holds more saturated colours than the same numbers in sRGB."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    text = b"Adobe RGB (1998) compatible, test"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text) + 1) + text + b"\0"
+    desc += struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67
+    gamma = b"curv\0\0\0\0" + struct.pack(">IH", 1, 563) + b"\0\0"
+    tags = [
+        (b"desc", desc),
+        (b"cprt", b"text\0\0\0\0no copyright, test data\0"),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        # The primaries adapted to ICC's D50 connection space (Bradford), as Adobe publishes.
+        (b"rXYZ", xyz(0.60974, 0.31111, 0.01947)),
+        (b"gXYZ", xyz(0.20528, 0.62567, 0.06087)),
+        (b"bXYZ", xyz(0.14919, 0.06322, 0.74457)),
+        (b"rTRC", gamma),
+        (b"gTRC", gamma),
+        (b"bTRC", gamma),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = struct.pack(">4sI", b"none", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+    header += b"\0" * 24 + struct.pack(">I", 0) + xyz(0.9642, 1.0, 0.8249)[8:] + b"\0" * 48
+    profile = header + struct.pack(">I", len(tags)) + table + body
+    return struct.pack(">I", len(profile) + 4) + profile
+
+
+def heif(image: Image.Image, **options: object) -> bytes:
+    """HEIC as an iPhone writes it (HEVC in HEIF), through pillow-heif."""
+    return _save(image, "HEIF", quality=90, **options)
+
+
+def avif(image: Image.Image) -> bytes:
+    return _save(image, "AVIF", quality=90)
+
+
+def twelve_megapixels(photo: Image.Image) -> bytes:
+    """A 4000x3000 JPEG, a phone camera's size: ``photo`` upscaled to 3000x3000 and centred on
+    the white of the dataset's background."""
+    canvas = Image.new("RGB", (4000, 3000), (255, 255, 255))
+    canvas.paste(photo.resize((3000, 3000), Image.Resampling.BICUBIC), (500, 0))
+    return _save(canvas, "JPEG", quality=90)
+
+
+def heif_declaring(width: int, height: int) -> bytes:
+    """A small real HEIC whose header (its ``ispe`` box) declares ``width`` x ``height``."""
+    data = bytearray(heif(Image.new("RGB", (64, 64), (200, 120, 40))))
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, width, height)
+    return bytes(data)
+
+
 def corpus() -> list[Case]:
     photo_path = real_photos("Test", "Kiwi", 1)[0]
     jpeg = photo_path.read_bytes()
@@ -54,7 +121,10 @@ def corpus() -> list[Case]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
-    big = Image.fromarray(np.full((3000, 4000, 3), 250, dtype=np.uint8))  # 12 Mpx, white
+    panorama = Image.new("RGB", (4000, 800), (255, 255, 255))
+    for left in range(0, 4000, 800):
+        panorama.paste(photo.resize((800, 800)), (left, 0))
+    heic, avif_bytes = heif(photo), avif(photo)
     grey16 = Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257), "I;16")
     return [
         Case("empty.jpg", b"", "empty", "zero bytes: an upload that never got its content"),
@@ -119,10 +189,52 @@ def corpus() -> list[Case]:
             "decompression bomb: 40 Gpx declared in 60 bytes, refused from the header",
         ),
         Case(
-            "huge-valid.jpg",
-            _save(big, "JPEG", quality=50),
+            "12mp-photo.jpg",
+            twelve_megapixels(photo),
             PREDICTED,
-            "a 12 Mpx panorama-size photo under the pixel limit: decoded and resized",
+            "a 4000x3000 phone photo: decoded at 1/8 scale (JPEG draft), fitted, not stretched",
+        ),
+        Case(
+            "panorama.JPG",
+            _save(panorama, "JPEG", quality=85),
+            PREDICTED,
+            "a 4000x800 panorama (upper-case extension): fitted into a white band, not squashed",
+        ),
+        Case("phone.heic", heif(photo), PREDICTED, "HEIC, the iPhone camera's default"),
+        Case("alpha.HEIF", heif(rgba), PREDICTED, "HEIF with alpha: composited on white"),
+        Case("phone.avif", avif(photo), PREDICTED, "AVIF (Android, the web): Pillow's plugin"),
+        Case(
+            "stereo.mpo",
+            _save(photo, "MPO", save_all=True, append_images=[frames[1]]),
+            PREDICTED,
+            "multi-picture JPEG (phones' depth or burst shots): its first picture",
+        ),
+        Case(
+            "adobe-rgb.jpg",
+            _save(photo, "JPEG", icc_profile=adobe_rgb_icc()),
+            PREDICTED,
+            "an Adobe RGB ICC profile: converted to sRGB",
+        ),
+        Case("jpeg-inside.heic", jpeg, PREDICTED, "a JPEG named .heic: the bytes decide"),
+        Case("jpeg-inside.avif", jpeg, PREDICTED, "a JPEG named .avif: the bytes decide"),
+        Case("empty.heic", b"", "empty", "zero bytes under a phone format's name"),
+        Case(
+            "truncated.heic",
+            heic[: len(heic) // 2],
+            "truncated",
+            "HEIC cut half-way: its boxes declare more bytes than there are",
+        ),
+        Case(
+            "truncated.avif",
+            avif_bytes[: len(avif_bytes) // 2],
+            "truncated",
+            "AVIF cut half-way: Pillow cannot open it; its boxes run past the end",
+        ),
+        Case(
+            "bomb.heic",
+            heif_declaring(10_000, 10_000),
+            "too_many_pixels",
+            "a 6 kB HEIC declaring 100 Mpx: refused from its header (ispe box)",
         ),
         Case(
             "zero.png",

@@ -268,7 +268,10 @@ def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> N
     assert queue["cloudFiles.backfillInterval"] == config.stream.backfill_interval
     assert options["cloudFiles.maxFilesPerTrigger"] == str(config.stream.max_files_per_trigger)
     assert options["cloudFiles.schemaLocation"].endswith("/ck/predictions/schema")
-    assert options["pathGlobFilter"].startswith("*.{") and "JPG" in options["pathGlobFilter"]
+    assert (
+        options["pathGlobFilter"].startswith("*.{") and "[jJ][pP][gG]" in options["pathGlobFilter"]
+    )
+    assert "[hH][eE][iI][cC]" in options["pathGlobFilter"]
     listing = autoloader_options(
         load_config(
             PROJECT / "conf" / "databricks.yaml", environ={"FRUITS__STREAM__DISCOVERY": "listing"}

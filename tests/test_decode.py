@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits.decode import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
+from fruits.decode import (
+    Decoded,
+    ImageLimits,
+    Rejection,
+    _decode_reduced,
+    decode_image,
+    fit_square,
+    preprocess_input,
+)
 
-from .conftest import real_photos
+from .bad_inputs import adobe_rgb_icc, avif, heif, heif_declaring, twelve_megapixels
+from .conftest import KNOWN_CLASSES, real_photos
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000)
 
@@ -93,3 +102,127 @@ def test_other_pixel_modes_convert(mode: str) -> None:
     result = decode_image(buffer.getvalue(), size=16, limits=LIMITS)
     assert isinstance(result, Decoded)
     assert result.pixels.shape == (16, 16, 3)
+
+
+def _saved(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _decoded(data: bytes, size: int, limits: ImageLimits = LIMITS) -> Decoded:
+    result = decode_image(data, size=size, limits=limits)
+    assert isinstance(result, Decoded), result
+    return result
+
+
+def _photo(label: str = "Kiwi") -> Image.Image:
+    return Image.open(real_photos("Test", label, 1)[0]).convert("RGB")
+
+
+@pytest.mark.parametrize("size", [100, 128])
+def test_fruits360_photos_decode_to_the_same_pixels_as_before(size: int) -> None:
+    # Before aspect fitting, a photo was converted to RGB and resized (bilinear) to the square
+    # input; a square photo must still give exactly those pixels, or trained models would drift.
+    for label in KNOWN_CLASSES:
+        for path in real_photos("Test", label, 3):
+            rgb = Image.open(path).convert("RGB")
+            before = rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BILINEAR)
+            decoded = _decoded(path.read_bytes(), size)
+            assert np.array_equal(decoded.pixels, np.asarray(before, dtype=np.float32)), path
+
+
+def test_a_wide_photo_is_fitted_on_white_bands_not_stretched() -> None:
+    red = Image.new("RGB", (200, 100), (220, 30, 30))
+    decoded = _decoded(_png(red), 100)
+    assert (decoded.width, decoded.height) == (200, 100)
+    assert np.all(decoded.pixels[:25] == 255.0) and np.all(decoded.pixels[75:] == 255.0)
+    assert np.all(decoded.pixels[25:75] == np.array([220, 30, 30], dtype=np.float32))
+    tall = fit_square(Image.new("RGB", (30, 90), (0, 0, 0)), 60)  # 20x60, centred
+    columns = np.asarray(tall)[:, :, 0].min(axis=0)
+    assert columns[:20].min() == 255 and columns[20:40].max() == 0 and columns[40:].min() == 255
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF"])
+def test_exif_orientation_gives_the_upright_pixels(fmt: str) -> None:
+    # Upright: a real photo over a red top band; stored turned a quarter to the left with
+    # orientation 6 ("turn 90 degrees clockwise to display"), as a phone held sideways saves it.
+    upright = Image.new("RGB", (100, 150), (255, 255, 255))
+    upright.paste(Image.new("RGB", (100, 50), (230, 20, 20)), (0, 0))
+    upright.paste(_photo(), (0, 50))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # 150x100
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _saved(stored, fmt, exif=exif.tobytes(), quality=95)
+    decoded = _decoded(data, 150)
+    assert (decoded.width, decoded.height) == (100, 150)
+    expected = np.asarray(fit_square(upright, 150), dtype=np.float32)
+    assert np.abs(decoded.pixels - expected).mean() < 4  # lossy codecs: a few levels
+    top_band = decoded.pixels[5:40, 35:115]
+    assert top_band[..., 0].mean() > 200 and top_band[..., 1].mean() < 60  # red is on top
+    ignored = np.asarray(fit_square(stored, 150), dtype=np.float32)
+    assert np.abs(decoded.pixels - ignored).mean() > 20  # the tag really changed the pixels
+
+
+def test_an_icc_profile_is_converted_to_srgb() -> None:
+    # (180, 100, 60) in Adobe RGB is (203, 100, 55) in sRGB, computed here with the standard
+    # matrices (Adobe RGB -> XYZ -> sRGB, both D65) and transfer curves, not with Pillow.
+    colour = np.array([180, 100, 60]) / 255.0
+    adobe_to_xyz = np.array(
+        [[0.5767309, 0.1855540, 0.1881852], [0.2973769, 0.6273491, 0.0752741],
+         [0.0270343, 0.0706872, 0.9911085]]
+    )  # fmt: skip
+    xyz_to_srgb = np.array(
+        [[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
+         [0.0556434, -0.2040259, 1.0572252]]
+    )  # fmt: skip
+    linear = np.clip(xyz_to_srgb @ adobe_to_xyz @ colour ** (563 / 256), 0, 1)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    image = Image.new("RGB", (16, 16), (180, 100, 60))
+    for fmt in ("PNG", "TIFF"):
+        decoded = _decoded(_saved(image, fmt, icc_profile=adobe_rgb_icc()), 16)
+        assert np.abs(decoded.pixels[8, 8] - srgb * 255).max() < 1.5, fmt
+    untagged = _decoded(_saved(image, "PNG"), 16)
+    assert untagged.pixels[8, 8].tolist() == [180.0, 100.0, 60.0]
+
+
+def test_an_mpo_gives_its_first_picture() -> None:
+    photo = _photo()
+    flipped = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mpo = _saved(photo, "MPO", save_all=True, append_images=[flipped])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    first = _decoded(_saved(photo, "JPEG"), 100).pixels
+    assert np.array_equal(_decoded(mpo, 100).pixels, first)
+
+
+@pytest.mark.parametrize("encode", [heif, avif], ids=["heic", "avif"])
+def test_heic_and_avif_decode_to_the_photo(encode: object) -> None:
+    photo = _photo("Banana")
+    data = encode(photo)  # type: ignore[operator]
+    decoded = _decoded(data, 100)
+    assert (decoded.width, decoded.height) == (100, 100)
+    assert np.abs(decoded.pixels - np.asarray(photo, dtype=np.float32)).mean() < 4
+    truncated = decode_image(data[: len(data) // 2], size=100, limits=LIMITS)
+    assert isinstance(truncated, Rejection) and truncated.reason == "truncated"
+
+
+def test_a_heic_bomb_is_rejected_from_its_header() -> None:
+    result = decode_image(heif_declaring(10_000, 10_000), size=99, limits=LIMITS)
+    assert isinstance(result, Rejection) and result.reason == "too_many_pixels"
+    assert "10000x10000" in result.detail
+
+
+def test_a_12_megapixel_jpeg_is_decoded_reduced_and_matches_the_full_decode() -> None:
+    data = twelve_megapixels(_photo())
+    limits = ImageLimits(max_bytes=20_000_000, max_pixels=40_000_000)
+    decoded = _decoded(data, 100, limits)
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    full = fit_square(Image.open(io.BytesIO(data)).convert("RGB"), 100)  # no draft
+    assert np.abs(decoded.pixels - np.asarray(full, dtype=np.float32)).mean() < 3
+    # 4000x3000 fitted to 100x75: white bands above and below the photo.
+    assert decoded.pixels[:12].min() == 255.0 and decoded.pixels[88:].min() == 255.0
+    # libjpeg decoded it at 1/8 scale (500x375, still above the 100x75 the fit needs).
+    image = Image.open(io.BytesIO(data))
+    _decode_reduced(image, 100)
+    image.load()
+    assert image.size == (500, 375)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fnmatch
 import json
+import re
 from pathlib import Path
 
+import pytest
+
 from fruits.azure import BlobInfo
+from fruits.config import load_config
 from fruits.sources.discovery import DiscoveryState
 from fruits.sources.events import parse_blob_events
-from fruits.sources.names import NameFilter
+from fruits.sources.names import NameFilter, content_type, extension_glob, has_extension
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -117,3 +122,30 @@ def test_name_filter_extensions_hidden_names_and_globs() -> None:
     assert not accept("photos/")
     only_img = NameFilter(["jpg"], glob="IMG_{1,2}*")
     assert only_img("x/IMG_1.jpg") and only_img("IMG_22.jpg") and not only_img("x/IMG_3.jpg")
+
+
+PHONE_NAMES = ("IMG_0001.HEIC", "IMG_0002.heic", "IMG_0003.Heic", "a.HEIF", "b.avif", "c.AVIF")
+
+
+@pytest.mark.parametrize("name", ["local", "azurite", "databricks"])
+def test_every_config_discovers_phone_formats_in_any_case(name: str) -> None:
+    extensions = load_config(name, environ={}).images.extensions
+    assert {"heic", "heif", "avif", "jpg"} <= set(extensions)
+    accept = NameFilter(extensions)
+    alternatives = re.fullmatch(r"\*\.\{(.*)\}", extension_glob(extensions))
+    assert alternatives, extension_glob(extensions)
+    globs = [f"*.{alt}" for alt in alternatives.group(1).split(",")]
+    for photo in (*PHONE_NAMES, "x.JPG", "x.Jpg", "x.jpeg", "x.PNG"):
+        assert accept(f"landing/{photo}") and has_extension(photo, extensions), photo
+        # Hadoop's glob (file source, Auto Loader): fnmatch reads [jJ] classes the same way.
+        assert any(fnmatch.fnmatchcase(photo, g) for g in globs), photo
+    for other in ("x.txt", "x.heics", "heic", "x.mov"):
+        assert not accept(other) and not any(fnmatch.fnmatchcase(other, g) for g in globs)
+
+
+def test_content_types_of_phone_formats() -> None:
+    assert content_type("a/IMG_1.HEIC") == "image/heic"
+    assert content_type("IMG_1.heif") == "image/heif"
+    assert content_type("x.Avif") == "image/avif"
+    assert content_type("x.JPG") == "image/jpeg" and content_type("x.webp") == "image/webp"
+    assert content_type("notes.bin") == "application/octet-stream"

@@ -46,6 +46,8 @@ def test_listing_finds_what_spark_reads_without_reading_it(
     folder = copy_tree(tmp_path / "Training", "Training", KNOWN_CLASSES[:2], 3)
     one = next((folder / KNOWN_CLASSES[0]).glob("*.jpg"))
     shutil.copy(one, folder / KNOWN_CLASSES[0] / "UPPER CASE.JPG")
+    shutil.copy(one, folder / KNOWN_CLASSES[0] / "Mixed Case.Jpg")  # Hadoop's glob, any case
+    shutil.copy(one, folder / KNOWN_CLASSES[1] / "phone.Heic")  # a JPEG named .Heic: discovered
     shutil.copy(one, folder / KNOWN_CLASSES[0] / ".hidden.jpg")
     shutil.copy(one, folder / KNOWN_CLASSES[0] / "_hidden.jpg")
     (folder / KNOWN_CLASSES[1] / "notes.txt").write_text("not a photo")
@@ -65,7 +67,7 @@ def test_listing_finds_what_spark_reads_without_reading_it(
     assert [(p.path, p.label, p.size_bytes, p.modified_us) for p in listed] == sorted(
         (r.path, r.label, r.length, r.us) for r in spark_rows
     )
-    assert len(listed) == 2 * 3 + 1
+    assert len(listed) == 2 * 3 + 3
 
 
 def test_each_photo_is_read_once_and_found_by_path_size_and_time(

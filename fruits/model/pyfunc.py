@@ -203,7 +203,16 @@ def _requirements() -> list[str]:
     the model in a child process at every training)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "pyarrow", "pyyaml")
+    names = (
+        "mlflow",
+        "onnxruntime",
+        "numpy",
+        "pandas",
+        "pillow",
+        "pillow-heif",
+        "pyarrow",
+        "pyyaml",
+    )
     pinned = []
     for name in names:
         try:

@@ -11,13 +11,40 @@ import mimetypes
 import re
 from collections.abc import Sequence
 
-__all__ = ["NameFilter", "content_type", "extension_glob"]
+__all__ = ["NameFilter", "content_type", "extension_glob", "has_extension"]
+
+# MIME types of the photo formats, by extension: Python's mimetypes lacks HEIC/HEIF (and AVIF
+# before 3.13), and the app reads the type from the blob and the event.
+_PHOTO_TYPES = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "heic": "image/heic",
+    "heif": "image/heif",
+    "avif": "image/avif",
+}
 
 
 def extension_glob(extensions: Sequence[str]) -> str:
-    """``*.{jpg,JPG,...}``: Hadoop globs are case sensitive, phones write both cases."""
-    variants = sorted({v for ext in extensions for v in (ext.lower(), ext.upper())})
+    """``*.{[jJ][pP][gG],...}``: Hadoop globs are case sensitive, and phones and cameras write
+    ``jpg``, ``JPG``, ``Heic``...: every letter in either case."""
+    variants = sorted({_either_case(_bare(ext)) for ext in extensions})
     return "*.{" + ",".join(variants) + "}"
+
+
+def has_extension(name: str, extensions: Sequence[str]) -> bool:
+    """Whether ``name`` ends with one of ``extensions``, in any case (``extension_glob``'s rule)."""
+    return name.lower().endswith(tuple(f".{_bare(e)}" for e in extensions))
+
+
+def _bare(extension: str) -> str:
+    return extension.lower().lstrip(".")
+
+
+def _either_case(extension: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in extension)
 
 
 class NameFilter:
@@ -25,14 +52,14 @@ class NameFilter:
     name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source."""
 
     def __init__(self, extensions: Sequence[str], glob: str | None = None) -> None:
-        self._extensions = tuple(f".{e.lower().lstrip('.')}" for e in extensions)
+        self._extensions = tuple(extensions)
         self._globs = _expand_braces(glob) if glob else []
 
     def __call__(self, name: str) -> bool:
         base = name.rsplit("/", 1)[-1]
         if not base or base.startswith((".", "_")):
             return False
-        if not base.lower().endswith(self._extensions):
+        if not has_extension(base, self._extensions):
             return False
         return not self._globs or any(fnmatch.fnmatchcase(base, g) for g in self._globs)
 
@@ -48,7 +75,8 @@ def _expand_braces(pattern: str) -> list[str]:
 
 def content_type(name: str) -> str:
     """The MIME type a photo's name implies (set on uploaded blobs, and in Event Grid events)."""
+    extension = name.rsplit("/", 1)[-1].rpartition(".")[2].lower()
+    if extension in _PHOTO_TYPES:
+        return _PHOTO_TYPES[extension]
     guessed, _ = mimetypes.guess_type(name)
-    if name.lower().endswith(".webp"):
-        return "image/webp"
     return guessed or "application/octet-stream"

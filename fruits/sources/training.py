@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from fruits.config import is_url
 from fruits.errors import DataError
-from fruits.sources.names import extension_glob
+from fruits.sources.names import extension_glob, has_extension
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -107,15 +107,14 @@ def _hidden(name: str) -> bool:
 
 def _list_folder(location: str, images: ImagesConfig) -> list[PhotoFile]:
     # The same files as binaryFile's recursive lookup with extension_glob: an extension in
-    # lower or upper case, hidden files and folders skipped; paths in Hadoop's form, with
-    # its millisecond modification times.
-    suffixes = tuple(sorted({f".{v}" for e in images.extensions for v in (e.lower(), e.upper())}))
+    # any case, hidden files and folders skipped; paths in Hadoop's form, with its millisecond
+    # modification times.
     photos = []
     for folder, subfolders, files in os.walk(os.path.abspath(location), followlinks=True):
         subfolders[:] = [d for d in subfolders if not _hidden(d)]
         label = os.path.basename(folder)
         for name in files:
-            if _hidden(name) or not name.endswith(suffixes):
+            if _hidden(name) or not has_extension(name, images.extensions):
                 continue
             path = os.path.join(folder, name)
             try:
