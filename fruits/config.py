@@ -448,6 +448,12 @@ def _validate_maintenance(maintenance: MaintenanceConfig) -> None:
     for name in ("vacuum_retention_hours", "log_retention_hours"):
         if getattr(maintenance, name) < 0:
             raise ConfigError(f"config key 'maintenance.{name}' must be at least 0")
+    if maintenance.log_retention_hours < maintenance.vacuum_retention_hours:
+        # Delta refuses it: a removed file would outlive the log entry that removed it.
+        raise ConfigError(
+            "config key 'maintenance.log_retention_hours' must be at least "
+            "'maintenance.vacuum_retention_hours'"
+        )
 
 
 _UNIT_SECONDS = {

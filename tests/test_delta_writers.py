@@ -161,3 +161,29 @@ def test_training_caches_features_in_a_table_written_by_spark(
     assert features.num_rows == 60  # written once, by Spark, and readable by delta-rs
     evaluated = run_evaluation(config, str(small_dataset / "Test"))
     assert evaluated["n_images"] == 20 and evaluated["accuracy"] == first["accuracy_test"]
+
+
+@pytest.mark.parametrize("writer", ["deltars", "spark"])
+def test_a_new_table_gets_the_maintenance_policys_log_properties(
+    spark: Any, tmp_path: Path, writer: str
+) -> None:
+    """Created with them, so the stream never needs a metadata commit (which would fail its
+    concurrent append) for the log to be cleaned up and checkpointed as the policy says."""
+    from deltalake import DeltaTable
+
+    wanted = {
+        "delta.logRetentionDuration": "interval 2 hours",
+        "delta.deletedFileRetentionDuration": "interval 1 hours",
+        "delta.checkpointInterval": "7",
+    }
+    root = str(tmp_path / "lake")
+    lake = (
+        DeltaRsLake(root, table_properties=wanted)
+        if writer == "deltars"
+        else SparkDeltaLake(root, spark, table_properties=wanted)
+    )
+    for batch in range(2):  # the creating append, then an append to the existing table
+        lake.append_arrow(_predictions([f"{batch}.jpg"], batch), PREDICTIONS, txn=Txn("q", batch))
+    configuration = DeltaTable(lake.path(PREDICTIONS)).metadata().configuration
+    assert {k: configuration.get(k) for k in wanted} == wanted
+    assert lake.read_arrow(PREDICTIONS).num_rows == 2

@@ -57,10 +57,24 @@ class MaintenancePolicy:
 
     def table_properties(self) -> dict[str, str]:
         """The policy's table properties, as Delta writes them (both writers read these)."""
-        return {
-            "delta.logRetentionDuration": f"interval {self.log_retention_hours:g} hours",
-            "delta.checkpointInterval": str(self.checkpoint_interval),
-        }
+        return delta_table_properties(
+            self.log_retention_hours, self.vacuum_retention_hours, self.checkpoint_interval
+        )
+
+
+def delta_table_properties(
+    log_retention_hours: float, vacuum_retention_hours: float, checkpoint_interval: int
+) -> dict[str, str]:
+    """The table properties of the maintenance policy: how long the log keeps old commits, and
+    how often the writer checkpoints it. A new table is created with them (no later metadata
+    commit, which would fail the stream's concurrent append); `fruits maintain
+    --set-properties` brings older tables in line. Spark's Delta requires the log to outlive
+    removed files (logRetentionDuration >= deletedFileRetentionDuration)."""
+    return {
+        "delta.logRetentionDuration": f"interval {log_retention_hours:g} hours",
+        "delta.deletedFileRetentionDuration": f"interval {vacuum_retention_hours:g} hours",
+        "delta.checkpointInterval": str(checkpoint_interval),
+    }
 
 
 @dataclass(frozen=True)
@@ -90,9 +104,17 @@ class MaintenanceResult:
 
 
 class Lake(ABC):
-    def __init__(self, root: str, *, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        table_properties: dict[str, str] | None = None,
+    ) -> None:
         self.root = root.rstrip("/")
         self.storage_options = storage_options
+        # Properties a table gets when this lake creates it (delta_table_properties).
+        self.table_properties = table_properties or {}
 
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"
@@ -280,6 +302,12 @@ def open_lake(config: Config) -> Lake:
     credentials), or Spark's native Delta writer (``spark.delta_writer: spark``), which reads
     an ``az://`` lake through Hadoop's ``abfs`` driver."""
     root = config.path("lake")
+    maintenance = config.maintenance
+    properties = delta_table_properties(
+        maintenance.log_retention_hours,
+        maintenance.vacuum_retention_hours,
+        maintenance.checkpoint_interval,
+    )
     storage = None
     if root.startswith("az://"):
         from fruits.azure import AzureStorage, BlobLocation
@@ -291,8 +319,12 @@ def open_lake(config: Config) -> Lake:
         from fruits.spark import get_spark
 
         # The session the job already started (getOrCreate), or a new one: `fruits status`.
-        return SparkDeltaLake(storage.hadoop_url(root) if storage else root, get_spark(config))
+        return SparkDeltaLake(
+            storage.hadoop_url(root) if storage else root,
+            get_spark(config),
+            table_properties=properties,
+        )
     from fruits.sinks.delta_rs import DeltaRsLake
 
     options = storage.delta_storage_options() if storage else None
-    return DeltaRsLake(root, storage_options=options)
+    return DeltaRsLake(root, storage_options=options, table_properties=properties)

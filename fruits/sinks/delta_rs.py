@@ -98,6 +98,8 @@ class DeltaRsLake(Lake):
             mode="append",
             storage_options=self.storage_options,
             commit_properties=properties,
+            # Used when this append creates the table (the maintenance policy's properties).
+            configuration=self.table_properties or None,
         )
         return True
 

@@ -30,8 +30,10 @@ __all__ = ["SparkDeltaLake"]
 class SparkDeltaLake(Lake):
     """Spark's native Delta writer (Databricks; delta-spark with its jars elsewhere)."""
 
-    def __init__(self, root: str, spark: SparkSession) -> None:
-        super().__init__(root)
+    def __init__(
+        self, root: str, spark: SparkSession, *, table_properties: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(root, table_properties=table_properties)
         self.spark = spark
 
     def _exists(self, table: str) -> bool:
@@ -147,6 +149,8 @@ class SparkDeltaLake(Lake):
 
         schema = from_arrow_schema(SCHEMAS[table])
         builder = DeltaTable.createIfNotExists(self.spark).location(self.path(table))
+        for key, value in self.table_properties.items():
+            builder = builder.property(key, value)
         builder.addColumns(schema).execute()
 
     def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
