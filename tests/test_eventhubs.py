@@ -25,7 +25,6 @@ from azure.eventhub.exceptions import ConnectError
 from fruits.config import Config, load_config
 from fruits.errors import ConfigError
 from fruits.secrets import redact
-from fruits.sinks.delta import Txn
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.eventhubs import (
     CONTENT_TYPE,
@@ -250,10 +249,10 @@ def test_the_retry_thread_delivers_what_an_outage_left_in_the_outbox(tmp_path: P
 class CrashingLake(DeltaRsLake):
     """The real lake, killed once between the send and the cursor commit."""
 
-    def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
         if table == EVENTHUB_OUTBOX:
             raise RuntimeError("process killed before the cursor commit")
-        return super().append_arrow(data, table, txn=txn)
+        super().replace_arrow(data, table)
 
 
 def test_a_crash_between_send_and_cursor_commit_republishes_with_the_same_event_ids(

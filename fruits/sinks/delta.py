@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["Lake", "MaintenancePolicy", "MaintenanceResult", "Txn", "open_lake"]
+__all__ = ["Lake", "MaintenancePolicy", "MaintenanceResult", "Since", "Txn", "open_lake"]
+
+
+# A lower bound on one column: rows where column >= value (``Lake.read``'s ``since``).
+Since = tuple[str, dt.datetime]
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,12 @@ class Lake(ABC):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> DataFrame:
-        """The table (or ``columns`` of it, rows where column == value for each of ``equals``)
-        as a Spark DataFrame; empty, with the contract schema, if it was not created yet."""
+        """The table (or ``columns`` of it, rows where column == value for each of ``equals``,
+        and where column >= value for ``since``) as a Spark DataFrame; empty, with the contract
+        schema, if it was not created yet. ``since`` reads only the files whose statistics
+        allow a match (Delta's data skipping): recent rows cost the recent files."""
 
     @abstractmethod
     def read_arrow(
@@ -116,8 +123,27 @@ class Lake(ABC):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> pa.Table:
         """:meth:`read` onto the driver as Arrow (small reads: status, feature keys)."""
+
+    @abstractmethod
+    def files_to_read(self, table: str, since: Since) -> int | None:
+        """How many data files a read with ``since`` opens (None: the writer does not say)."""
+
+    @abstractmethod
+    def count(self, table: str) -> int:
+        """The table's rows, from Delta's file statistics where they exist (no data read)."""
+
+    @abstractmethod
+    def latest(self, table: str, column: str) -> Any:
+        """The largest value of ``column``, from file statistics where they exist; None for
+        an empty or missing table."""
+
+    @abstractmethod
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
+        """Replace the table's rows by ``data`` in one commit (an overwrite; small tables only:
+        the Event Hubs outbox cursor)."""
 
     @abstractmethod
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:

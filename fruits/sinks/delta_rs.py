@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 
-from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
+from fruits.sinks.delta import Lake, MaintenancePolicy, Since, Txn
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
@@ -45,21 +45,61 @@ class DeltaRsLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> pa.Table:
         delta = self._table(table)
         if delta is None:
             empty = SCHEMAS[table].empty_table()
             return empty.select(columns) if columns else empty
-        condition = None
-        for column, value in (equals or {}).items():
-            term = pc.field(column) == value
-            condition = term if condition is None else condition & term
+        condition = _condition(table, equals, since)
+        # delta-rs gives each fragment its file's statistics as a guarantee: the filter skips
+        # the files that cannot match without opening them.
         dataset = delta.to_pyarrow_dataset()
         data = dataset.to_table(columns=columns, filter=condition)
         # Free the scanner now, not in interpreter teardown where its threads can abort the
         # process ("terminate called without an active exception", delta-rs #2184).
         del dataset, delta
         return data
+
+    def files_to_read(self, table: str, since: Since) -> int | None:
+        delta = self._table(table)
+        if delta is None:
+            return 0
+        dataset = delta.to_pyarrow_dataset()
+        files = len(list(dataset.get_fragments(filter=_condition(table, None, since))))
+        del dataset, delta
+        return files
+
+    def count(self, table: str) -> int:
+        delta = self._table(table)
+        if delta is None:
+            return 0
+        actions = pa.table(delta.get_add_actions(flatten=True))
+        counts = actions.column("num_records")
+        if counts.null_count:  # a file written without statistics: count its rows
+            return int(delta.to_pyarrow_dataset().count_rows())
+        return int(pc.sum(counts).as_py() or 0)
+
+    def latest(self, table: str, column: str) -> Any:
+        delta = self._table(table)
+        if delta is None:
+            return None
+        actions = pa.table(delta.get_add_actions(flatten=True))
+        stats = f"max.{column}"
+        if stats not in actions.column_names or actions.column(stats).null_count:
+            values = self.read_arrow(table, columns=[column]).column(column)
+            return pc.max(values).as_py()
+        return pc.max(actions.column(stats)).as_py()
+
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
+        from deltalake import write_deltalake
+
+        write_deltalake(
+            self.path(table),
+            self.conform(data, table),
+            mode="overwrite",
+            storage_options=self.storage_options,
+        )
 
     def read(
         self,
@@ -68,8 +108,9 @@ class DeltaRsLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> DataFrame:
-        data = self.read_arrow(table, columns=columns, equals=equals)
+        data = self.read_arrow(table, columns=columns, equals=equals, since=since)
         data = self.conform(data, table, partial=True)
         if not data.num_rows:  # Spark Connect infers no schema from an empty table
             from pyspark.sql.pandas.types import from_arrow_schema
@@ -219,3 +260,19 @@ def _last_checkpoint(fs: pa_fs.PyFileSystem) -> int | None:
             return int(json.loads(handle.read().decode())["version"])
     except FileNotFoundError:
         return None
+
+
+def _condition(
+    table: str, equals: dict[str, str] | None, since: Since | None
+) -> pc.Expression | None:
+    condition = None
+    for column, value in (equals or {}).items():
+        term = pc.field(column) == value
+        condition = term if condition is None else condition & term
+    if since is not None:
+        column, start = since
+        # The contract's type: comparing a timestamp column to a scalar of another unit
+        # or zone would not prune by the statistics.
+        term = pc.field(column) >= pa.scalar(start, type=SCHEMAS[table].field(column).type)
+        condition = term if condition is None else condition & term
+    return condition
