@@ -122,9 +122,16 @@ class DeltaRsLake(Lake):
         return self.append_arrow(df.toArrow(), table, txn=txn)
 
     def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
+        """The app transaction is checked on the snapshot the commit is then built on, so
+        delta-rs' conflict check sees any commit made in between: a racing writer's commit of
+        the same app id fails this one ("Concurrent transaction failed"), which is then
+        reported as skipped once the table shows that version committed (two writers racing
+        on one (app id, version) commit one set of rows, and each says truthfully which)."""
         from deltalake import CommitProperties, Transaction, write_deltalake
+        from deltalake.exceptions import DeltaError
 
-        if txn is not None and self.committed_version(table, txn.app_id) >= txn.version:
+        delta = self._table(table)
+        if txn is not None and delta is not None and _txn_version(delta, txn.app_id) >= txn.version:
             return False  # a replayed batch: this version is already in the table
         if data.num_rows == 0:
             return False
@@ -133,13 +140,19 @@ class DeltaRsLake(Lake):
             properties = CommitProperties(
                 app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)]
             )
-        write_deltalake(
-            self.path(table),
-            self.conform(data, table),
-            mode="append",
-            storage_options=self.storage_options,
-            commit_properties=properties,
-        )
+        try:
+            write_deltalake(
+                delta if delta is not None else self.path(table),
+                self.conform(data, table),
+                mode="append",
+                storage_options=None if delta is not None else self.storage_options,
+                commit_properties=properties,
+            )
+        except DeltaError:
+            # Lost a race: skipped if the winner committed this very (app id, version).
+            if txn is not None and self.committed_version(table, txn.app_id) >= txn.version:
+                return False
+            raise
         return True
 
     def version(self, table: str) -> int:
@@ -200,10 +213,7 @@ class DeltaRsLake(Lake):
 
     def committed_version(self, table: str, app_id: str) -> int:
         delta = self._table(table)
-        if delta is None:
-            return -1
-        version = delta.transaction_version(app_id)
-        return -1 if version is None else int(version)
+        return -1 if delta is None else _txn_version(delta, app_id)
 
     # --- maintenance (Lake.maintain) -------------------------------------------------------
 
@@ -252,6 +262,12 @@ class DeltaRsLake(Lake):
                 stamp = int(action["commitInfo"]["timestamp"])
                 return dt.datetime.fromtimestamp(stamp / 1000, dt.UTC)
         return None
+
+
+def _txn_version(delta: Any, app_id: str) -> int:
+    """The last version committed for ``app_id`` in this snapshot; -1 if none."""
+    version = delta.transaction_version(app_id)
+    return -1 if version is None else int(version)
 
 
 def _last_checkpoint(fs: pa_fs.PyFileSystem) -> int | None:

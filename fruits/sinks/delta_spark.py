@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -154,18 +155,44 @@ class SparkDeltaLake(Lake):
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
         """Append ``df``; False when Delta skipped it (this ``txn`` is already committed).
 
-        Whether a commit happened is read from the table's version before and after: the
-        stream is the only writer of its (app id, batch) keys (its checkpoint lock)."""
+        Delta checks ``txnAppId``/``txnVersion`` inside its own transaction, and a racing
+        commit of the same app id fails this one (``ConcurrentTransactionException``): it is
+        then tried once more, and Delta skips it if the racer committed that version. Whether
+        a commit was this call's own is read from the log, by a token in the commit's
+        ``userMetadata`` (the table's version before and after would also count a concurrent
+        writer's commit)."""
         before = self.version(table)
         if before < 0:
             self._create(table)
             before = self.version(table)
-        writer = df.select(*SCHEMAS[table].names).write.format("delta").mode("append")
+        token = f"fruits-append-{uuid.uuid4().hex}"
+        writer = (
+            df.select(*SCHEMAS[table].names)
+            .write.format("delta")
+            .mode("append")
+            .option("userMetadata", token)
+        )
         if txn is not None:
             # Delta skips the write when this (appId, version) is already committed.
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
-        writer.save(self.path(table))
-        return self.version(table) > before
+        try:
+            writer.save(self.path(table))
+        except Exception as exc:
+            if txn is None or "ConcurrentTransaction" not in f"{type(exc).__name__} {exc}":
+                raise
+            writer.save(self.path(table))  # the racer's version is committed now: skipped
+        return self._committed_by(table, token, after_version=before)
+
+    def _committed_by(self, table: str, token: str, *, after_version: int) -> bool:
+        """Whether a commit after ``after_version`` carries ``token`` (its userMetadata)."""
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        commits = self.version(table) - after_version
+        if commits <= 0:
+            return False
+        history = DeltaTable.forPath(self.spark, self.path(table)).history(commits)
+        return bool(history.where(F.col("userMetadata") == token).limit(1).count())
 
     def _create(self, table: str) -> None:
         """Create the table with the contract's schema, NOT NULL columns included (a first
