@@ -179,14 +179,23 @@ class Lake(ABC):
         if until <= after_version:
             empty = self.conform(SCHEMAS[table].empty_table(), table)
             return (empty.select(columns) if columns else empty), max(after_version, until)
+        if after_version < 0:
+            # Everything up to `until`: that version's own files (an append-only table holds
+            # every row ever appended, compacted or not), not every commit's.
+            return self._read_version(table, until, columns), until
         return self._read_added(table, after_version, until, columns), until
+
+    @abstractmethod
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        """The table as of ``version`` (time travel), cast to the contract schema."""
 
     @abstractmethod
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:
-        """The rows of the data files present at ``until_version`` and absent at
-        ``after_version`` (-1: none), cast to the contract schema."""
+        """The rows that the commits ``after_version + 1 .. until_version`` appended (their
+        add actions with ``dataChange``: not a compaction's rewrite), cast to the contract
+        schema."""
 
     # --- maintenance ---------------------------------------------------------------------
 

@@ -193,6 +193,12 @@ class DeltaRsLake(Lake):
         del dataset  # free delta-rs' threads now (see read_arrow)
         return self.conform(appended, table, partial=columns is not None)
 
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        dataset = self._at(table, version).to_pyarrow_dataset()
+        data = dataset.to_table(columns=columns)
+        del dataset  # free delta-rs' threads now (see read_arrow)
+        return self.conform(data, table, partial=columns is not None)
+
     def _fs(self, table: str) -> pa_fs.PyFileSystem:
         """The table's folder as a pyarrow filesystem (delta-rs' own: local or az://)."""
         from deltalake.fs import DeltaStorageHandler

@@ -152,6 +152,11 @@ class SparkDeltaLake(Lake):
         data = self.spark.read.parquet(*files).select(*wanted).toArrow()
         return self.conform(data, table, partial=columns is not None)
 
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        df = self.spark.read.format("delta").option("versionAsOf", version).load(self.path(table))
+        wanted = columns or SCHEMAS[table].names
+        return self.conform(df.select(*wanted).toArrow(), table, partial=columns is not None)
+
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
         """Append ``df``; False when Delta skipped it (this ``txn`` is already committed).
 
