@@ -74,3 +74,15 @@ def test_two_writers_racing_on_one_batch_commit_one_set_of_rows_and_say_which(
         (winner,) = [w for w, wrote in answers.items() if wrote]
         assert per_batch[batch] == 3  # one set of rows, never two
         assert {w for b, w in writers if b == batch} == {f"w{winner}"}  # the one that said so
+
+
+def test_two_delta_rs_writers_racing_to_create_the_table_commit_one_set_of_rows(
+    tmp_path: Path,
+) -> None:
+    # The table is created in a commit of its own, then the rows are appended on a snapshot:
+    # a creation carrying the rows would be rebased over the racer's without a txn check.
+    for round_ in range(15):
+        root = str(tmp_path / f"lake{round_}")
+        answers = _race((DeltaRsLake(root), DeltaRsLake(root)), 0)
+        assert sorted(answers.values()) == [False, True], (round_, answers)
+        assert DeltaRsLake(root).read_arrow(PREDICTIONS).num_rows == 3

@@ -7,6 +7,7 @@ it by itself).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["DeltaRsLake"]
+
+# Commit conflicts retried on a fresh snapshot (a racer's commit of the same app id, a metadata
+# change): delta-rs itself already retries the conflicts a blind append can rebase over.
+_COMMIT_ATTEMPTS = 3
 
 
 class DeltaRsLake(Lake):
@@ -124,36 +129,58 @@ class DeltaRsLake(Lake):
     def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
         """The app transaction is checked on the snapshot the commit is then built on, so
         delta-rs' conflict check sees any commit made in between: a racing writer's commit of
-        the same app id fails this one ("Concurrent transaction failed"), which is then
-        reported as skipped once the table shows that version committed (two writers racing
-        on one (app id, version) commit one set of rows, and each says truthfully which)."""
-        from deltalake import CommitProperties, Transaction, write_deltalake
+        the same app id fails this one ("Concurrent transaction failed"), and so does a
+        concurrent metadata change (``fruits maintain`` setting table properties). A failed
+        commit wrote nothing: it is tried again on a fresh snapshot, where a version the racer
+        committed is skipped. So two writers racing on one (app id, version) commit one set
+        of rows, and each says truthfully whether it wrote."""
         from deltalake.exceptions import DeltaError
+
+        if data.num_rows == 0:
+            return False
+        rows = self.conform(data, table)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                return self._append_once(rows, table, txn)
+            except DeltaError:  # a conflict, or the table created meanwhile by a racer
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_once(self, rows: pa.Table, table: str, txn: Txn | None) -> bool:
+        from deltalake import CommitProperties, Transaction, write_deltalake
 
         delta = self._table(table)
         if txn is not None and delta is not None and _txn_version(delta, txn.app_id) >= txn.version:
-            return False  # a replayed batch: this version is already in the table
-        if data.num_rows == 0:
-            return False
+            return False  # a replayed batch (or a racer's): this version is in the table
         properties = None
         if txn is not None:
             properties = CommitProperties(
                 app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)]
             )
-        try:
-            write_deltalake(
-                delta if delta is not None else self.path(table),
-                self.conform(data, table),
-                mode="append",
-                storage_options=None if delta is not None else self.storage_options,
-                commit_properties=properties,
-            )
-        except DeltaError:
-            # Lost a race: skipped if the winner committed this very (app id, version).
-            if txn is not None and self.committed_version(table, txn.app_id) >= txn.version:
+        if delta is None:
+            # Created in a commit of its own (as Spark's writer does), so the data's commit
+            # is always built on a snapshot: a creation carrying data would be rebased over a
+            # racer's creation without any check of the app transaction.
+            delta = self._create(table)
+            if txn is not None and _txn_version(delta, txn.app_id) >= txn.version:
                 return False
-            raise
+        write_deltalake(delta, rows, mode="append", commit_properties=properties)
         return True
+
+    def _create(self, table: str):  # type: ignore[no-untyped-def]
+        """The table with the contract's schema and no rows (if a racer has not made it)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        with contextlib.suppress(DeltaError):  # a racer created it between the two calls
+            DeltaTable.create(
+                self.path(table),
+                schema=SCHEMAS[table],
+                mode="ignore",
+                storage_options=self.storage_options,
+            )
+        return self._table(table)
 
     def version(self, table: str) -> int:
         delta = self._table(table)

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SparkDeltaLake"]
 
+# Delta's conflicts that a retry of a blind append resolves: a racer's commit of the same app
+# id, a concurrent metadata change (`fruits maintain` setting table properties).
+_CONFLICTS = ("ConcurrentTransaction", "MetadataChanged", "DELTA_METADATA_CHANGED")
+_COMMIT_ATTEMPTS = 3
+
 
 class SparkDeltaLake(Lake):
     """Spark's native Delta writer (Databricks; delta-spark with its jars elsewhere)."""
@@ -161,8 +166,9 @@ class SparkDeltaLake(Lake):
         """Append ``df``; False when Delta skipped it (this ``txn`` is already committed).
 
         Delta checks ``txnAppId``/``txnVersion`` inside its own transaction, and a racing
-        commit of the same app id fails this one (``ConcurrentTransactionException``): it is
-        then tried once more, and Delta skips it if the racer committed that version. Whether
+        commit of the same app id fails this one (``ConcurrentTransactionException``), as does
+        a concurrent metadata change: it is then tried again, and Delta skips it if the racer
+        committed that version. Whether
         a commit was this call's own is read from the log, by a token in the commit's
         ``userMetadata`` (the table's version before and after would also count a concurrent
         writer's commit)."""
@@ -180,12 +186,16 @@ class SparkDeltaLake(Lake):
         if txn is not None:
             # Delta skips the write when this (appId, version) is already committed.
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
-        try:
-            writer.save(self.path(table))
-        except Exception as exc:
-            if txn is None or "ConcurrentTransaction" not in f"{type(exc).__name__} {exc}":
-                raise
-            writer.save(self.path(table))  # the racer's version is committed now: skipped
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                writer.save(self.path(table))
+                break
+            except Exception as exc:
+                # A commit that lost a conflict wrote nothing: try again (Delta skips it if
+                # the racer committed this very version).
+                conflict = any(name in f"{type(exc).__name__} {exc}" for name in _CONFLICTS)
+                if not conflict or attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
         return self._committed_by(table, token, after_version=before)
 
     def _committed_by(self, table: str, token: str, *, after_version: int) -> bool:
