@@ -147,9 +147,12 @@ def test_maintain_lake_maintains_every_table_and_protects_the_outbox(
 ) -> None:
     config = make_config(tmp_path, FRUITS__EVENTHUB__ENABLED="true")
     lake = DeltaRsLake(config.path("lake"))
-    _append_batches(lake, range(4))
-    # No event published yet: the whole table is protected (version 0 on).
-    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == 0
+    _append_batches(lake, range(2))
+    # No event published yet: the outbox will read the latest snapshot, nothing to keep.
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version is None
+    cursor = publisher_for(tmp_path, FakeHub(), lake=lake).publish_pending().cursor
+    _append_batches(lake, range(2, 4))
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == cursor + 1
     results = {r.table: r for r in maintain_lake(config, lake=lake)}
     assert set(results) == {"features", "predictions", "quarantine", "eventhub_outbox"}
     assert results["features"].version_before == -1  # not created: nothing done

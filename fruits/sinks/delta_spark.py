@@ -256,9 +256,19 @@ class SparkDeltaLake(Lake):
         # (FULL judges files it finds in storage by their age alone). The retention below
         # Delta's 7-day check is the policy's decision (Lake._retention), so the check is off.
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        command = (
-            f"VACUUM delta.`{self.path(table)}` LITE RETAIN {math.ceil(retention_hours)} HOURS"
-        )
+        hours = math.ceil(retention_hours)
+        try:
+            return self._vacuum_command(table, "LITE", hours)
+        except Exception as exc:
+            # LITE needs the log since the last vacuum; once cleaned up, Delta asks for FULL
+            # (DELTA_CANNOT_VACUUM_LITE). FULL also deletes untracked files by their age: at
+            # least an hour, far longer than any commit in progress takes.
+            if "VACUUM_LITE" not in str(exc):
+                raise
+            return self._vacuum_command(table, "FULL", max(hours, 1))
+
+    def _vacuum_command(self, table: str, mode: str, hours: int) -> int:
+        command = f"VACUUM delta.`{self.path(table)}` {mode} RETAIN {hours} HOURS"
         deleted = self.spark.sql(f"{command} DRY RUN").count()
         self.spark.sql(command).collect()
         return deleted
