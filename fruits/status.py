@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from fruits.config import Config
 from fruits.model.registry import ModelRegistry
-from fruits.sinks.delta import open_lake
+from fruits.sinks.delta import Lake, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 __all__ = ["collect_status", "format_status"]
@@ -28,37 +28,42 @@ _QUARANTINE_FIELDS = ["path", "reason", "detail", "detected_at"]
 def collect_status(
     config: Config, *, window: dt.timedelta = dt.timedelta(hours=1), last: int = 5
 ) -> dict[str, Any]:
-    """Counts, the ``last`` newest predictions and quarantine rows, and the latency of the
-    predictions made in ``window``."""
+    """Counts, the ``last`` newest predictions and quarantine rows, and what happened in
+    ``window``: latency, distinct paths, unknown answers, quarantine reasons.
+
+    It reads the recent rows only, not whole tables that grow by the day: row counts and the
+    last batch come from Delta's file statistics, and the rows are read with a lower bound
+    on their time, which skips every file written before it (data skipping)."""
     lake = open_lake(config)
-    predictions = lake.read_arrow(
-        PREDICTIONS, columns=[*_PREDICTION_FIELDS, "batch_id", "latency_ms"]
-    )
-    quarantine = lake.read_arrow(QUARANTINE, columns=[*_QUARANTINE_FIELDS, "batch_id"])
     since = dt.datetime.now(dt.UTC) - window
+    predictions, predictions_files = _recent(
+        lake, PREDICTIONS, "predicted_at", since, [*_PREDICTION_FIELDS, "latency_ms"]
+    )
+    quarantine, _ = _recent(lake, QUARANTINE, "detected_at", since, _QUARANTINE_FIELDS)
     recent = predictions.filter(pc.greater_equal(predictions.column("predicted_at"), since))
+    recent_bad = quarantine.filter(pc.greater_equal(quarantine.column("detected_at"), since))
     latencies = np.asarray(recent.column("latency_ms").to_pylist() or [], dtype=np.float64)
     batch_ids = [
-        *predictions.column("batch_id").to_pylist(),
-        *quarantine.column("batch_id").to_pylist(),
+        b for b in (lake.latest(t, "batch_id") for t in (PREDICTIONS, QUARANTINE)) if b is not None
     ]
-    last_batch = max(batch_ids) if batch_ids else None
-    last_at = None
-    if predictions.num_rows:
-        last_at = pc.max(predictions.column("predicted_at")).as_py()
-    reasons = Counter(quarantine.column("reason").to_pylist())
-    predicted_paths = set(predictions.column("path").to_pylist())
+    last_at = lake.latest(PREDICTIONS, "predicted_at")
+    predicted_paths = set(recent.column("path").to_pylist())
     status = {
-        "predictions_rows": predictions.num_rows,
-        "quarantine_rows": quarantine.num_rows,
-        "distinct_paths": len(predicted_paths),
-        "distinct_paths_all": len(predicted_paths | set(quarantine.column("path").to_pylist())),
-        "unknown_rows": int(pc.sum(predictions.column("is_unknown")).as_py() or 0),
-        "quarantine_reasons": dict(reasons),
-        "last_batch_id": last_batch,
+        "predictions_rows": lake.count(PREDICTIONS),
+        "quarantine_rows": lake.count(QUARANTINE),
+        "window_s": int(window.total_seconds()),
+        "recent_predictions": recent.num_rows,
+        "recent_distinct_paths": len(predicted_paths),
+        "recent_distinct_paths_all": len(
+            predicted_paths | set(recent_bad.column("path").to_pylist())
+        ),
+        "recent_unknown": int(pc.sum(recent.column("is_unknown")).as_py() or 0),
+        "recent_quarantined": recent_bad.num_rows,
+        "recent_quarantine_reasons": dict(Counter(recent_bad.column("reason").to_pylist())),
+        "predictions_files_read": predictions_files,
+        "last_batch_id": max(batch_ids) if batch_ids else None,
         "last_prediction_at": last_at.isoformat() if last_at else None,
         "model_version": ModelRegistry(config).champion(),
-        "latency_window_s": int(window.total_seconds()),
         "latency_rows": len(latencies),
         "latency_p50_ms": _percentile(latencies, 50),
         "latency_p95_ms": _percentile(latencies, 95),
@@ -73,6 +78,20 @@ def collect_status(
         status["eventhub_pending_events"] = pending
         status["eventhub_published_version"] = cursor
     return status
+
+
+def _recent(
+    lake: Lake, table: str, time_column: str, since: dt.datetime, columns: list[str]
+) -> tuple[pa.Table, int | None]:
+    """The rows of ``table`` from ``since`` on, or, when there are none, from the newest row's
+    time on (so the newest answers are shown even after a quiet hour), and how many files that
+    read opened (None: the writer does not say)."""
+    newest = lake.latest(table, time_column)
+    if newest is None:
+        return lake.read_arrow(table, columns=columns), 0
+    start = min(since, newest)
+    rows = lake.read_arrow(table, columns=columns, since=(time_column, start))
+    return rows, lake.files_to_read(table, (time_column, start))
 
 
 def _newest(table: pa.Table, time_column: str, fields: list[str], n: int) -> list[dict[str, Any]]:
@@ -94,15 +113,18 @@ def format_status(status: dict[str, Any]) -> str:
         if status["latency_rows"]
         else "no predictions in the window"
     )
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(status["quarantine_reasons"].items()))
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(status["recent_quarantine_reasons"].items()))
+    minutes = status["window_s"] // 60
     return "\n".join(
         [
-            f"predictions:   {status['predictions_rows']} rows, {status['distinct_paths']} "
-            f"distinct paths, {status['unknown_rows']} unknown",
-            f"quarantine:    {status['quarantine_rows']} rows{f' ({reasons})' if reasons else ''}",
+            f"predictions:   {status['predictions_rows']} rows; last {minutes} min: "
+            f"{status['recent_predictions']} ({status['recent_distinct_paths']} distinct paths, "
+            f"{status['recent_unknown']} unknown)",
+            f"quarantine:    {status['quarantine_rows']} rows; last {minutes} min: "
+            f"{status['recent_quarantined']}{f' ({reasons})' if reasons else ''}",
             f"last batch:    {status['last_batch_id']} at {status['last_prediction_at']}",
             f"model version: {status['model_version']}",
-            f"latency (last {status['latency_window_s'] // 60} min): {latency}",
+            f"latency (last {minutes} min): {latency}",
             *(
                 [f"event hubs:    {status['eventhub_pending_events']} events wait in the outbox"]
                 if "eventhub_pending_events" in status

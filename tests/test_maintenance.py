@@ -8,12 +8,14 @@ an append fails beside a compaction, or the stream's maintenance thread never ru
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from bench.delta_commit import sample_predictions
@@ -145,9 +147,12 @@ def test_maintain_lake_maintains_every_table_and_protects_the_outbox(
 ) -> None:
     config = make_config(tmp_path, FRUITS__EVENTHUB__ENABLED="true")
     lake = DeltaRsLake(config.path("lake"))
-    _append_batches(lake, range(4))
-    # No event published yet: the whole table is protected (version 0 on).
-    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == 0
+    _append_batches(lake, range(2))
+    # No event published yet: the outbox will read the latest snapshot, nothing to keep.
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version is None
+    cursor = publisher_for(tmp_path, FakeHub(), lake=lake).publish_pending().cursor
+    _append_batches(lake, range(2, 4))
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == cursor + 1
     results = {r.table: r for r in maintain_lake(config, lake=lake)}
     assert set(results) == {"features", "predictions", "quarantine", "eventhub_outbox"}
     assert results["features"].version_before == -1  # not created: nothing done
@@ -216,8 +221,6 @@ def on_batch(maintenance: BackgroundMaintenance) -> Any:
 def test_the_streams_maintenance_runs_every_two_batches_and_the_tables_stay_right(
     memory_query: Any, stream_config: Config, maintenance: BackgroundMaintenance
 ) -> None:
-    import datetime as dt
-
     feed, query, step = memory_query
     photos = real_photos("Test", "Kiwi", 5)
     for photo in photos[:4]:
@@ -236,3 +239,83 @@ def test_the_streams_maintenance_runs_every_two_batches_and_the_tables_stay_righ
     paths = lake.read_arrow(PREDICTIONS).column("path").to_pylist()
     assert sorted(paths) == sorted(f"mem://Kiwi/{p.name}" for p in photos)
     assert query.isActive and not any(o.replayed for o in step.outcomes.values())
+
+
+# --- bounded tables: the outbox cursor, `fruits status` ---------------------------------------
+
+
+def test_the_outbox_cursor_stays_one_row_in_one_file(lake: Lake, tmp_path: Path) -> None:
+    from fruits.sinks.eventhubs import outbox_cursor
+    from fruits.sinks.tables import EVENTHUB_OUTBOX, SCHEMAS
+
+    _append_batches(lake, range(2))
+    published = lake.version(PREDICTIONS)
+    # A table written by an older release: a row per published chunk; the cursor is the largest.
+    old = pa.table(
+        {
+            "app_id": ["eventhub/predictions"] * 2 + ["eventhub/other"],
+            "predictions_version": [published - 1, published, 7],
+            "events": [1, 1, 1],
+            "published_at": [None] * 3,
+        }
+    ).cast(SCHEMAS[EVENTHUB_OUTBOX])
+    lake.append_arrow(old, EVENTHUB_OUTBOX)
+    publisher = publisher_for(tmp_path, FakeHub(), lake=lake)  # type: ignore[arg-type]
+    assert outbox_cursor(lake, publisher.app_id) == published
+    for batch in range(2, 12):  # ten passes, each publishing one more batch
+        _append_batches(lake, range(batch, batch + 1))
+        assert publisher.publish_pending().published == 2
+    rows = lake.read_arrow(EVENTHUB_OUTBOX).sort_by("app_id").to_pylist()
+    head = lake.version(PREDICTIONS)
+    assert [(r["app_id"], r["predictions_version"]) for r in rows] == [
+        ("eventhub/other", 7),  # another hub's cursor is kept
+        ("eventhub/predictions", head),
+    ]
+    assert lake.maintain(EVENTHUB_OUTBOX, NOW_POLICY).files_after == 1
+    assert len(_stored_files(lake, EVENTHUB_OUTBOX)) == 1
+
+
+def _aged(rows: pa.Table, when: dt.datetime) -> pa.Table:
+    index = rows.schema.get_field_index("predicted_at")
+    times = pa.array([when] * rows.num_rows, rows.schema.field(index).type)
+    return rows.set_column(index, rows.schema.field(index), times)
+
+
+def test_status_reads_only_the_last_hours_files(
+    delta_writer: str, make_config: Callable[..., Config], tmp_path: Path, request: Any
+) -> None:
+    from fruits.sinks.delta import open_lake
+    from fruits.status import collect_status, format_status
+
+    if delta_writer == "spark":
+        request.getfixturevalue("spark")  # the session the Spark writer's lake takes
+    config = make_config(tmp_path, FRUITS__SPARK__DELTA_WRITER=delta_writer)
+    lake = open_lake(config)
+    now = dt.datetime.now(dt.UTC)
+    for batch in range(10):  # three days old, a minute apart, one file (or more) per batch
+        rows = sample_predictions([f"old/{batch}-{i}.jpg" for i in range(2)], batch)
+        when = now - dt.timedelta(days=3) + dt.timedelta(minutes=batch)
+        lake.append_arrow(_aged(rows, when), PREDICTIONS, txn=Txn("q", batch))
+    quiet = collect_status(config)  # no prediction in the last hour: the newest still show
+    assert (quiet["predictions_rows"], quiet["recent_predictions"], quiet["last_batch_id"]) == (
+        20, 0, 9,
+    )  # fmt: skip
+    assert sorted(r["path"] for r in quiet["last_predictions"]) == ["old/9-0.jpg", "old/9-1.jpg"]
+    for batch in (10, 11):
+        rows = sample_predictions([f"new/{batch}-{i}.jpg" for i in range(2)], batch)
+        lake.append_arrow(
+            _aged(rows, now - dt.timedelta(minutes=5)), PREDICTIONS, txn=Txn("q", batch)
+        )
+
+    status = collect_status(config)
+
+    assert (status["predictions_rows"], status["quarantine_rows"]) == (24, 0)
+    assert (status["recent_predictions"], status["recent_distinct_paths"]) == (4, 4)
+    assert (status["latency_rows"], status["last_batch_id"]) == (4, 11)
+    assert {r["path"] for r in status["last_predictions"]} == {
+        f"new/{b}-{i}.jpg" for b in (10, 11) for i in range(2)
+    }
+    assert "last 60 min: 4 (4 distinct paths, 0 unknown)" in format_status(status)
+    if delta_writer == "deltars":  # the files that status opened: only the recent two
+        assert (quiet["predictions_files_read"], status["predictions_files_read"]) == (1, 2)
+        assert lake.files_to_read(PREDICTIONS, ("predicted_at", now - dt.timedelta(days=4))) == 12

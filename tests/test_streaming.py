@@ -160,7 +160,7 @@ def test_file_source_end_to_end_with_crash_replay(spark: Any, stream_config: Con
     assert again["rows_in"] == 0
     status = collect_status(config)
     assert (status["predictions_rows"], status["quarantine_rows"]) == (6, 1)
-    assert status["distinct_paths"] == 6 and status["model_version"] == 1
+    assert status["recent_distinct_paths"] == 6 and status["model_version"] == 1
     assert status["latency_rows"] == 6 and status["latency_p50_ms"] > 0
     # The answers themselves: the newest first, the truncated photo with its reason.
     newest = status["last_predictions"]

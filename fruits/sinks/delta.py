@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["Lake", "MaintenancePolicy", "MaintenanceResult", "Txn", "open_lake"]
+__all__ = ["Lake", "MaintenancePolicy", "MaintenanceResult", "Since", "Txn", "open_lake"]
+
+
+# A lower bound on one column: rows where column >= value (``Lake.read``'s ``since``).
+Since = tuple[str, dt.datetime]
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,12 @@ class Lake(ABC):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> DataFrame:
-        """The table (or ``columns`` of it, rows where column == value for each of ``equals``)
-        as a Spark DataFrame; empty, with the contract schema, if it was not created yet."""
+        """The table (or ``columns`` of it, rows where column == value for each of ``equals``,
+        and where column >= value for ``since``) as a Spark DataFrame; empty, with the contract
+        schema, if it was not created yet. ``since`` reads only the files whose statistics
+        allow a match (Delta's data skipping): recent rows cost the recent files."""
 
     @abstractmethod
     def read_arrow(
@@ -138,8 +145,27 @@ class Lake(ABC):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> pa.Table:
         """:meth:`read` onto the driver as Arrow (small reads: status, feature keys)."""
+
+    @abstractmethod
+    def files_to_read(self, table: str, since: Since) -> int | None:
+        """How many data files a read with ``since`` opens (None: the writer does not say)."""
+
+    @abstractmethod
+    def count(self, table: str) -> int:
+        """The table's rows, from Delta's file statistics where they exist (no data read)."""
+
+    @abstractmethod
+    def latest(self, table: str, column: str) -> Any:
+        """The largest value of ``column``, from file statistics where they exist; None for
+        an empty or missing table."""
+
+    @abstractmethod
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
+        """Replace the table's rows by ``data`` in one commit (an overwrite; small tables only:
+        the Event Hubs outbox cursor)."""
 
     @abstractmethod
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
@@ -175,14 +201,23 @@ class Lake(ABC):
         if until <= after_version:
             empty = self.conform(SCHEMAS[table].empty_table(), table)
             return (empty.select(columns) if columns else empty), max(after_version, until)
+        if after_version < 0:
+            # Everything up to `until`: that version's own files (an append-only table holds
+            # every row ever appended, compacted or not), not every commit's.
+            return self._read_version(table, until, columns), until
         return self._read_added(table, after_version, until, columns), until
+
+    @abstractmethod
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        """The table as of ``version`` (time travel), cast to the contract schema."""
 
     @abstractmethod
     def _read_added(
         self, table: str, after_version: int, until_version: int, columns: list[str] | None
     ) -> pa.Table:
-        """The rows of the data files present at ``until_version`` and absent at
-        ``after_version`` (-1: none), cast to the contract schema."""
+        """The rows that the commits ``after_version + 1 .. until_version`` appended (their
+        add actions with ``dataChange``: not a compaction's rewrite), cast to the contract
+        schema."""
 
     # --- maintenance ---------------------------------------------------------------------
 

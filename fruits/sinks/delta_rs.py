@@ -7,6 +7,7 @@ it by itself).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -18,13 +19,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 
-from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
+from fruits.sinks.delta import Lake, MaintenancePolicy, Since, Txn
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["DeltaRsLake"]
+
+# Commit conflicts retried on a fresh snapshot (a racer's commit of the same app id, a metadata
+# change): delta-rs itself already retries the conflicts a blind append can rebase over.
+_COMMIT_ATTEMPTS = 3
 
 
 class DeltaRsLake(Lake):
@@ -45,21 +50,61 @@ class DeltaRsLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> pa.Table:
         delta = self._table(table)
         if delta is None:
             empty = SCHEMAS[table].empty_table()
             return empty.select(columns) if columns else empty
-        condition = None
-        for column, value in (equals or {}).items():
-            term = pc.field(column) == value
-            condition = term if condition is None else condition & term
+        condition = _condition(table, equals, since)
+        # delta-rs gives each fragment its file's statistics as a guarantee: the filter skips
+        # the files that cannot match without opening them.
         dataset = delta.to_pyarrow_dataset()
         data = dataset.to_table(columns=columns, filter=condition)
         # Free the scanner now, not in interpreter teardown where its threads can abort the
         # process ("terminate called without an active exception", delta-rs #2184).
         del dataset, delta
         return data
+
+    def files_to_read(self, table: str, since: Since) -> int | None:
+        delta = self._table(table)
+        if delta is None:
+            return 0
+        dataset = delta.to_pyarrow_dataset()
+        files = len(list(dataset.get_fragments(filter=_condition(table, None, since))))
+        del dataset, delta
+        return files
+
+    def count(self, table: str) -> int:
+        delta = self._table(table)
+        if delta is None:
+            return 0
+        actions = pa.table(delta.get_add_actions(flatten=True))
+        counts = actions.column("num_records")
+        if counts.null_count:  # a file written without statistics: count its rows
+            return int(delta.to_pyarrow_dataset().count_rows())
+        return int(pc.sum(counts).as_py() or 0)
+
+    def latest(self, table: str, column: str) -> Any:
+        delta = self._table(table)
+        if delta is None:
+            return None
+        actions = pa.table(delta.get_add_actions(flatten=True))
+        stats = f"max.{column}"
+        if stats not in actions.column_names or actions.column(stats).null_count:
+            values = self.read_arrow(table, columns=[column]).column(column)
+            return pc.max(values).as_py()
+        return pc.max(actions.column(stats)).as_py()
+
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
+        from deltalake import write_deltalake
+
+        write_deltalake(
+            self.path(table),
+            self.conform(data, table),
+            mode="overwrite",
+            storage_options=self.storage_options,
+        )
 
     def read(
         self,
@@ -68,8 +113,9 @@ class DeltaRsLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> DataFrame:
-        data = self.read_arrow(table, columns=columns, equals=equals)
+        data = self.read_arrow(table, columns=columns, equals=equals, since=since)
         data = self.conform(data, table, partial=True)
         if not data.num_rows:  # Spark Connect infers no schema from an empty table
             from pyspark.sql.pandas.types import from_arrow_schema
@@ -81,27 +127,62 @@ class DeltaRsLake(Lake):
         return self.append_arrow(df.toArrow(), table, txn=txn)
 
     def append_arrow(self, data: pa.Table, table: str, *, txn: Txn | None = None) -> bool:
-        from deltalake import CommitProperties, Transaction, write_deltalake
+        """The app transaction is checked on the snapshot the commit is then built on, so
+        delta-rs' conflict check sees any commit made in between: a racing writer's commit of
+        the same app id fails this one ("Concurrent transaction failed"), and so does a
+        concurrent metadata change (``fruits maintain`` setting table properties). A failed
+        commit wrote nothing: it is tried again on a fresh snapshot, where a version the racer
+        committed is skipped. So two writers racing on one (app id, version) commit one set
+        of rows, and each says truthfully whether it wrote."""
+        from deltalake.exceptions import DeltaError
 
-        if txn is not None and self.committed_version(table, txn.app_id) >= txn.version:
-            return False  # a replayed batch: this version is already in the table
         if data.num_rows == 0:
             return False
+        rows = self.conform(data, table)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                return self._append_once(rows, table, txn)
+            except DeltaError:  # a conflict, or the table created meanwhile by a racer
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_once(self, rows: pa.Table, table: str, txn: Txn | None) -> bool:
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        delta = self._table(table)
+        if txn is not None and delta is not None and _txn_version(delta, txn.app_id) >= txn.version:
+            return False  # a replayed batch (or a racer's): this version is in the table
         properties = None
         if txn is not None:
             properties = CommitProperties(
                 app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)]
             )
-        write_deltalake(
-            self.path(table),
-            self.conform(data, table),
-            mode="append",
-            storage_options=self.storage_options,
-            commit_properties=properties,
-            # Used when this append creates the table (the maintenance policy's properties).
-            configuration=self.table_properties or None,
-        )
+        if delta is None:
+            # Created in a commit of its own (as Spark's writer does), so the data's commit
+            # is always built on a snapshot: a creation carrying data would be rebased over a
+            # racer's creation without any check of the app transaction.
+            delta = self._create(table)
+            if txn is not None and _txn_version(delta, txn.app_id) >= txn.version:
+                return False
+        write_deltalake(delta, rows, mode="append", commit_properties=properties)
         return True
+
+    def _create(self, table: str):  # type: ignore[no-untyped-def]
+        """The table with the contract's schema and no rows (if a racer has not made it)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        with contextlib.suppress(DeltaError):  # a racer created it between the two calls
+            DeltaTable.create(
+                self.path(table),
+                schema=SCHEMAS[table],
+                mode="ignore",
+                # The maintenance policy's log and vacuum retentions, checkpoint interval.
+                configuration=self.table_properties or None,
+                storage_options=self.storage_options,
+            )
+        return self._table(table)
 
     def version(self, table: str) -> int:
         delta = self._table(table)
@@ -141,6 +222,12 @@ class DeltaRsLake(Lake):
         del dataset  # free delta-rs' threads now (see read_arrow)
         return self.conform(appended, table, partial=columns is not None)
 
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        dataset = self._at(table, version).to_pyarrow_dataset()
+        data = dataset.to_table(columns=columns)
+        del dataset  # free delta-rs' threads now (see read_arrow)
+        return self.conform(data, table, partial=columns is not None)
+
     def _fs(self, table: str) -> pa_fs.PyFileSystem:
         """The table's folder as a pyarrow filesystem (delta-rs' own: local or az://)."""
         from deltalake.fs import DeltaStorageHandler
@@ -161,10 +248,7 @@ class DeltaRsLake(Lake):
 
     def committed_version(self, table: str, app_id: str) -> int:
         delta = self._table(table)
-        if delta is None:
-            return -1
-        version = delta.transaction_version(app_id)
-        return -1 if version is None else int(version)
+        return -1 if delta is None else _txn_version(delta, app_id)
 
     # --- maintenance (Lake.maintain) -------------------------------------------------------
 
@@ -215,9 +299,31 @@ class DeltaRsLake(Lake):
         return None
 
 
+def _txn_version(delta: Any, app_id: str) -> int:
+    """The last version committed for ``app_id`` in this snapshot; -1 if none."""
+    version = delta.transaction_version(app_id)
+    return -1 if version is None else int(version)
+
+
 def _last_checkpoint(fs: pa_fs.PyFileSystem) -> int | None:
     try:
         with fs.open_input_stream("_delta_log/_last_checkpoint") as handle:
             return int(json.loads(handle.read().decode())["version"])
     except FileNotFoundError:
         return None
+
+
+def _condition(
+    table: str, equals: dict[str, str] | None, since: Since | None
+) -> pc.Expression | None:
+    condition = None
+    for column, value in (equals or {}).items():
+        term = pc.field(column) == value
+        condition = term if condition is None else condition & term
+    if since is not None:
+        column, start = since
+        # The contract's type: comparing a timestamp column to a scalar of another unit
+        # or zone would not prune by the statistics.
+        term = pc.field(column) >= pa.scalar(start, type=SCHEMAS[table].field(column).type)
+        condition = term if condition is None else condition & term
+    return condition

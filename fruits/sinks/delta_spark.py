@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pyarrow as pa
 
-from fruits.sinks.delta import Lake, MaintenancePolicy, Txn
+from fruits.sinks.delta import Lake, MaintenancePolicy, Since, Txn
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["SparkDeltaLake"]
+
+# Delta's conflicts that a retry of a blind append resolves: a racer's commit of the same app
+# id, a concurrent metadata change (`fruits maintain` setting table properties).
+_CONFLICTS = ("ConcurrentTransaction", "MetadataChanged", "DELTA_METADATA_CHANGED")
+_COMMIT_ATTEMPTS = 3
 
 
 class SparkDeltaLake(Lake):
@@ -48,6 +54,7 @@ class SparkDeltaLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> DataFrame:
         from pyspark.sql import functions as F
 
@@ -57,6 +64,8 @@ class SparkDeltaLake(Lake):
             df = spark.read.format("delta").load(self.path(table))
         for column, value in (equals or {}).items():
             df = df.where(F.col(column) == value)
+        if since is not None:  # pushed down to Delta's data skipping (file statistics)
+            df = df.where(F.col(since[0]) >= F.lit(since[1]))
         return df.select(*columns) if columns else df
 
     def read_arrow(
@@ -65,9 +74,35 @@ class SparkDeltaLake(Lake):
         *,
         columns: list[str] | None = None,
         equals: dict[str, str] | None = None,
+        since: Since | None = None,
     ) -> pa.Table:
-        data = self.read(self.spark, table, columns=columns, equals=equals).toArrow()
-        return self.conform(data, table, partial=True)
+        data = self.read(self.spark, table, columns=columns, equals=equals, since=since)
+        return self.conform(data.toArrow(), table, partial=True)
+
+    def files_to_read(self, table: str, since: Since) -> int | None:
+        """Delta's data skipping decides inside the scan, and PySpark does not see it."""
+        return None
+
+    def count(self, table: str) -> int:
+        """Delta answers a plain count from its file statistics (no data read)."""
+        if not self._exists(table):
+            return 0
+        return int(self.spark.read.format("delta").load(self.path(table)).count())
+
+    def latest(self, table: str, column: str) -> Any:
+        from pyspark.sql import functions as F
+
+        if not self._exists(table):
+            return None
+        df = self.spark.read.format("delta").load(self.path(table))
+        # Through Arrow: a timestamp comes back in UTC, not as a naive local time (Row).
+        return df.agg(F.max(column).alias("latest")).toArrow().column(0)[0].as_py()
+
+    def replace_arrow(self, data: pa.Table, table: str) -> None:
+        if not self._exists(table):
+            self._create(table)
+        rows = self.spark.createDataFrame(self.conform(data, table))
+        rows.write.format("delta").mode("overwrite").save(self.path(table))
 
     def version(self, table: str) -> int:
         """The latest version, from the newest commit only (``history(1)``)."""
@@ -124,21 +159,57 @@ class SparkDeltaLake(Lake):
         data = self.spark.read.parquet(*files).select(*wanted).toArrow()
         return self.conform(data, table, partial=columns is not None)
 
+    def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
+        df = self.spark.read.format("delta").option("versionAsOf", version).load(self.path(table))
+        wanted = columns or SCHEMAS[table].names
+        return self.conform(df.select(*wanted).toArrow(), table, partial=columns is not None)
+
     def append(self, df: DataFrame, table: str, *, txn: Txn | None = None) -> bool:
         """Append ``df``; False when Delta skipped it (this ``txn`` is already committed).
 
-        Whether a commit happened is read from the table's version before and after: the
-        stream is the only writer of its (app id, batch) keys (its checkpoint lock)."""
+        Delta checks ``txnAppId``/``txnVersion`` inside its own transaction, and a racing
+        commit of the same app id fails this one (``ConcurrentTransactionException``), as does
+        a concurrent metadata change: it is then tried again, and Delta skips it if the racer
+        committed that version. Whether
+        a commit was this call's own is read from the log, by a token in the commit's
+        ``userMetadata`` (the table's version before and after would also count a concurrent
+        writer's commit)."""
         before = self.version(table)
         if before < 0:
             self._create(table)
             before = self.version(table)
-        writer = df.select(*SCHEMAS[table].names).write.format("delta").mode("append")
+        token = f"fruits-append-{uuid.uuid4().hex}"
+        writer = (
+            df.select(*SCHEMAS[table].names)
+            .write.format("delta")
+            .mode("append")
+            .option("userMetadata", token)
+        )
         if txn is not None:
             # Delta skips the write when this (appId, version) is already committed.
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
-        writer.save(self.path(table))
-        return self.version(table) > before
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                writer.save(self.path(table))
+                break
+            except Exception as exc:
+                # A commit that lost a conflict wrote nothing: try again (Delta skips it if
+                # the racer committed this very version).
+                conflict = any(name in f"{type(exc).__name__} {exc}" for name in _CONFLICTS)
+                if not conflict or attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
+        return self._committed_by(table, token, after_version=before)
+
+    def _committed_by(self, table: str, token: str, *, after_version: int) -> bool:
+        """Whether a commit after ``after_version`` carries ``token`` (its userMetadata)."""
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        commits = self.version(table) - after_version
+        if commits <= 0:
+            return False
+        history = DeltaTable.forPath(self.spark, self.path(table)).history(commits)
+        return bool(history.where(F.col("userMetadata") == token).limit(1).count())
 
     def _create(self, table: str) -> None:
         """Create the table with the contract's schema, NOT NULL columns included (a first
@@ -189,9 +260,19 @@ class SparkDeltaLake(Lake):
         # (FULL judges files it finds in storage by their age alone). The retention below
         # Delta's 7-day check is the policy's decision (Lake._retention), so the check is off.
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        command = (
-            f"VACUUM delta.`{self.path(table)}` LITE RETAIN {math.ceil(retention_hours)} HOURS"
-        )
+        hours = math.ceil(retention_hours)
+        try:
+            return self._vacuum_command(table, "LITE", hours)
+        except Exception as exc:
+            # LITE needs the log since the last vacuum; once cleaned up, Delta asks for FULL
+            # (DELTA_CANNOT_VACUUM_LITE). FULL also deletes untracked files by their age: at
+            # least an hour, far longer than any commit in progress takes.
+            if "VACUUM_LITE" not in str(exc):
+                raise
+            return self._vacuum_command(table, "FULL", max(hours, 1))
+
+    def _vacuum_command(self, table: str, mode: str, hours: int) -> int:
+        command = f"VACUUM delta.`{self.path(table)}` {mode} RETAIN {hours} HOURS"
         deleted = self.spark.sql(f"{command} DRY RUN").count()
         self.spark.sql(command).collect()
         return deleted

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fruits.console import log as console_log
 from fruits.errors import ConfigError
@@ -409,6 +410,11 @@ class EventHubsPublisher:
             client.send_batch(batch, timeout=self.target.timeout_s)
 
     def _commit_cursor(self, version: int, events: int) -> None:
+        """The cursor is one row per hub, replaced in one commit (an overwrite): the table
+        stays one small file however long the stream runs, and is read whole cheaply. The
+        rows of other hubs are kept; the Delta maintenance vacuums the replaced files."""
+        others = self._lake.read_arrow(EVENTHUB_OUTBOX)
+        others = others.filter(pc.not_equal(others.column("app_id"), self.app_id))
         row = pa.table(
             {
                 "app_id": [self.app_id],
@@ -416,8 +422,9 @@ class EventHubsPublisher:
                 "events": [events],
                 "published_at": [dt.datetime.now(dt.UTC)],
             }
-        )
-        self._lake.append_arrow(row.cast(SCHEMAS[EVENTHUB_OUTBOX]), EVENTHUB_OUTBOX)
+        ).cast(SCHEMAS[EVENTHUB_OUTBOX])
+        cursor = pa.concat_tables([self._lake.conform(others, EVENTHUB_OUTBOX), row])
+        self._lake.replace_arrow(cursor, EVENTHUB_OUTBOX)
 
     def _producer(self) -> Producer:
         if self._client is None:

@@ -36,13 +36,16 @@ def maintenance_policy(
     config: Config, lake: Lake, table: str, *, set_properties: bool = False
 ) -> MaintenancePolicy:
     """The configured policy for ``table``; for ``predictions`` with Event Hubs on, the first
-    version the outbox has not published yet is protected from vacuum and log clean-up."""
+    version the outbox has not published yet (once it has published one) is protected from
+    vacuum and log clean-up."""
     settings = config.maintenance
     keep_from = None
     if table == PREDICTIONS and config.eventhub.enabled:
         from fruits.sinks.eventhubs import outbox_cursor, outbox_id
 
-        keep_from = outbox_cursor(lake, outbox_id(config.eventhub.name)) + 1
+        cursor = outbox_cursor(lake, outbox_id(config.eventhub.name))
+        # Before the first event (-1) the outbox reads the latest snapshot, not old commits.
+        keep_from = cursor + 1 if cursor >= 0 else None
     return MaintenancePolicy(
         target_file_size=settings.target_file_size_mb * _MB,
         vacuum_retention_hours=settings.vacuum_retention_hours,

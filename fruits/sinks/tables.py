@@ -10,7 +10,8 @@ FEATURES = "features"
 PREDICTIONS = "predictions"
 QUARANTINE = "quarantine"
 # The Event Hubs outbox cursor (fruits/sinks/eventhubs.py): up to which Delta version of
-# `predictions` the events are published, one row per published chunk.
+# `predictions` the events are published; one row per hub, replaced at each published chunk
+# (tables written by older releases hold a row per chunk: the cursor is their largest).
 EVENTHUB_OUTBOX = "eventhub_outbox"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -69,7 +70,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             pa.field("app_id", pa.string(), nullable=False),  # "eventhub/<hub name>"
             pa.field("predictions_version", pa.int64(), nullable=False),  # published up to
-            pa.field("events", pa.int64()),  # events sent in this chunk
+            pa.field("events", pa.int64()),  # events sent in the last chunk
             pa.field("published_at", _TIMESTAMP),
         ]
     ),
