@@ -28,7 +28,7 @@ from fruits.errors import FruitsError
 from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import open_lake
-from fruits.sources.landing import landing_source
+from fruits.sources.landing import batch_files, landing_source
 from fruits.spark import get_spark, is_connect, ui_address
 from streaming.step import BatchOutcome, OutcomeFolder, PredictionStep
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
 
     from fruits.sinks.eventhubs import HubTarget, Producer
+    from fruits.sources.landing import BatchFiles
 
 __all__ = ["CheckpointInUseError", "run_stream", "start_query"]
 
@@ -83,7 +84,13 @@ def run_stream(
         # Under Spark Connect the step runs beside the server: it reports through files, and
         # the Event Hubs hook (threads, clients) stays here, run as each report arrives.
         query, step = start_query(
-            spark, config, source, served=served, once=once, on_batch=None if remote else publish
+            spark,
+            config,
+            source,
+            served=served,
+            once=once,
+            on_batch=None if remote else publish,
+            batch_files=batch_files(config, checkpoint),
         )
         reports = _Reports(step, folder, remote=remote)
         totals = _Totals()
@@ -198,9 +205,12 @@ def start_query(
     once: bool,
     checkpoint: str | None = None,
     on_batch: Callable[[BatchOutcome], None] | None = None,
+    batch_files: BatchFiles | None = None,
 ) -> tuple[StreamingQuery, PredictionStep]:
     """Start the prediction query over any source with the binaryFile schema (tests use this
-    with the memory source). ``on_batch`` runs after each batch's Delta commit."""
+    with the memory source). ``on_batch`` runs after each batch's Delta commit;
+    ``batch_files`` lists a batch's files for a source that may give no row for some
+    (:func:`fruits.sources.landing.batch_files`)."""
     checkpoint = checkpoint or checkpoint_path(config)
     remote = is_connect(spark)
     step = PredictionStep(
@@ -210,6 +220,7 @@ def start_query(
         timeout_s=config.stream.batch_timeout_s,
         on_batch=on_batch,
         report_to=_outcome_folder(checkpoint) if remote else None,
+        batch_files=batch_files,
     )
     writer = (
         source.writeStream.foreachBatch(step)

@@ -115,5 +115,9 @@ def test_name_filter_extensions_hidden_names_and_globs() -> None:
     assert accept("photos/Kiwi/1.JPG") and accept("a/b.png")
     assert not accept("a/.hidden.jpg") and not accept("a/_tmp.jpg") and not accept("a/b.txt")
     assert not accept("photos/")
+    # Spark's recursive listing enters no hidden folder below the landing: neither does Blob's.
+    under = NameFilter(["jpg"], under="_landing/")
+    assert under("_landing/sub/a.jpg") and not under("_landing/.uploading/a.jpg")
+    assert not under("_landing/sub/_tmp/a.jpg")
     only_img = NameFilter(["jpg"], glob="IMG_{1,2}*")
     assert only_img("x/IMG_1.jpg") and only_img("IMG_22.jpg") and not only_img("x/IMG_3.jpg")

@@ -153,7 +153,7 @@ class BlobBatchReader(DataSourceReader):
             blobs = [(name, None, 0, 0.0) for name in self.options.names]
         else:
             location = BlobLocation.parse(self.options.location)
-            accept = NameFilter(self.options.extensions, self.options.glob)
+            accept = NameFilter(self.options.extensions, self.options.glob, under=location.prefix)
             listing = AzureStorage(self.options.azure).list_blobs(location, accept)
             blobs = [(b.name, b.etag, b.size, b.last_modified.timestamp()) for b in listing]
         # About 64 photos per task: enough tasks to spread the downloads over the cluster.
@@ -171,7 +171,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.options = options
         self._storage = AzureStorage(options.azure)
         self._location = BlobLocation.parse(options.location)
-        self._accept = NameFilter(options.extensions, options.glob)
+        self._accept = NameFilter(options.extensions, options.glob, under=self._location.prefix)
         self._checkpoint = Path(options.checkpoint)
         self._state_path = self._checkpoint / "discovery" / "state.json"
         self._state = DiscoveryState.load(self._state_path, max_file_age_s=options.max_file_age_s)
