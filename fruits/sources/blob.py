@@ -173,8 +173,8 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._location = BlobLocation.parse(options.location)
         self._accept = NameFilter(options.extensions, options.glob, under=self._location.prefix)
         self._checkpoint = Path(options.checkpoint)
-        self._state_path = self._checkpoint / "discovery" / "state.json"
-        self._state = DiscoveryState.load(self._state_path, max_file_age_s=options.max_file_age_s)
+        self._state_path = self._checkpoint / "discovery" / "state.sqlite"
+        self._state = DiscoveryState.open(self._state_path, max_file_age_s=options.max_file_age_s)
         self._queue: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -207,7 +207,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._sync_commits()
         self._discover()
         self._state.target = self._state.last_seq
-        self._state.save(self._state_path)
+        self._state.save()
 
     def partitions(self, start: dict[str, int], end: dict[str, int]) -> Sequence[InputPartition]:
         arrivals = self._state.between(start["seq"], end["seq"])
@@ -226,12 +226,13 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if end["seq"] <= self._state.committed:
             return
         done = self._state.commit(end["seq"])
-        self._state.save(self._state_path)
+        self._state.save()
         self._delete_messages([r for a in done for r in a.receipts])
 
     def stop(self) -> None:
         self._sync_commits()  # the last batch of a run: Spark commits it without telling us
         self._queue = None
+        self._state.close()
 
     def _sync_commits(self) -> None:
         """Catch up with Spark's commit log. Spark calls :meth:`commit` for a batch only when
@@ -255,7 +256,6 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Find new blobs; the state is written only when this changed it (listing mode runs
         every trigger, and the state holds every key of the retention window)."""
         now = time.time()
-        before = (self._state.last_seq, len(self._state.seen))
         first = self._state.last_listing == 0.0
         offer = self.options.include_existing_files or not first
         listed = first or self.options.discovery == "listing" or self._backfill_due(now)
@@ -265,8 +265,8 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._receive_events()
         # A backfill's time is kept, so a restart does not list again before it is due.
         backfilled = listed and self.options.discovery == "notification"
-        if first or backfilled or (self._state.last_seq, len(self._state.seen)) != before:
-            self._state.save(self._state_path)
+        if first or backfilled or self._state.changed:
+            self._state.save()
 
     def _backfill_due(self, now: float) -> bool:
         interval = self.options.backfill_interval_s
@@ -296,10 +296,10 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if holder is None:
                 delete_now.append(receipt)  # nothing left to deliver: done with the message
             else:
-                holder.receipts = [r for r in holder.receipts if r[0] != message.id] + [receipt]
+                self._state.add_receipt(holder, receipt)
         if received:
             # The state (new arrivals, new pop receipts) is saved before any message is deleted.
-            self._state.save(self._state_path)
+            self._state.save()
             self._delete_messages(delete_now)
 
     def _arrival_for(self, text: str) -> Arrival | None:
