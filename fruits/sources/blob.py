@@ -13,6 +13,10 @@ Databricks, Auto Loader (``cloudFiles``) does the same job with Spark's own Azur
     a listing pass every ``backfill_interval`` catches events that were lost. A message is
     deleted only once the micro-batch holding its blob is committed.
 
+  With ``clean_source`` (Auto Loader's ``cleanSource``), the blobs of a committed micro-batch
+  are archived (copied under ``archive``, then deleted) or deleted once ``clean_retention_s``
+  has passed since that commit; only the version that was read (its ETag), never a rewrite.
+
 The streaming offset is a sequence number in a :class:`~fruits.sources.discovery.DiscoveryState`
 kept in the query's checkpoint (``state`` option), so a replayed micro-batch reads exactly the
 same blobs and a blob is offered once. ``SupportsTriggerAvailableNow`` gives ``--once``.
@@ -85,6 +89,9 @@ class BlobSourceOptions:
     max_file_age_s: float = 7 * 86400.0
     backfill_interval_s: float | None = 3600.0
     parallelism: int = 2
+    clean_source: str = "off"  # "off", "archive" (to ``archive``) or "delete"
+    clean_retention_s: float = 0.0  # after the commit of the blob's batch
+    archive: str = ""  # az:// location of archived blobs (their names relative to the landing)
 
     def to_option(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -193,6 +200,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
         self._sync_commits()
+        self._clean_due()
         self._discover()
         if isinstance(limit, ReadAllAvailable):
             max_files, max_bytes = None, None
@@ -226,8 +234,11 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if end["seq"] <= self._state.committed:
             return
         done = self._state.commit(end["seq"])
+        if self.options.clean_source != "off":
+            self._state.schedule_cleanup(done, due=time.time() + self.options.clean_retention_s)
         self._state.save()
         self._delete_messages([r for a in done for r in a.receipts])
+        self._clean_due()
 
     def stop(self) -> None:
         self._sync_commits()  # the last batch of a run: Spark commits it without telling us
@@ -249,6 +260,27 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             return
         if isinstance(end, dict) and isinstance(end.get("seq"), int):
             self.commit(end)
+
+    # -- landing clean-up --------------------------------------------------------------------
+
+    def _clean_due(self) -> None:
+        """Archive or delete the blobs whose clean-up is due (committed batches only). A
+        storage error fails the trigger, and what was not done stays due for the restart."""
+        if self.options.clean_source == "off":
+            return
+        due = self._state.cleanup_due(time.time())
+        if not due:
+            return
+        container = self._storage.container(self._location.container)
+        archive = (
+            BlobLocation.parse(self.options.archive)
+            if self.options.clean_source == "archive"
+            else None
+        )
+        for name, etag in due:
+            _clean_blob(self._storage, container, self._location, name, etag, archive=archive)
+        self._state.cleaned(due)
+        self._state.save()
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -337,6 +369,42 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 queue.delete_message(message_id, pop_receipt)
 
 
+def _clean_blob(
+    storage: AzureStorage,
+    container: Any,
+    landing: BlobLocation,
+    name: str,
+    etag: str,
+    *,
+    archive: BlobLocation | None,
+) -> None:
+    """Archive (download, upload under ``archive`` with the same content settings and
+    metadata, then delete) or delete one blob, only as the version the stream read: a blob
+    rewritten since is a new arrival, cleaned in its own turn, and one already gone is done."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    same_version = {"etag": f'"{etag}"', "match_condition": MatchConditions.IfNotModified}
+    if archive is not None:
+        try:
+            download = container.download_blob(name, **same_version)
+            content = download.readall()
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return
+        # A failure here (the archive container missing, storage down) fails the trigger.
+        target = storage.container(archive.container).get_blob_client(
+            archive.child(name.removeprefix(landing.prefix))
+        )
+        target.upload_blob(
+            content,
+            overwrite=True,
+            content_settings=download.properties.content_settings,
+            metadata=download.properties.metadata,
+        )
+    with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+        container.delete_blob(name, **same_version)
+
+
 class BlobDataSource(DataSource):
     """``format("fruits_blob")``, option ``fruits``: :meth:`BlobSourceOptions.to_option`."""
 
@@ -388,8 +456,12 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
     # As for a landing folder: the container exists from the start, empty until uploads come.
     landing = BlobLocation.parse(config.path("landing"))
     AzureStorage(config.azure).container(landing.container, create=True)
+    if config.stream.clean_source == "archive":
+        archive = BlobLocation.parse(config.path("archive"))
+        AzureStorage(config.azure).container(archive.container, create=True)
     stream = config.stream
     backfill = stream.backfill_interval
+    retention = stream.clean_source_retention
     options = BlobSourceOptions(
         location=config.path("landing"),
         azure=config.azure,
@@ -405,6 +477,9 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
         max_file_age_s=interval_seconds(stream.max_file_age),
         backfill_interval_s=interval_seconds(backfill) if backfill else None,
         parallelism=task_slots(spark) or 2,
+        clean_source=stream.clean_source,
+        clean_retention_s=interval_seconds(retention) if retention else 0.0,
+        archive=config.path("archive"),
     )
     register(spark)
     return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()

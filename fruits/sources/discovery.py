@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS arrivals (
     modified REAL NOT NULL, receipts TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS arrivals_by_key ON arrivals (name, etag);
+CREATE TABLE IF NOT EXISTS cleanup (
+    name TEXT NOT NULL, etag TEXT NOT NULL, due REAL NOT NULL, PRIMARY KEY (name, etag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cleanup_by_due ON cleanup (due);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS listing (
     ord INTEGER PRIMARY KEY, name TEXT, etag TEXT, size INTEGER, modified REAL
@@ -253,6 +257,27 @@ class DiscoveryState:
             parameters,
         )
         return [Arrival(s, n, e, z, m, json.loads(r)) for s, n, e, z, m, r in rows]
+
+    # -- landing clean-up (stream.clean_source) ---------------------------------------------
+
+    def schedule_cleanup(self, arrivals: list[Arrival], *, due: float) -> None:
+        """Committed arrivals whose blobs are to be archived or deleted at ``due`` (epoch s);
+        saved with the commit that made them due, so a crash cannot forget one."""
+        if not arrivals:
+            return
+        self._begin()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO cleanup VALUES (?, ?, ?)",
+            ((a.name, a.etag, due) for a in arrivals),
+        )
+
+    def cleanup_due(self, now: float, *, limit: int = 1000) -> list[tuple[str, str]]:
+        query = "SELECT name, etag FROM cleanup WHERE due <= ? ORDER BY due LIMIT ?"
+        return [(n, e) for n, e in self._db.execute(query, (now, limit))]
+
+    def cleaned(self, blobs: list[tuple[str, str]]) -> None:
+        self._begin()
+        self._db.executemany("DELETE FROM cleanup WHERE name = ? AND etag = ?", blobs)
 
     # -- size ------------------------------------------------------------------------------
 

@@ -63,6 +63,15 @@ def file_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFra
     )
     if stream.max_bytes_per_trigger:
         reader = reader.option("maxBytesPerTrigger", stream.max_bytes_per_trigger)
+    if stream.clean_source != "off":
+        # Spark moves (Hadoop rename, to the archive + the file's full path) or deletes a
+        # batch's files in FileStreamSource.commit, called once the batch is in the commit
+        # log, i.e. after the step's Delta commits; best effort, in a background thread.
+        reader = reader.option("cleanSource", stream.clean_source)
+        if stream.clean_source == "archive":
+            # az:// in the config: the same container through Hadoop's ABFS driver.
+            archive = AzureStorage(config.azure).hadoop_url(config.path("archive"))
+            reader = reader.option("sourceArchiveDir", archive)
     df = reader.load(landing)
     if not stream.include_existing_files:
         # Auto Loader's includeExistingFiles=false: only photos newer than the first start.
