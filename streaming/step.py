@@ -41,6 +41,7 @@ from fruits.spark import one_task_per_slot
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from fruits.sources.files import ListedFile
     from fruits.sources.landing import BatchFiles
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "OutcomeFolder", "PredictionStep"]
@@ -263,7 +264,7 @@ _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def _with_files_without_rows(
-    quarantine: pa.Table, predictions: pa.Table, listed: list[Any]
+    quarantine: pa.Table, predictions: pa.Table, listed: list[ListedFile]
 ) -> pa.Table:
     """The quarantine rows plus one for each file the source listed in the batch but gave no
     row for. Spark's ``binaryFile`` drops exactly the zero-length files (a file that vanished

@@ -21,6 +21,7 @@ from fruits.model.serving import ServedModel
 from fruits.sinks.delta import open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 from fruits.sources.events import blob_created_message
+from fruits.sources.files import listed_files
 from streaming.job import run_stream, start_query
 
 from .bad_inputs import NOT_DISCOVERED, PREDICTED, corpus, name_cases
@@ -146,3 +147,29 @@ def test_every_upload_ends_in_exactly_one_table_through_every_source(
     assert sum(predicted.values()) + sum(quarantined.values()) == sum(
         1 for _, e in files.values() if e != NOT_DISCOVERED
     )
+
+
+def test_a_batchs_files_come_from_the_file_sources_log_spelt_as_binary_file_spells_them(
+    tmp_path: Path,
+) -> None:
+    """Spark's log keeps URIs (``%20``, ``%25``...); rows carry decoded Hadoop paths. Batch 9
+    is in the compact file, which also holds earlier batches."""
+    log_folder = tmp_path / "sources" / "0"
+    log_folder.mkdir(parents=True)
+    entries = [
+        ("file:///l/a%20b%25zz.jpg", 8),
+        ("file:///l/%5Bab%5D%23%3F.jpg", 9),
+        ("abfs://c@acct.dfs.core.windows.net/p/%C3%BC%20x.jpg", 9),
+    ]
+    lines = [f'{{"path":"{p}","timestamp":1796121407643,"batchId":{b}}}' for p, b in entries]
+    (log_folder / "9.compact").write_text("\n".join(["v1", *lines]) + "\n")
+    (log_folder / "10").write_text("v1\n")
+    files = listed_files(None, 9, checkpoint=str(tmp_path))  # type: ignore[arg-type]
+    assert [f.path for f in files] == [
+        "file:/l/[ab]#?.jpg",
+        "abfs://c@acct.dfs.core.windows.net/p/ü x.jpg",
+    ]
+    assert files[0].modified == dt.datetime(2026, 12, 1, 10, 36, 47, 643000, tzinfo=dt.UTC)
+    assert listed_files(None, 10, checkpoint=str(tmp_path)) == []  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="no entry for micro-batch 11"):
+        listed_files(None, 11, checkpoint=str(tmp_path))  # type: ignore[arg-type]

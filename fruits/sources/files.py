@@ -103,7 +103,9 @@ class ListedFile:
 def listed_files(spark: SparkSession, batch_id: int, *, checkpoint: str) -> list[ListedFile]:
     """The files of micro-batch ``batch_id`` of the (single) file source of the query whose
     checkpoint is ``checkpoint``: ``sources/0/<batch_id>``, or ``<batch_id>.compact`` when Spark
-    compacted the log at that batch (every ``fileSource.log.compactInterval``, 10)."""
+    compacted the log at that batch (every ``fileSource.log.compactInterval``, 10). A compact
+    file lists every file the source has seen: reading it costs what Spark itself has just spent
+    rewriting it, once every 10 batches."""
     folder = f"{checkpoint.rstrip('/')}/sources/0"
     for name in (str(batch_id), f"{batch_id}.compact"):
         text = _read_text(spark, f"{folder}/{name}")
@@ -124,11 +126,11 @@ def _log_entries(text: str, batch_id: int) -> list[ListedFile]:
         entry = json.loads(line)
         if entry["batchId"] == batch_id:
             modified = dt.datetime.fromtimestamp(entry["timestamp"] / 1000, dt.UTC)
-            files.append(ListedFile(binary_file_path(entry["path"]), modified))
+            files.append(ListedFile(_binary_file_path(entry["path"]), modified))
     return files
 
 
-def binary_file_path(uri: str) -> str:
+def _binary_file_path(uri: str) -> str:
     """A file URI from Spark's log (``file:///a/b%20c.jpg``) as ``binaryFile`` spells the
     file's ``path`` (Hadoop's ``Path.toString``: ``file:/a/b c.jpg``, decoded)."""
     parts = urlsplit(uri)
