@@ -9,11 +9,17 @@ in the landing container, in the two discovery modes (Auto Loader's names), by s
 Simulated on a local folder (listing = ``os.scandir`` + set difference against the seen set)
 and an in-memory queue (notification), so the growth is measured here without Azure; a Blob
 listing pays the same per file plus ~5,000 names per HTTP page on top.
+
+The Blob source's own bookkeeping is timed for real: its
+:class:`~fruits.sources.discovery.DiscoveryState` (SQLite) holding ``files`` keys, per trigger
+the new blobs recorded and saved, then their batch committed and saved (``state_*`` figures):
+in listing mode it is handed the whole listing, in notification mode only the new blobs.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -22,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import machine
+from fruits.azure import BlobInfo
+from fruits.sources.discovery import DiscoveryState
 
 __all__ = ["run_discovery"]
 
@@ -66,6 +74,44 @@ def _one_size(size: int, *, new_files: int, triggers: int) -> dict[str, Any]:
             "listing_ms_per_trigger": round(1000 * listing_s / triggers, 3),
             "notification_ms_per_trigger": round(1000 * notification_s / triggers, 4),
             "blob_list_pages_per_trigger": -(-(size + new_files) // BLOB_LIST_PAGE),
+            **_state_costs(folder, size, new_files=new_files, triggers=triggers),
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _state_costs(folder: Path, size: int, *, new_files: int, triggers: int) -> dict[str, Any]:
+    """ms per trigger of the Blob source's discovery state holding ``size`` keys."""
+    t0 = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
+
+    def blobs(first: int, last: int) -> list[BlobInfo]:
+        return [
+            BlobInfo(f"photos/p-{i:08d}.jpg", "0x8D", 5000, t0 + dt.timedelta(seconds=i / 1000))
+            for i in range(first, last)
+        ]
+
+    figures: dict[str, Any] = {}
+    for mode in ("listing", "notification"):
+        path = folder / f"state-{mode}.sqlite"
+        state = DiscoveryState.open(path, max_file_age_s=7 * 86400)
+        state.add(blobs(0, size))
+        state.commit(state.last_seq)
+        state.save()
+        elapsed = 0.0
+        for trigger in range(triggers):
+            first = size + trigger * new_files
+            found = (
+                blobs(0, first + new_files)
+                if mode == "listing"
+                else blobs(first, first + new_files)
+            )
+            started = time.perf_counter()
+            assert len(state.add(found)) == new_files
+            state.save()
+            state.commit(state.last_seq)
+            state.save()
+            elapsed += time.perf_counter() - started
+        figures[f"state_{mode}_ms_per_trigger"] = round(1000 * elapsed / triggers, 2)
+        figures["state_bytes"] = state.used_bytes()
+        state.close()
+    return figures

@@ -61,6 +61,8 @@ class PathsConfig:
     lake: str = "{root}/lake"
     checkpoints: str = "{root}/checkpoints"
     landing: str = "{root}/landing"
+    # Where stream.clean_source: archive moves processed files; never under the landing.
+    archive: str = "{root}/archive"
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,12 @@ class StreamConfig:
     # Queue, named by `queue`, its connection string in the variable named below).
     autoloader_notifications: Literal["file_events", "queue"] = "file_events"
     queue_connection_string_env: str = "AUTOLOADER_QUEUE_CONNECTION_STRING"
+    # Landing clean-up (Auto Loader's cleanSource): files of committed micro-batches are moved
+    # to paths.archive ("archive") or deleted ("delete"), never before both tables hold them.
+    clean_source: Literal["off", "archive", "delete"] = "off"
+    # How long after its batch's commit a file waits; None: at the commit. Spark's file source
+    # cleans only at the commit; Auto Loader needs more than 7 days to delete.
+    clean_source_retention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     source: str = "<defaults>"
 
-    def path(self, name: Literal["lake", "checkpoints", "landing"]) -> str:
+    def path(self, name: Literal["lake", "checkpoints", "landing", "archive"]) -> str:
         """A configured location with ``{root}`` resolved: a URL, or an absolute local path (a
         cluster's executors and a Spark Connect server do not share this process' working
         directory)."""
@@ -318,6 +326,8 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key=key, source=source)
     if origin is Literal:
+        if value is False and "off" in args:
+            value = "off"  # YAML 1.1 reads a bare off as false
         if value not in args:
             choices = ", ".join(map(str, args))
             raise ConfigError(f"config key '{key}' must be one of: {choices} (got {value!r})")
@@ -388,7 +398,8 @@ def _validate(config: Config) -> None:
             "config key 'stream.trigger_interval' must look like '500 milliseconds' or "
             f"'2 seconds' (got {config.stream.trigger_interval!r})"
         )
-    for name in ("max_file_age", "backfill_interval"):
+    _validate_clean_source(config)
+    for name in ("max_file_age", "backfill_interval", "clean_source_retention"):
         value = getattr(config.stream, name)
         if value is not None and not _is_interval(value):
             raise ConfigError(
@@ -419,6 +430,39 @@ def _validate(config: Config) -> None:
     for name in ("tracking_uri", "model_name", "experiment"):
         if not str(getattr(config.mlflow, name)).strip():
             raise ConfigError(f"config key 'mlflow.{name}' must not be empty")
+
+
+def _validate_clean_source(config: Config) -> None:
+    """The clean-up settings against the landing's source (fruits/sources/cleanup.py)."""
+    stream = config.stream
+    if stream.clean_source == "off":
+        return
+    landing, archive = config.path("landing").rstrip("/"), config.path("archive").rstrip("/")
+    if stream.clean_source == "archive" and (
+        archive == landing or archive.startswith(landing + "/")
+    ):
+        raise ConfigError(
+            f"config key 'paths.archive' ({archive}) must not be under paths.landing: archived "
+            "files would be discovered again"
+        )
+    retention = stream.clean_source_retention
+    spark_file_source = not stream.autoloader and not landing.startswith("az://")
+    if spark_file_source and retention is not None:
+        raise ConfigError(
+            "config key 'stream.clean_source_retention' must be null with Spark's file source "
+            "(a folder or abfs:// landing), which cleans a batch's files when it is committed"
+        )
+    if (
+        stream.autoloader
+        and stream.clean_source == "delete"
+        and retention is not None
+        and _is_interval(retention)
+        and interval_seconds(retention) <= 7 * 86400
+    ):
+        raise ConfigError(
+            "config key 'stream.clean_source_retention' must be more than 7 days for Auto "
+            f"Loader's cleanSource DELETE (got {retention!r})"
+        )
 
 
 def _validate_eventhub(eventhub: EventHubConfig) -> None:

@@ -14,6 +14,7 @@ through objects in this process.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +42,9 @@ from streaming.decisions import Decision, DecisionJournal
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from fruits.sources.files import ListedFile
+    from fruits.sources.landing import BatchFiles
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "OutcomeFolder", "PredictionStep"]
 
@@ -109,6 +113,7 @@ class PredictionStep:
         on_batch: Callable[[BatchOutcome], None] | None = None,
         report_to: OutcomeFolder | None = None,
         journal: DecisionJournal | None = None,
+        batch_files: BatchFiles | None = None,
     ) -> None:
         self._lake = lake
         self._served = served
@@ -122,6 +127,8 @@ class PredictionStep:
         # tests): bounded, a stream runs for weeks. foreachBatch calls run one after another
         # and deque appends are atomic, so no lock is needed.
         self.outcomes: deque[BatchOutcome] = deque(maxlen=OUTCOMES_KEPT)
+        # The source's own list of a batch's files, where it may give no row for some.
+        self._batch_files = batch_files
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
@@ -174,6 +181,10 @@ class PredictionStep:
                 predictions, quarantine = _answer_in_one_job(batch, serving)
             else:
                 predictions, quarantine = _answer_with_spark_ml(batch, serving)
+        if self._batch_files is not None:
+            listed = self._batch_files(batch.sparkSession, batch_id)
+            quarantine = _with_files_without_rows(quarantine, predictions, listed)
+
         predicted_at = dt.datetime.now(dt.UTC)
         return Decision(
             predictions=self._lake.conform(
@@ -277,6 +288,33 @@ def _deadline(batch: DataFrame, batch_id: int, seconds: float | None) -> Iterato
     finally:
         timer.cancel()
         spark.removeTag(tag)
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _with_files_without_rows(
+    quarantine: pa.Table, predictions: pa.Table, listed: list[ListedFile]
+) -> pa.Table:
+    """The quarantine rows plus one for each file the source listed in the batch but gave no
+    row for. Spark's ``binaryFile`` drops exactly the zero-length files (a file that vanished
+    fails the batch instead), so they are what the decoder says of no bytes: ``empty``."""
+    seen = set(quarantine.column("path").to_pylist()) | set(predictions.column("path").to_pylist())
+    missing = [f for f in listed if f.path not in seen]
+    if not missing:
+        return quarantine
+    rows = pa.table(
+        {
+            "path": [f.path for f in missing],
+            "uploaded_at": pa.array([f.modified for f in missing], _TS),
+            "size_bytes": pa.array([0] * len(missing), pa.int64()),
+            "image_id": [_EMPTY_SHA256] * len(missing),
+            "reason": ["empty"] * len(missing),
+            "detail": ["0 bytes"] * len(missing),
+        }
+    )
+    columns = quarantine.schema.names
+    return pa.concat_tables([quarantine, rows.select(columns).cast(quarantine.schema)])
 
 
 def _constant(value: object, n: int, kind: pa.DataType) -> pa.Array:

@@ -255,3 +255,32 @@ def corpus() -> list[Case]:
             "same bytes as another upload: same image_id, its own row",
         ),
     ]
+
+
+NOT_DISCOVERED = "not discovered"
+
+
+@dataclass(frozen=True)
+class NameCase:
+    name: str  # path under the landing, as uploaded (may hold folders)
+    expected: str  # PREDICTED or NOT_DISCOVERED
+    why: str
+
+
+def name_cases() -> list[NameCase]:
+    """Odd names, each a real photo: what every landing source must discover, or not.
+
+    Hidden names (``.x``, ``_x``, or anything in such a folder) are uploads still being written
+    (``fruits upload`` writes one, then renames it): no source takes them."""
+    return [
+        NameCase("sub/deep/in-a-sub-folder.jpg", PREDICTED, "sub-folders are listed recursively"),
+        NameCase("hash#1.jpg", PREDICTED, "'#' would start a URL fragment"),
+        NameCase("percent%41.jpg", PREDICTED, "'%41' must not be decoded to 'A'"),
+        NameCase("glob[ab].jpg", PREDICTED, "'[ab]' is a glob class, not a pattern here"),
+        NameCase("glob*star?.jpg", PREDICTED, "'*' and '?' are glob wildcards"),
+        NameCase("braces{a,b}.jpg", PREDICTED, "'{a,b}' is a Hadoop glob alternation"),
+        NameCase(".hidden.jpg", NOT_DISCOVERED, "a hidden name: an upload in progress"),
+        NameCase("_temporary.jpg", NOT_DISCOVERED, "'_' is hidden too (Spark's rule)"),
+        NameCase(".uploading/in-a-hidden-folder.jpg", NOT_DISCOVERED, "inside a hidden folder"),
+        NameCase("notes.txt", NOT_DISCOVERED, "not a photo's extension"),
+    ]

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fruits.config import Config
 from fruits.decode import Decoded, ImageLimits, Rejection, decode_image
-from fruits.sinks.delta_rs import DeltaRsLake
-from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
 from .bad_inputs import PREDICTED, Case, corpus
 from .conftest import real_photos
@@ -74,25 +68,4 @@ def test_mutated_jpegs_never_raise(flips: list[tuple[int, int]], keep: int) -> N
     assert isinstance(result, Decoded | Rejection)
 
 
-@pytest.mark.spark
-def test_every_corpus_case_ends_in_exactly_one_table(
-    memory_query: Any, stream_config: Config
-) -> None:
-    feed, query, _ = memory_query
-    now = dt.datetime.now(dt.UTC)
-    feed.add([(f"landing/{case.name}", case.data, now) for case in CASES])
-    query.processAllAvailable()
-    lake = DeltaRsLake(stream_config.path("lake"))
-    predicted = {r["path"]: r for r in lake.read_arrow(PREDICTIONS).to_pylist()}
-    quarantined = {r["path"]: r for r in lake.read_arrow(QUARANTINE).to_pylist()}
-    assert not set(predicted) & set(quarantined)
-    for case in CASES:
-        path = f"landing/{case.name}"
-        if case.expected == PREDICTED:
-            assert path in predicted, case.name
-        else:
-            assert quarantined[path]["reason"] == case.expected, case.name
-            assert quarantined[path]["size_bytes"] == len(case.data)
-    assert len(predicted) + len(quarantined) == len(CASES)
-    kiwi = predicted["landing/duplicate-of-kiwi.jpg"]
-    assert kiwi["image_id"] == predicted["landing/my kiwi ünïcödé ..photo.jpg"]["image_id"]
+# Through the stream, by every landing source: tests/test_corpus_sources.py.

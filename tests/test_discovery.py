@@ -45,14 +45,14 @@ def test_state_stays_bounded_by_the_retention_window() -> None:
     state = DiscoveryState(max_file_age_s=60)
     state.add([blob(f"{i}.jpg", i / 2) for i in range(100)])  # within 50 s
     state.commit(state.last_seq)
-    assert len(state.seen) == 100
+    assert state.seen_count() == 100
     state.add([blob("later.jpg", 1000)])
     state.commit(state.last_seq)
     # Keys older than high-water - 60 s are forgotten; blobs that old are ignored, not redone.
-    assert list(state.seen) == ["later.jpg\ne1"]
+    assert state.seen_keys() == [("later.jpg", "e1")]
     assert state.add([blob("0.jpg", 0)]) == []
     assert state.ignored_too_old == 1
-    assert state.pending == []
+    assert state.pending() == []
 
 
 def test_end_offset_respects_files_bytes_and_the_available_now_target() -> None:
@@ -75,14 +75,75 @@ def test_include_existing_false_remembers_without_offering() -> None:
 
 
 def test_state_survives_a_save_and_load(tmp_path: Path) -> None:
-    state = DiscoveryState(max_file_age_s=3600)
+    state = DiscoveryState.open(tmp_path / "state.sqlite", max_file_age_s=3600)
     state.add([blob("a.jpg"), blob("b.jpg", 1)])
-    state.pending[0].receipts.append(["message-1", "receipt-1"])
+    state.add_receipt(state.pending()[0], ["message-1", "receipt-0"])
+    state.add_receipt(state.pending()[0], ["message-1", "receipt-1"])  # received again
     state.target = 2
-    state.save(tmp_path / "state.json")
-    loaded = DiscoveryState.load(tmp_path / "state.json", max_file_age_s=3600)
-    assert loaded.pending == state.pending and loaded.seen == state.seen
+    state.save()
+    state.add([blob("unsaved.jpg", 2)])  # a crash before the next save: as if never seen
+    pending, seen = state.pending()[:2], state.seen_keys()
+    state.close()
+    loaded = DiscoveryState.open(tmp_path / "state.sqlite", max_file_age_s=3600)
+    assert loaded.pending() == pending and pending[0].receipts == [["message-1", "receipt-1"]]
+    assert loaded.seen_keys() == [k for k in seen if k[0] != "unsaved.jpg"]
+    assert (loaded.last_seq, loaded.high_water) == (2, (T0 + dt.timedelta(seconds=1)).timestamp())
     assert loaded.target is None  # each --once run sets its own
+
+
+def test_a_json_state_of_an_earlier_version_is_converted_once(tmp_path: Path) -> None:
+    """The state.json an earlier version kept (every key of the window, rewritten whole)."""
+    legacy = {
+        "max_file_age_s": 3600,
+        "last_seq": 3,
+        "committed": 1,
+        "high_water": (T0 + dt.timedelta(seconds=2)).timestamp(),
+        "seen": {
+            f"{n}\ne1": (T0 + dt.timedelta(seconds=i)).timestamp() for i, n in enumerate("abc")
+        },
+        "pending": [
+            {"seq": 2, "name": "b", "etag": "e1", "size": 10, "modified": 1.0, "receipts": []},
+            {
+                "seq": 3,
+                "name": "c",
+                "etag": "e1",
+                "size": 10,
+                "modified": 2.0,
+                "receipts": [["m", "r"]],
+            },
+        ],
+        "target": None,
+        "last_listing": 123.0,
+        "ignored_too_old": 4,
+    }
+    (tmp_path / "state.json").write_text(json.dumps(legacy))
+    state = DiscoveryState.open(tmp_path / "state.sqlite", max_file_age_s=3600)
+    assert not (tmp_path / "state.json").exists()
+    assert state.seen_keys() == [("a", "e1"), ("b", "e1"), ("c", "e1")]
+    assert [(a.seq, a.receipts) for a in state.pending()] == [(2, []), (3, [["m", "r"]])]
+    assert (state.last_seq, state.committed, state.last_listing, state.ignored_too_old) == (
+        3,
+        1,
+        123.0,
+        4,
+    )
+    assert state.add([blob("a"), blob("d", 3)])[0].seq == 4  # a is known; d continues the seqs
+
+
+def test_state_size_stays_bounded_as_keys_expire(tmp_path: Path) -> None:
+    """A day of 24 hourly listings of 500 new photos a time, with a 3-hour window: the keys and
+    the database's pages stop growing once the window is full."""
+    state = DiscoveryState.open(tmp_path / "state.sqlite", max_file_age_s=3 * 3600)
+    pages = []
+    for hour in range(24):
+        state.add([blob(f"h{hour:02d}-{i:04d}.jpg", hour * 3600 + i) for i in range(500)])
+        state.commit(state.last_seq)
+        state.save()
+        assert state.seen_count() <= 4 * 500
+        pages.append(state.used_bytes())
+    # Exactly the window: 3 hours back from the newest photo (hour 23, second 499).
+    assert state.seen_count() == 3 * 500 + 1
+    assert max(pages[6:]) <= 1.1 * pages[5]  # freed pages are reused: flat after the window fills
 
 
 def _event(subject: str, event_type: str = "Microsoft.Storage.BlobCreated") -> dict[str, object]:
@@ -120,6 +181,10 @@ def test_name_filter_extensions_hidden_names_and_globs() -> None:
     assert accept("photos/Kiwi/1.JPG") and accept("a/b.png")
     assert not accept("a/.hidden.jpg") and not accept("a/_tmp.jpg") and not accept("a/b.txt")
     assert not accept("photos/")
+    # Spark's recursive listing enters no hidden folder below the landing: neither does Blob's.
+    under = NameFilter(["jpg"], under="_landing/")
+    assert under("_landing/sub/a.jpg") and not under("_landing/.uploading/a.jpg")
+    assert not under("_landing/sub/_tmp/a.jpg")
     only_img = NameFilter(["jpg"], glob="IMG_{1,2}*")
     assert only_img("x/IMG_1.jpg") and only_img("IMG_22.jpg") and not only_img("x/IMG_3.jpg")
 

@@ -44,6 +44,15 @@ def autoloader_options(
     }
     if stream.max_bytes_per_trigger:
         options["cloudFiles.maxBytesPerTrigger"] = str(stream.max_bytes_per_trigger)
+    if stream.clean_source != "off":
+        # Auto Loader cleans a file after its retention counted from its batch's commit.
+        options["cloudFiles.cleanSource"] = {"archive": "MOVE", "delete": "DELETE"}[
+            stream.clean_source
+        ]
+        if stream.clean_source == "archive":
+            options["cloudFiles.cleanSource.moveDestination"] = config.path("archive")
+        if stream.clean_source_retention:
+            options["cloudFiles.cleanSource.retentionDuration"] = stream.clean_source_retention
     if stream.discovery == "listing":
         options["cloudFiles.useNotifications"] = "false"
     elif stream.autoloader_notifications == "file_events":

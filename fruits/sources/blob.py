@@ -13,6 +13,10 @@ Databricks, Auto Loader (``cloudFiles``) does the same job with Spark's own Azur
     a listing pass every ``backfill_interval`` catches events that were lost. A message is
     deleted only once the micro-batch holding its blob is committed.
 
+  With ``clean_source`` (Auto Loader's ``cleanSource``), the blobs of a committed micro-batch
+  are archived (copied under ``archive``, then deleted) or deleted once ``clean_retention_s``
+  has passed since that commit; only the version that was read (its ETag), never a rewrite.
+
 The streaming offset is a sequence number in a :class:`~fruits.sources.discovery.DiscoveryState`
 kept in the query's checkpoint (``state`` option), so a replayed micro-batch reads exactly the
 same blobs and a blob is offered once. ``SupportsTriggerAvailableNow`` gives ``--once``.
@@ -85,6 +89,9 @@ class BlobSourceOptions:
     max_file_age_s: float = 7 * 86400.0
     backfill_interval_s: float | None = 3600.0
     parallelism: int = 2
+    clean_source: str = "off"  # "off", "archive" (to ``archive``) or "delete"
+    clean_retention_s: float = 0.0  # after the commit of the blob's batch
+    archive: str = ""  # az:// location of archived blobs (their names relative to the landing)
 
     def to_option(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -153,7 +160,7 @@ class BlobBatchReader(DataSourceReader):
             blobs = [(name, None, 0, 0.0) for name in self.options.names]
         else:
             location = BlobLocation.parse(self.options.location)
-            accept = NameFilter(self.options.extensions, self.options.glob)
+            accept = NameFilter(self.options.extensions, self.options.glob, under=location.prefix)
             listing = AzureStorage(self.options.azure).list_blobs(location, accept)
             blobs = [(b.name, b.etag, b.size, b.last_modified.timestamp()) for b in listing]
         # About 64 photos per task: enough tasks to spread the downloads over the cluster.
@@ -171,10 +178,10 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.options = options
         self._storage = AzureStorage(options.azure)
         self._location = BlobLocation.parse(options.location)
-        self._accept = NameFilter(options.extensions, options.glob)
+        self._accept = NameFilter(options.extensions, options.glob, under=self._location.prefix)
         self._checkpoint = Path(options.checkpoint)
-        self._state_path = self._checkpoint / "discovery" / "state.json"
-        self._state = DiscoveryState.load(self._state_path, max_file_age_s=options.max_file_age_s)
+        self._state_path = self._checkpoint / "discovery" / "state.sqlite"
+        self._state = DiscoveryState.open(self._state_path, max_file_age_s=options.max_file_age_s)
         self._queue: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -193,6 +200,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
         self._sync_commits()
+        self._clean_due()
         self._discover()
         if isinstance(limit, ReadAllAvailable):
             max_files, max_bytes = None, None
@@ -207,7 +215,7 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._sync_commits()
         self._discover()
         self._state.target = self._state.last_seq
-        self._state.save(self._state_path)
+        self._state.save()
 
     def partitions(self, start: dict[str, int], end: dict[str, int]) -> Sequence[InputPartition]:
         arrivals = self._state.between(start["seq"], end["seq"])
@@ -226,12 +234,16 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if end["seq"] <= self._state.committed:
             return
         done = self._state.commit(end["seq"])
-        self._state.save(self._state_path)
+        if self.options.clean_source != "off":
+            self._state.schedule_cleanup(done, due=time.time() + self.options.clean_retention_s)
+        self._state.save()
         self._delete_messages([r for a in done for r in a.receipts])
+        self._clean_due()
 
     def stop(self) -> None:
         self._sync_commits()  # the last batch of a run: Spark commits it without telling us
         self._queue = None
+        self._state.close()
 
     def _sync_commits(self) -> None:
         """Catch up with Spark's commit log. Spark calls :meth:`commit` for a batch only when
@@ -249,13 +261,33 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(end, dict) and isinstance(end.get("seq"), int):
             self.commit(end)
 
+    # -- landing clean-up --------------------------------------------------------------------
+
+    def _clean_due(self) -> None:
+        """Archive or delete the blobs whose clean-up is due (committed batches only). A
+        storage error fails the trigger, and what was not done stays due for the restart."""
+        if self.options.clean_source == "off":
+            return
+        due = self._state.cleanup_due(time.time())
+        if not due:
+            return
+        container = self._storage.container(self._location.container)
+        archive = (
+            BlobLocation.parse(self.options.archive)
+            if self.options.clean_source == "archive"
+            else None
+        )
+        for name, etag in due:
+            _clean_blob(self._storage, container, self._location, name, etag, archive=archive)
+        self._state.cleaned(due)
+        self._state.save()
+
     # -- discovery ---------------------------------------------------------------------------
 
     def _discover(self) -> None:
         """Find new blobs; the state is written only when this changed it (listing mode runs
         every trigger, and the state holds every key of the retention window)."""
         now = time.time()
-        before = (self._state.last_seq, len(self._state.seen))
         first = self._state.last_listing == 0.0
         offer = self.options.include_existing_files or not first
         listed = first or self.options.discovery == "listing" or self._backfill_due(now)
@@ -265,8 +297,8 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._receive_events()
         # A backfill's time is kept, so a restart does not list again before it is due.
         backfilled = listed and self.options.discovery == "notification"
-        if first or backfilled or (self._state.last_seq, len(self._state.seen)) != before:
-            self._state.save(self._state_path)
+        if first or backfilled or self._state.changed:
+            self._state.save()
 
     def _backfill_due(self, now: float) -> bool:
         interval = self.options.backfill_interval_s
@@ -296,10 +328,10 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if holder is None:
                 delete_now.append(receipt)  # nothing left to deliver: done with the message
             else:
-                holder.receipts = [r for r in holder.receipts if r[0] != message.id] + [receipt]
+                self._state.add_receipt(holder, receipt)
         if received:
             # The state (new arrivals, new pop receipts) is saved before any message is deleted.
-            self._state.save(self._state_path)
+            self._state.save()
             self._delete_messages(delete_now)
 
     def _arrival_for(self, text: str) -> Arrival | None:
@@ -335,6 +367,42 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # then comes back, is recognised as already delivered, and is deleted then.
             with contextlib.suppress(HttpResponseError):
                 queue.delete_message(message_id, pop_receipt)
+
+
+def _clean_blob(
+    storage: AzureStorage,
+    container: Any,
+    landing: BlobLocation,
+    name: str,
+    etag: str,
+    *,
+    archive: BlobLocation | None,
+) -> None:
+    """Archive (download, upload under ``archive`` with the same content settings and
+    metadata, then delete) or delete one blob, only as the version the stream read: a blob
+    rewritten since is a new arrival, cleaned in its own turn, and one already gone is done."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    same_version = {"etag": f'"{etag}"', "match_condition": MatchConditions.IfNotModified}
+    if archive is not None:
+        try:
+            download = container.download_blob(name, **same_version)
+            content = download.readall()
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return
+        # A failure here (the archive container missing, storage down) fails the trigger.
+        target = storage.container(archive.container).get_blob_client(
+            archive.child(name.removeprefix(landing.prefix))
+        )
+        target.upload_blob(
+            content,
+            overwrite=True,
+            content_settings=download.properties.content_settings,
+            metadata=download.properties.metadata,
+        )
+    with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+        container.delete_blob(name, **same_version)
 
 
 class BlobDataSource(DataSource):
@@ -388,8 +456,12 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
     # As for a landing folder: the container exists from the start, empty until uploads come.
     landing = BlobLocation.parse(config.path("landing"))
     AzureStorage(config.azure).container(landing.container, create=True)
+    if config.stream.clean_source == "archive":
+        archive = BlobLocation.parse(config.path("archive"))
+        AzureStorage(config.azure).container(archive.container, create=True)
     stream = config.stream
     backfill = stream.backfill_interval
+    retention = stream.clean_source_retention
     options = BlobSourceOptions(
         location=config.path("landing"),
         azure=config.azure,
@@ -405,6 +477,9 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
         max_file_age_s=interval_seconds(stream.max_file_age),
         backfill_interval_s=interval_seconds(backfill) if backfill else None,
         parallelism=task_slots(spark) or 2,
+        clean_source=stream.clean_source,
+        clean_retention_s=interval_seconds(retention) if retention else 0.0,
+        archive=config.path("archive"),
     )
     register(spark)
     return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()

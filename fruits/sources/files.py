@@ -1,12 +1,22 @@
 """Spark's file source (``binaryFile``) over a landing folder (the embedded default), or over
-Blob through Hadoop's ABFS driver (``abfs[s]://``)."""
+Blob through Hadoop's ABFS driver (``abfs[s]://``).
+
+Spark's ``binaryFile`` reader returns no row for a zero-length file (``PartitioningAwareFileIndex``
+keeps only non-empty files), although the stream source discovered it and put it in the
+micro-batch: an empty upload would end in neither table. :func:`listed_files` reads the batch's
+files from the source's own log in the checkpoint, so the step can quarantine the ones that gave
+no row (:mod:`streaming.step`). The log is what Spark itself replays, so a replayed batch lists
+exactly the same files; it works alike for a folder and for ``abfs://``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from fruits.azure import AzureStorage, BlobLocation
 from fruits.config import is_url
@@ -19,7 +29,7 @@ if TYPE_CHECKING:
 
     from fruits.config import Config
 
-__all__ = ["file_source", "first_start"]
+__all__ = ["ListedFile", "file_source", "first_start", "listed_files"]
 
 
 def file_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
@@ -53,6 +63,15 @@ def file_source(spark: SparkSession, config: Config, checkpoint: str) -> DataFra
     )
     if stream.max_bytes_per_trigger:
         reader = reader.option("maxBytesPerTrigger", stream.max_bytes_per_trigger)
+    if stream.clean_source != "off":
+        # Spark moves (Hadoop rename, to the archive + the file's full path) or deletes a
+        # batch's files in FileStreamSource.commit, called once the batch is in the commit
+        # log, i.e. after the step's Delta commits; best effort, in a background thread.
+        reader = reader.option("cleanSource", stream.clean_source)
+        if stream.clean_source == "archive":
+            # az:// in the config: the same container through Hadoop's ABFS driver.
+            archive = AzureStorage(config.azure).hadoop_url(config.path("archive"))
+            reader = reader.option("sourceArchiveDir", archive)
     df = reader.load(landing)
     if not stream.include_existing_files:
         # Auto Loader's includeExistingFiles=false: only photos newer than the first start.
@@ -71,3 +90,63 @@ def first_start(checkpoint: str) -> dt.datetime:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"first_start": now.isoformat()}))
     return now
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file Spark's file source put in a micro-batch."""
+
+    path: str  # spelt as binaryFile's ``path`` column spells it
+    modified: dt.datetime
+
+
+def listed_files(spark: SparkSession, batch_id: int, *, checkpoint: str) -> list[ListedFile]:
+    """The files of micro-batch ``batch_id`` of the (single) file source of the query whose
+    checkpoint is ``checkpoint``: ``sources/0/<batch_id>``, or ``<batch_id>.compact`` when Spark
+    compacted the log at that batch (every ``fileSource.log.compactInterval``, 10). A compact
+    file lists every file the source has seen: reading it costs what Spark itself has just spent
+    rewriting it, once every 10 batches."""
+    folder = f"{checkpoint.rstrip('/')}/sources/0"
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        text = _read_text(spark, f"{folder}/{name}")
+        if text is not None:
+            return _log_entries(text, batch_id)
+    raise RuntimeError(
+        f"the file source's log has no entry for micro-batch {batch_id} under {folder}"
+    )
+
+
+def _log_entries(text: str, batch_id: int) -> list[ListedFile]:
+    """Spark's ``FileStreamSourceLog``: ``v1``, then one JSON ``FileEntry`` a line (``path`` a
+    URI, ``timestamp`` in ms, ``batchId``); a compact file holds every earlier batch's too."""
+    files = []
+    for line in text.splitlines()[1:]:
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if entry["batchId"] == batch_id:
+            modified = dt.datetime.fromtimestamp(entry["timestamp"] / 1000, dt.UTC)
+            files.append(ListedFile(_binary_file_path(entry["path"]), modified))
+    return files
+
+
+def _binary_file_path(uri: str) -> str:
+    """A file URI from Spark's log (``file:///a/b%20c.jpg``) as ``binaryFile`` spells the
+    file's ``path`` (Hadoop's ``Path.toString``: ``file:/a/b c.jpg``, decoded)."""
+    parts = urlsplit(uri)
+    authority = f"//{parts.netloc}" if parts.netloc else ""
+    return f"{parts.scheme}:{authority}{unquote(parts.path)}"
+
+
+def _read_text(spark: SparkSession, path: str) -> str | None:
+    """A small text file of the checkpoint, or None when it does not exist: read directly when
+    local, through Spark (Hadoop's file systems) when it is a URL."""
+    if not is_url(path):
+        local = Path(path.removeprefix("file:"))
+        return local.read_text() if local.exists() else None
+    from pyspark.errors import AnalysisException
+
+    try:
+        return "\n".join(r.value for r in spark.read.text(path).collect())
+    except AnalysisException:
+        return None

@@ -49,15 +49,21 @@ def _either_case(extension: str) -> str:
 
 class NameFilter:
     """Which blob names are photos: extension (either case) and an optional glob on the file
-    name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source."""
+    name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source, and so is
+    everything in a hidden folder below ``under`` (the landing's prefix), which Spark's
+    recursive listing does not enter either."""
 
-    def __init__(self, extensions: Sequence[str], glob: str | None = None) -> None:
+    def __init__(
+        self, extensions: Sequence[str], glob: str | None = None, *, under: str = ""
+    ) -> None:
         self._extensions = tuple(extensions)
         self._globs = _expand_braces(glob) if glob else []
+        self._under = under
 
     def __call__(self, name: str) -> bool:
-        base = name.rsplit("/", 1)[-1]
-        if not base or base.startswith((".", "_")):
+        relative = name.removeprefix(self._under) if self._under else name
+        base = relative.rsplit("/", 1)[-1]
+        if not base or any(part.startswith((".", "_")) for part in relative.split("/")):
             return False
         if not has_extension(base, self._extensions):
             return False

@@ -132,7 +132,9 @@ def _list_blobs(location: str, images: ImagesConfig, azure: AzureConfig | None) 
     from fruits.sources.names import NameFilter
 
     where = BlobLocation.parse(location)
-    blobs = AzureStorage(azure or AzureConfig()).list_blobs(where, NameFilter(images.extensions))
+    blobs = AzureStorage(azure or AzureConfig()).list_blobs(
+        where, NameFilter(images.extensions, under=where.prefix)
+    )
     photos = []
     for blob in blobs:
         path = where.url(blob.name)  # as the fruits_blob source names it
