@@ -104,7 +104,17 @@ class FeaturizerConfig:
 @dataclass(frozen=True)
 class ImagesConfig:
     # azurite.yaml and databricks.yaml take this default (local.yaml lists the same).
-    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "webp", "heic", "heif", "avif")
+    extensions: tuple[str, ...] = (
+        "jpg",
+        "jpeg",
+        "png",
+        "gif",
+        "webp",
+        "heic",
+        "heif",
+        "avif",
+        "mpo",
+    )
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
 

@@ -24,6 +24,7 @@ _PHOTO_TYPES = {
     "heic": "image/heic",
     "heif": "image/heif",
     "avif": "image/avif",
+    "mpo": "image/mpo",
 }
 
 
