@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fruits.config import Config
 from fruits.console import log
@@ -267,6 +267,9 @@ def prepare_model(config: Config, *, images: str, models: str | None) -> str:
     return f"trained now on {len(classes)} classes x 8 photos of {training}"
 
 
+_CHILD_PATHS: tuple[Literal["lake", "landing", "archive"], ...] = ("lake", "landing", "archive")
+
+
 def stream_environment(config: Config) -> dict[str, str]:
     """The environment that gives a child ``fruits`` command this benchmark's configuration."""
     return {
@@ -277,6 +280,7 @@ def stream_environment(config: Config) -> dict[str, str]:
         "FRUITS__FEATURIZER__LAYER": config.featurizer.layer,
         "FRUITS__FEATURIZER__ONNX_DIR": f"'{config.featurizer.onnx_dir}'",
         "FRUITS__STREAM__TRIGGER_INTERVAL": config.stream.trigger_interval,
+        **{f"FRUITS__PATHS__{name.upper()}": config.path(name) for name in _CHILD_PATHS},
     }
 
 

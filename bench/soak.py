@@ -24,6 +24,7 @@ value at the start of the span (0.05 = +5%).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -40,14 +41,13 @@ import numpy as np
 
 from bench._harness import (
     bench_config,
-    drop_photo,
     machine,
     pick_photos,
     prepare_model,
     stream_environment,
     tree_memory,
 )
-from fruits.config import Config
+from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
@@ -76,9 +76,17 @@ def run_soak(
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fruits-bench-soak-"))
     config = bench_config(config, root, backend=None, image_size=None)
+    # The lake on this machine's disk, whatever the configuration says, so its files can be
+    # counted; the landing as configured (a folder, or az:// for the Blob source and its
+    # discovery state), or a fresh one: a Blob landing gets a container of its own.
+    paths = {"lake": str(root / "lake")}
+    if is_url(config.path("landing")):
+        paths["landing"] = f"az://soak-{root.name.rsplit('-', 1)[-1].lower()}/photos"
+        paths["archive"] = paths["landing"].replace("/photos", "/archive")
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, **paths))
+    child_env = stream_environment(config)
     model_from = prepare_model(config, images=images, models=models)
-    landing = Path(config.path("landing"))
-    landing.mkdir(parents=True, exist_ok=True)
+    landing = _Landing.open(config)
     out_dir = Path(out or root)
     out_dir.mkdir(parents=True, exist_ok=True)
     warm_up_s = 60 * (warm_up_minutes if warm_up_minutes is not None else min(10, minutes / 6))
@@ -88,7 +96,7 @@ def run_soak(
     with open(log_path, "w") as stream_log:
         stream = subprocess.Popen(
             [sys.executable, "-m", "fruits.cli", "stream", "--config", config.source],
-            env=stream_environment(config),
+            env=child_env,
             stdout=stream_log,
             stderr=subprocess.STDOUT,
         )
@@ -101,11 +109,15 @@ def run_soak(
                 time.sleep(sample_s)
                 if stream.poll() is not None:
                     raise RuntimeError(f"the stream ended (code {stream.returncode}): {log_path}")
-                samples.append(_sample(config, stream.pid, batches, time.monotonic() - started))
+                samples.append(
+                    _sample(config, stream.pid, batches, landing, time.monotonic() - started)
+                )
                 _save(out_dir, samples, {})
             feeder.stop()
             accounted = _wait_for_all(config, feeder, timeout=600)
-            samples.append(_sample(config, stream.pid, batches, time.monotonic() - started))
+            samples.append(
+                _sample(config, stream.pid, batches, landing, time.monotonic() - started)
+            )
         finally:
             feeder.stop()
             stream.send_signal(signal.SIGTERM)
@@ -117,6 +129,11 @@ def run_soak(
         "warm_up_minutes": round(warm_up_s / 60, 1),
         **accounted,
         "trends": _trends(samples, warm_up_s),
+        "landing": config.path("landing"),
+        "discovery": "Spark's file source"
+        if not is_url(config.path("landing"))
+        else config.stream.discovery,
+        "clean_source": config.stream.clean_source,
         "maintenance": _maintenance_policy(config),
         "model": model_from,
         "log": str(log_path),
@@ -128,11 +145,46 @@ def run_soak(
     return {**result, "json": str(out_dir / "soak.json"), "png": str(out_dir / "soak.png")}
 
 
+class _Landing:
+    """Where the soak drops files: a folder (hidden name, then a rename, as ``fruits upload``
+    does), or a Blob container (one upload: a blob appears whole)."""
+
+    def __init__(self, folder: Path | None, container: Any = None, prefix: str = "") -> None:
+        self._folder = folder
+        self._container = container
+        self._prefix = prefix
+
+    @classmethod
+    def open(cls, config: Config) -> _Landing:
+        location = config.path("landing")
+        if not is_url(location):
+            Path(location).mkdir(parents=True, exist_ok=True)
+            return cls(Path(location))
+        from fruits.azure import AzureStorage, BlobLocation
+
+        blob = BlobLocation.parse(location)
+        container = AzureStorage(config.azure).container(blob.container, create=True)
+        return cls(None, container, blob.prefix.rstrip("/"))
+
+    def drop(self, name: str, data: bytes) -> None:
+        if self._folder is None:
+            self._container.upload_blob(f"{self._prefix}/{name}", data, overwrite=True)
+            return
+        temporary = self._folder / f".{name}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, self._folder / name)
+
+    def count(self) -> int:
+        if self._folder is None:
+            return sum(1 for _ in self._container.list_blobs(name_starts_with=f"{self._prefix}/"))
+        return sum(1 for p in self._folder.rglob("*") if p.is_file())
+
+
 class _Feeder:
     """Drops photos at a steady rate from a thread; remembers what it dropped."""
 
-    def __init__(self, photos: list[Path], landing: Path) -> None:
-        self._photos = photos
+    def __init__(self, photos: list[Path], landing: _Landing) -> None:
+        self._photos = [(p.parent.name.replace(" ", "_"), p.read_bytes()) for p in photos]
         self._landing = landing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,7 +192,7 @@ class _Feeder:
         self.bad: list[str] = []
 
     def start(self, rate: float, bad_every: int) -> None:
-        truncated = self._photos[0].read_bytes()[:300]
+        truncated = self._photos[0][1][:300]
 
         def feed() -> None:
             start = time.monotonic()
@@ -152,11 +204,13 @@ class _Feeder:
                     return
                 if bad_every and n % bad_every == bad_every - 1:
                     name = f"truncated-{n:07d}.jpg"
-                    (self._landing / f".{name}.tmp").write_bytes(truncated)
-                    os.replace(self._landing / f".{name}.tmp", self._landing / name)
+                    self._landing.drop(name, truncated)
                     self.bad.append(name)
                 else:
-                    self.good.append(drop_photo(self._photos[n % len(self._photos)], self._landing))
+                    label, data = self._photos[n % len(self._photos)]
+                    name = f"{label}-{n:07d}.jpg"
+                    self._landing.drop(name, data)
+                    self.good.append(name)
                 n += 1
 
         self._thread = threading.Thread(target=feed, daemon=True)
@@ -191,7 +245,9 @@ class _BatchLog:
         ]
 
 
-def _sample(config: Config, pid: int, batches: _BatchLog, elapsed: float) -> dict[str, Any]:
+def _sample(
+    config: Config, pid: int, batches: _BatchLog, landing: _Landing, elapsed: float
+) -> dict[str, Any]:
     memory = {"driver": 0.0, "jvm": 0.0, "python_workers": 0.0}
     for process_pid, name, _, pss in tree_memory(pid):
         kind = "driver" if process_pid == pid else "jvm" if name == "java" else "python_workers"
@@ -210,7 +266,7 @@ def _sample(config: Config, pid: int, batches: _BatchLog, elapsed: float) -> dic
         "delta_s_mean": round(float(np.mean(delta)), 3) if delta else None,
         "tables": {table: _table_files(config, table) for table in _TABLES},
         "checkpoint_bytes": _bytes(Path(config.path("checkpoints"))),
-        "landing_files": sum(1 for p in Path(config.path("landing")).rglob("*") if p.is_file()),
+        "landing_files": landing.count(),
     }
     return sample
 
