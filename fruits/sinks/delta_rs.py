@@ -134,7 +134,7 @@ class DeltaRsLake(Lake):
         commit wrote nothing: it is tried again on a fresh snapshot, where a version the racer
         committed is skipped. So two writers racing on one (app id, version) commit one set
         of rows, and each says truthfully whether it wrote."""
-        from deltalake.exceptions import DeltaError
+        from deltalake.exceptions import CommitFailedError
 
         if data.num_rows == 0:
             return False
@@ -142,7 +142,7 @@ class DeltaRsLake(Lake):
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 return self._append_once(rows, table, txn)
-            except DeltaError:  # a conflict, or the table created meanwhile by a racer
+            except CommitFailedError:  # a conflict; storage errors are not retried here
                 if attempt == _COMMIT_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

@@ -12,6 +12,7 @@ own, where ``SparkSession.getActiveSession()`` is None.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -201,15 +202,24 @@ class SparkDeltaLake(Lake):
         return self._committed_by(table, token, after_version=before)
 
     def _committed_by(self, table: str, token: str, *, after_version: int) -> bool:
-        """Whether a commit after ``after_version`` carries ``token`` (its userMetadata)."""
-        from delta.tables import DeltaTable
-        from pyspark.sql import functions as F
+        """Whether a commit after ``after_version`` carries ``token`` (its userMetadata), read
+        from the commit files themselves, version after version up to the newest: Delta's
+        history (and its latest version) can come from a snapshot another thread of this
+        session has not refreshed yet, which would miss a commit just made."""
+        from pyspark.errors import AnalysisException
 
-        commits = self.version(table) - after_version
-        if commits <= 0:
-            return False
-        history = DeltaTable.forPath(self.spark, self.path(table)).history(commits)
-        return bool(history.where(F.col("userMetadata") == token).limit(1).count())
+        version = after_version + 1
+        while True:
+            entry = f"{self.path(table)}/_delta_log/{version:020d}.json"
+            try:
+                lines = [row.value for row in self.spark.read.text(entry).collect()]
+            except AnalysisException:  # past the newest commit: none was this call's
+                return False
+            for line in lines:
+                info = json.loads(line).get("commitInfo")
+                if info is not None and info.get("userMetadata") == token:
+                    return True
+            version += 1
 
     def _create(self, table: str) -> None:
         """Create the table with the contract's schema, NOT NULL columns included (a first
