@@ -152,8 +152,10 @@ def test_every_upload_ends_in_exactly_one_table_through_every_source(
 def test_a_batchs_files_come_from_the_file_sources_log_spelt_as_binary_file_spells_them(
     tmp_path: Path,
 ) -> None:
-    """Spark's log keeps URIs (``%20``, ``%25``...); rows carry decoded Hadoop paths. Batch 9
-    is in the compact file, which also holds earlier batches."""
+    """Spark's log keeps URIs (``%20``, ``%25``...); rows carry decoded Hadoop paths. A batch's
+    range of source log entries comes from the query's offset log: query batch 9 is source
+    entry 9 (in the compact file, which also holds entry 8); query batch 10, after a restart,
+    spans entries 10 and 11 (one logged before the crash)."""
     log_folder = tmp_path / "sources" / "0"
     log_folder.mkdir(parents=True)
     entries = [
@@ -163,13 +165,22 @@ def test_a_batchs_files_come_from_the_file_sources_log_spelt_as_binary_file_spel
     ]
     lines = [f'{{"path":"{p}","timestamp":1796121407643,"batchId":{b}}}' for p, b in entries]
     (log_folder / "9.compact").write_text("\n".join(["v1", *lines]) + "\n")
-    (log_folder / "10").write_text("v1\n")
+    for log_id in (10, 11):
+        entry = f'{{"path":"file:///l/{log_id}.jpg","timestamp":1796121407643,"batchId":{log_id}}}'
+        (log_folder / str(log_id)).write_text(f"v1\n{entry}\n")
+    offsets = tmp_path / "offsets"
+    offsets.mkdir()
+    for batch, log_offset in ((8, 8), (9, 9), (10, 11)):
+        (offsets / str(batch)).write_text(
+            f'v1\n{{"batchWatermarkMs":0}}\n{{"logOffset":{log_offset}}}\n'
+        )
     files = listed_files(None, 9, checkpoint=str(tmp_path))  # type: ignore[arg-type]
     assert [f.path for f in files] == [
         "file:/l/[ab]#?.jpg",
         "abfs://c@acct.dfs.core.windows.net/p/ü x.jpg",
     ]
     assert files[0].modified == dt.datetime(2026, 12, 1, 10, 36, 47, 643000, tzinfo=dt.UTC)
-    assert listed_files(None, 10, checkpoint=str(tmp_path)) == []  # type: ignore[arg-type]
+    after_restart = listed_files(None, 10, checkpoint=str(tmp_path))  # type: ignore[arg-type]
+    assert [f.path for f in after_restart] == ["file:/l/10.jpg", "file:/l/11.jpg"]
     with pytest.raises(RuntimeError, match="no entry for micro-batch 11"):
         listed_files(None, 11, checkpoint=str(tmp_path))  # type: ignore[arg-type]

@@ -238,7 +238,7 @@ def test_the_streams_maintenance_runs_every_two_batches_and_the_tables_stay_righ
     query.processAllAvailable()
     paths = lake.read_arrow(PREDICTIONS).column("path").to_pylist()
     assert sorted(paths) == sorted(f"mem://Kiwi/{p.name}" for p in photos)
-    assert query.isActive and not any(o.replayed for o in step.outcomes.values())
+    assert query.isActive and not any(o.replayed for o in step.outcomes)
 
 
 # --- bounded tables: the outbox cursor, `fruits status` ---------------------------------------

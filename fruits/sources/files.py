@@ -102,29 +102,56 @@ class ListedFile:
 
 def listed_files(spark: SparkSession, batch_id: int, *, checkpoint: str) -> list[ListedFile]:
     """The files of micro-batch ``batch_id`` of the (single) file source of the query whose
-    checkpoint is ``checkpoint``: ``sources/0/<batch_id>``, or ``<batch_id>.compact`` when Spark
-    compacted the log at that batch (every ``fileSource.log.compactInterval``, 10). A compact
-    file lists every file the source has seen: reading it costs what Spark itself has just spent
-    rewriting it, once every 10 batches."""
-    folder = f"{checkpoint.rstrip('/')}/sources/0"
-    for name in (str(batch_id), f"{batch_id}.compact"):
+    checkpoint is ``checkpoint``.
+
+    The source numbers its own log (``sources/0/<n>``) apart from the query's batches: after a
+    restart, a batch may take the files of several source log entries (one was logged before
+    the crash, another after). So the batch's range comes from the query's offset log:
+    ``offsets/<batch_id>`` holds the source's ``logOffset`` at the batch's end, the previous
+    batch's file its start; the files are the log entries in between, read from
+    ``sources/0/<n>``, or ``<n>.compact`` when Spark compacted the log there (every
+    ``fileSource.log.compactInterval``, 10: a compact file lists every file the source has
+    seen, so reading it costs what Spark itself has just spent rewriting it)."""
+    root = checkpoint.rstrip("/")
+    end = _log_offset(spark, f"{root}/offsets/{batch_id}")
+    if end is None:
+        raise RuntimeError(f"the query's offset log has no entry for micro-batch {batch_id}")
+    start = _log_offset(spark, f"{root}/offsets/{batch_id - 1}") if batch_id > 0 else None
+    first = -1 if start is None else start
+    files: list[ListedFile] = []
+    for log_id in range(first + 1, end + 1):
+        files.extend(_source_log_entry(spark, f"{root}/sources/0", log_id))
+    return files
+
+
+def _log_offset(spark: SparkSession, path: str) -> int | None:
+    """The file source's ``logOffset`` in one of the query's offset files (``v1``, the batch's
+    metadata, then one line per source: the only source's ``{"logOffset": n}``)."""
+    text = _read_text(spark, path)
+    if text is None:
+        return None
+    lines = text.splitlines()
+    return int(json.loads(lines[2])["logOffset"])
+
+
+def _source_log_entry(spark: SparkSession, folder: str, log_id: int) -> list[ListedFile]:
+    for name in (str(log_id), f"{log_id}.compact"):
         text = _read_text(spark, f"{folder}/{name}")
         if text is not None:
-            return _log_entries(text, batch_id)
-    raise RuntimeError(
-        f"the file source's log has no entry for micro-batch {batch_id} under {folder}"
-    )
+            return _log_entries(text, log_id)
+    raise RuntimeError(f"the file source's log has no entry {log_id} under {folder}")
 
 
-def _log_entries(text: str, batch_id: int) -> list[ListedFile]:
+def _log_entries(text: str, log_id: int) -> list[ListedFile]:
     """Spark's ``FileStreamSourceLog``: ``v1``, then one JSON ``FileEntry`` a line (``path`` a
-    URI, ``timestamp`` in ms, ``batchId``); a compact file holds every earlier batch's too."""
+    URI, ``timestamp`` in ms, ``batchId``: the log entry's id); a compact file holds every
+    earlier entry's too."""
     files = []
     for line in text.splitlines()[1:]:
         if not line.strip():
             continue
         entry = json.loads(line)
-        if entry["batchId"] == batch_id:
+        if entry["batchId"] == log_id:
             modified = dt.datetime.fromtimestamp(entry["timestamp"] / 1000, dt.UTC)
             files.append(ListedFile(_binary_file_path(entry["path"]), modified))
     return files
