@@ -90,7 +90,8 @@ class SparkConfig:
 class FeaturizerConfig:
     weights: str = "imagenet"
     image_size: int = 100
-    layer: str = "mixed3"  # the InceptionV3 block pooled into features (fruits/inception.py)
+    # The InceptionV3 block(s) pooled into features, joined by "+" (fruits/inception.py).
+    layer: str = "mixed2+mixed3"
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
@@ -108,7 +109,7 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     data: str | None = None
-    explained_variance: float = 0.95
+    explained_variance: float = 0.99
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     classifier: str = "best"
     validation_fraction: float = 0.2

@@ -39,7 +39,7 @@ __all__ = [
 # training.unknown_detector: what makes an answer "unknown".
 #   distance: the photo is far from every training photo (the detector alone);
 #   probability: the top class probability is low (the model's own doubt alone);
-#   both: either, each given half of the reject budget.
+#   both: either, each given the same share, as large as their union stays within the budget.
 UNKNOWN_RULES = ("distance", "probability", "both")
 
 # Rows of reference points per distance block: bounds the (photos x references) matrix.
@@ -138,13 +138,29 @@ def calibrate_unknown(
 
     if rule not in UNKNOWN_RULES:
         raise ValueError(f"unknown rule {rule!r}: one of {', '.join(UNKNOWN_RULES)}")
-    budget = reject_share / 2 if rule == "both" else reject_share
-    probability = unknown_threshold(confidences, budget) if rule != "distance" else 0.0
-    distance = distance_threshold(distances, budget) if rule != "probability" else math.inf
     conf = np.asarray(confidences, dtype=np.float64)
     dist = np.asarray(distances, dtype=np.float64)
-    rejected = (conf < probability) | (dist > distance)
-    return Calibration(probability, distance, float(rejected.mean()) if len(conf) else 0.0)
+
+    def thresholds(share: float) -> Calibration:
+        probability = unknown_threshold(conf, share) if rule != "distance" else 0.0
+        distance = distance_threshold(dist, share) if rule != "probability" else math.inf
+        rejected = (conf < probability) | (dist > distance)
+        return Calibration(probability, distance, float(rejected.mean()) if len(conf) else 0.0)
+
+    if rule != "both":
+        return thresholds(reject_share)
+    # Both: each score gets the same share, as large as the union allows. The two reject many
+    # of the same photos, so each gets more than half of the budget.
+    best = thresholds(reject_share / 2)
+    step = 1.0 / max(len(conf), 1)
+    share = reject_share / 2 + step
+    while share <= reject_share + 1e-12:
+        candidate = thresholds(share)
+        if candidate.rejected_share > reject_share + 1e-12:
+            break
+        best = candidate
+        share += step
+    return best
 
 
 def distance_threshold(known_distances: Sequence[float] | np.ndarray, reject_share: float) -> float:
