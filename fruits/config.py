@@ -109,7 +109,7 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     data: str | None = None
-    explained_variance: float = 0.99
+    explained_variance: float = 0.995
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     classifier: str = "best"
     validation_fraction: float = 0.2

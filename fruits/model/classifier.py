@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from fruits.config import TrainingConfig
 from fruits.errors import DataError
@@ -385,8 +386,8 @@ def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame
 
 
 def _distance_udf(detector: UnknownDetector) -> Any:
-    """A pandas UDF: features (array<float>) -> the detector's distance (double)."""
-    import pandas as pd
+    """A pandas UDF: features (array<float>) -> the detector's distance (double). (pandas is
+    imported at module level: Spark reads the type hints against the module's globals.)"""
     from pyspark.sql.pandas.functions import pandas_udf
 
     @pandas_udf("double")  # type: ignore[call-overload, untyped-decorator]
