@@ -1,8 +1,10 @@
 """The classifier on top of the features: Spark ML standardise -> PCA -> classifier.
 
-:func:`train` compares the configured classifiers on a validation split carved from the
-training photos and calibrates the "unknown" threshold there; :class:`FruitModel` is what the
-registry stores and what the batch evaluation and the stream call to predict.
+:func:`train` compares the configured classifiers on an honest validation split (held-out runs
+of consecutive video frames: fruits/model/splits.py), calibrates "unknown" there (the top
+probability and the distance detector of fruits/model/unknown.py), then refits the chosen
+settings on all the photos; :class:`FruitModel` is what the registry stores and what the batch
+evaluation and the stream call to predict.
 """
 
 from __future__ import annotations
