@@ -6,8 +6,11 @@ well "unknown" catches what the model was never taught.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from batch.report import plot_unknown_curve, unknown_curve
 from fruits.config import Config
 from fruits.console import Stages, log, progress_printer
 from fruits.errors import ConfigError
@@ -22,7 +25,12 @@ from fruits.spark import get_spark
 __all__ = ["run_evaluation"]
 
 
-def run_evaluation(config: Config, data: str, *, version: int | None = None) -> dict[str, Any]:
+def run_evaluation(
+    config: Config, data: str, *, version: int | None = None, report: str | None = None
+) -> dict[str, Any]:
+    """Scores of a model version on ``data``; ``report``: a folder for ``evaluation.json`` and,
+    when ``data`` holds classes the model does not know, ``unknown_curve.png`` (default
+    ``{root}/reports/evaluate-v<version>``)."""
     check_labelled_tree(data)
     registry = ModelRegistry(config)
     entry = registry.files(version)  # fails early, before Spark starts, if there is no model
@@ -51,8 +59,8 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
         )
     with stages("predict"):
         rows = (
-            model.predict(features.withColumnRenamed("label", "true_label"))
-            .select("true_label", "label", "is_unknown")
+            model.predict(features.withColumnRenamed("label", "true_label"), with_scores=True)
+            .select("true_label", "label", "confidence", "unknown_distance", "is_unknown")
             .collect()
         )
     true = [r.true_label for r in rows]
@@ -63,14 +71,29 @@ def run_evaluation(config: Config, data: str, *, version: int | None = None) -> 
         [true[i] for i in known], [predicted[i] for i in known], model.classes
     )["per_class"]
     log(
-        f"{summary['n_images']} photos: accuracy {summary['accuracy']}, "
-        f"unknown rate {summary['unknown_rate']}, unknown recall {summary['unknown_recall']}"
+        f"{summary['n_images']} photos: accuracy {summary['accuracy']} on the "
+        f"{summary['n_known_class']} of known classes; known photos rejected (answered "
+        f"unknown) {summary['known_rejected']}; unseen photos caught {summary['unseen_caught']} "
+        f"of {summary['n_unknown_class']}"
     )
-    return {
+    folder = Path(report or f"{config.root.rstrip('/')}/reports/evaluate-v{entry.version}")
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = None
+    if summary["n_known_class"] and summary["n_unknown_class"]:
+        curve = unknown_curve(rows, model.classes, model.unknown_rule)
+        plot_unknown_curve(
+            folder / "unknown_curve.png", curve, f"model v{entry.version} on {Path(data).name}"
+        )
+    result = {
         **summary,
         "model_version": entry.version,
         "rejected_files": len(run.rejected),
         "rejected": [f"{r.path}: {r.reason}" for r in run.rejected],
         "per_class_recall": {c: v["recall"] for c, v in per_class.items() if v["support"]},
         "timings_s": stages.seconds,
+        "report": str(folder),
     }
+    (folder / "evaluation.json").write_text(
+        json.dumps({**result, "unknown_curve": curve}, indent=2)
+    )
+    return result

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["plot_unknown_curve", "unknown_curve", "write_report"]
 
 
 def write_report(folder: Path, metrics: dict[str, Any], cumulative_variance: list[float]) -> None:
@@ -18,7 +19,34 @@ def write_report(folder: Path, metrics: dict[str, Any], cumulative_variance: lis
         _plot_confusion(
             folder / "confusion_matrix.png", test["confusion_matrix"], metrics["classes"]
         )
+    if metrics.get("unknown_curve"):
+        plot_unknown_curve(folder / "unknown_curve.png", metrics["unknown_curve"])
     (folder / "report.md").write_text(_markdown(metrics))
+
+
+def plot_unknown_curve(path: Path, curve: dict[str, Any], title: str | None = None) -> None:
+    """Known photos rejected (x) against unseen photos caught (y), with the operating point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, ys = zip(*curve["points"], strict=True)
+    x0, y0 = curve["operating_point"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(xs, ys, lw=1.5, label="thresholds moved together")
+    ax.plot([x0], [y0], "o", color="tab:red", label=f"model: {x0:.1%} rejected, {y0:.1%} caught")
+    ax.axvline(0.03, color="grey", ls=":", lw=1)
+    ax.axhline(0.80, color="grey", ls=":", lw=1)
+    ax.set_xlabel("known photos answered unknown (rejected)")
+    ax.set_ylabel("photos of unseen classes answered unknown (caught)")
+    ax.set_title(title or '"unknown": known rejected vs unseen caught')
+    ax.set_xlim(0, max(0.1, max(xs)))
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_variance(path: Path, cumulative: list[float], metrics: dict[str, Any]) -> None:
@@ -76,20 +104,41 @@ def _markdown(metrics: dict[str, Any]) -> str:
         f"- PCA: {metrics['pca_components']} components, "
         f"{metrics['explained_variance']:.4f} of the variance (target "
         f"{metrics['explained_variance_target']})",
-        f"- unknown threshold (max class probability): {metrics['unknown_threshold']:.4f}",
+        f"- validation: {metrics.get('validation_split', 'random photos')}; the final model "
+        f"{'refitted on all of Training' if metrics.get('refit_all') else 'fitted without it'}",
+        *_unknown_lines(metrics),
         f"- features: {metrics['features']['computed']} computed, "
         f"{metrics['features']['cached']} from cache, "
         f"{metrics['features']['rejected']} unreadable photos skipped",
         "",
         "## Accuracy per split",
         "",
-        "| split | images | accuracy |",
-        "|---|---|---|",
+        "| split | images | accuracy | answered unknown |",
+        "|---|---|---|---|",
     ]
     for split in ("train", "validation", "test"):
         scores = metrics.get(split)
         if scores:
-            lines.append(f"| {split} | {scores['n_images']} | {scores['accuracy']:.4f} |")
+            rejected = scores.get("known_rejected")
+            shown = f"{rejected:.4f}" if rejected is not None else "-"
+            lines.append(f"| {split} | {scores['n_images']} | {scores['accuracy']:.4f} | {shown} |")
+    test = metrics.get("test") or {}
+    if "unseen" in test:
+        unseen = test["unseen"]
+        lines += [
+            "",
+            f"## Classes left out of training ({len(unseen['classes'])})",
+            "",
+            f"{unseen['n_images']} Test photos of classes the model never saw: "
+            f"**{unseen['caught']:.4f} answered unknown**, while "
+            f"{test['known_rejected']:.4f} of the known classes' Test photos were.",
+            "",
+            "| left-out class | caught |",
+            "|---|---|",
+            *[f"| {name} | {share:.3f} |" for name, share in unseen["caught_per_class"].items()],
+            "",
+            "![unknown curve](unknown_curve.png)",
+        ]
     lines += [
         "",
         "## Classifiers compared on validation",
@@ -125,3 +174,46 @@ def _markdown(metrics: dict[str, Any]) -> str:
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![PCA explained variance](pca_variance.png)", ""]
     return "\n".join(lines)
+
+
+def _unknown_lines(metrics: dict[str, Any]) -> list[str]:
+    unknown = metrics.get("unknown")
+    if not unknown:
+        return [f"- unknown threshold (max class probability): {metrics['unknown_threshold']:.4f}"]
+    distance = unknown["distance_above"]
+    return [
+        f"- unknown ({unknown['rule']}): top probability below "
+        f"{unknown['probability_below']:.4f}"
+        + (
+            f", or cosine distance above {distance:.4f} to the nearest training photo in the "
+            f"{unknown['dims']} leading components"
+            if distance is not None
+            else ""
+        )
+        + f"; calibrated to reject at most {unknown['reject_share_target']:.0%} of validation",
+    ]
+
+
+def unknown_curve(rows: Sequence[Any], known_classes: Sequence[str], rule: str) -> dict[str, Any]:
+    """Known photos rejected against unseen photos caught as the thresholds move, and the
+    model's own operating point. ``rows``: (true_label, confidence, unknown_distance,
+    is_unknown) of photos of known and of unseen classes."""
+    from fruits.model.metrics import open_set_curve
+
+    known_set = set(known_classes)
+
+    def scores(rows: list[Any]) -> tuple[list[float], list[float] | None]:
+        distances = [r.unknown_distance for r in rows]
+        return [r.confidence for r in rows], None if None in distances else distances
+
+    known = [r for r in rows if r.true_label in known_set]
+    unseen = [r for r in rows if r.true_label not in known_set]
+    points = open_set_curve(scores(known), scores(unseen), rule)
+    return {
+        "rule": rule,
+        "points": [[round(x, 4), round(y, 4)] for x, y in points],
+        "operating_point": [
+            round(sum(r.is_unknown for r in known) / len(known), 4),
+            round(sum(r.is_unknown for r in unseen) / len(unseen), 4),
+        ],
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from batch.report import write_report
+from batch.report import unknown_curve, write_report
 from fruits.config import Config, is_url
 from fruits.console import Stages, log, progress_printer
 from fruits.features.featurizer import ExtractorSpec, ship_backend
@@ -21,6 +21,7 @@ from fruits.features.store import FeatureRun, featurize_labelled
 from fruits.model.classifier import FruitModel, train
 from fruits.model.metrics import classification_report
 from fruits.model.registry import ModelRegistry
+from fruits.model.splits import left_out_classes
 from fruits.sinks.delta import open_lake
 from fruits.sources.training import check_labelled_tree
 from fruits.spark import get_spark
@@ -76,17 +77,34 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
             f"Training photos: {train_run.images} ({train_run.cached} cached, "
             f"{train_run.computed} computed, {len(train_run.rejected)} unreadable)"
         )
+        left_out = _leave_classes_out(train_features, config)
+        if left_out:
+            from pyspark.sql import functions as F
+
+            train_features = train_features.where(~F.col("label").isin(left_out)).persist()
+            log(f"left out of training ({len(left_out)} classes): {', '.join(left_out)}")
     with stages("train"):
         trained = train(train_features, config.training, extractor=spec.extractor_id, log=log)
     runs = [train_run]
     test_scores = None
+    curve = None
     with stages("evaluate"):
-        train_scores = _score(trained.model, train_features)
+        train_scores, _ = _score(trained.model, train_features)
         if has_test:
             test_features, test_run = features_of(test_dir, "Test")
             runs.append(test_run)
-            test_scores = _score(trained.model, test_features)
-            log(f"Test accuracy {test_scores['accuracy']:.4f} on {test_scores['n_images']} photos")
+            test_scores, scored = _score(trained.model, test_features)
+            log(
+                f"Test accuracy {test_scores['accuracy']:.4f} on {test_scores['n_images']} "
+                f"photos of known classes, {test_scores['known_rejected']:.4f} of them "
+                "answered unknown"
+            )
+            if "unseen" in test_scores:
+                log(
+                    f"Test photos of the left-out classes answered unknown: "
+                    f"{test_scores['unseen']['caught']:.4f} of {test_scores['unseen']['n_images']}"
+                )
+                curve = unknown_curve(scored, trained.model.classes, trained.model.unknown_rule)
 
     _log_datasets(
         {"Training": (training_dir, train_features)}
@@ -105,10 +123,27 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
         "explained_variance": round(trained.explained_variance, 6),
         "explained_variance_target": config.training.explained_variance,
         "unknown_threshold": trained.model.threshold,
+        "unknown": {
+            "rule": config.training.unknown_detector,
+            "reject_share_target": config.training.unknown_reject_share,
+            "probability_below": trained.model.threshold,
+            "distance_above": trained.model.detector.threshold if trained.model.detector else None,
+            "neighbours": config.training.unknown_neighbours,
+            "dims": config.training.unknown_dims,
+        },
+        "validation_split": "per class and video, one contiguous run of "
+        f"{config.training.validation_fraction:.0%} of the frames",
+        "refit_all": config.training.refit_all,
+        "left_out_classes": left_out,
         "comparison": [dataclasses.asdict(s) for s in trained.comparison],
         "train": train_scores,
-        "validation": {"n_images": trained.n_validation, "accuracy": chosen.validation_accuracy},
+        "validation": {
+            "n_images": trained.n_validation,
+            "accuracy": chosen.validation_accuracy,
+            "known_rejected": trained.validation_rejected,
+        },
         "test": test_scores,
+        "unknown_curve": curve,
         "features": _feature_counts(runs),
         "rejected_files": [dataclasses.asdict(r) for run in runs for r in run.rejected],
         "data": data,
@@ -154,7 +189,14 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
         "accuracy_train": train_scores["accuracy"],
         "accuracy_validation": chosen.validation_accuracy,
         "accuracy_test": test_scores["accuracy"] if test_scores else None,
+        "validation_known_rejected": trained.validation_rejected,
+        "test_known_rejected": test_scores["known_rejected"] if test_scores else None,
+        "test_unseen_caught": test_scores["unseen"]["caught"]
+        if test_scores and "unseen" in test_scores
+        else None,
+        "left_out_classes": left_out,
         "unknown_threshold": trained.model.threshold,
+        "unknown_distance": trained.model.detector.threshold if trained.model.detector else None,
         "features_computed": metrics["features"]["computed"],
         "features_cached": metrics["features"]["cached"],
         "rejected_files": metrics["features"]["rejected"],
@@ -189,6 +231,12 @@ def _log_settings(config: Config, data: str) -> None:
             "classifier_choice": settings.classifier,
             "validation_fraction": settings.validation_fraction,
             "unknown_reject_share": settings.unknown_reject_share,
+            "unknown_detector": settings.unknown_detector,
+            "unknown_neighbours": settings.unknown_neighbours,
+            "unknown_dims": settings.unknown_dims,
+            "regularization": settings.regularization,
+            "refit_all": settings.refit_all,
+            "leave_out_share": settings.leave_out_share,
             "top_k": settings.top_k,
             "seed": settings.seed,
             "data": data,
@@ -230,7 +278,14 @@ def _log_results(metrics: dict[str, Any], cumulative_variance: list[float]) -> N
         "unknown_threshold": metrics["unknown_threshold"],
         **{f"accuracy_{s}": metrics[s]["accuracy"] for s in _SPLITS if metrics.get(s)},
         **{f"n_images_{s}": metrics[s]["n_images"] for s in _SPLITS if metrics.get(s)},
+        **{
+            f"known_rejected_{s}": metrics[s]["known_rejected"]
+            for s in _SPLITS
+            if metrics.get(s) and metrics[s].get("known_rejected") is not None
+        },
     }
+    if metrics.get("test") and "unseen" in metrics["test"]:
+        values["unseen_caught_test"] = metrics["test"]["unseen"]["caught"]
     for row in metrics["comparison"]:
         values[f"validation_accuracy_{row['name']}"] = row["validation_accuracy"]
         values[f"fit_seconds_{row['name']}"] = row["fit_seconds"]
@@ -259,16 +314,46 @@ def _local_artifact(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
-def _score(model: FruitModel, features: DataFrame) -> dict[str, Any]:
-    """Accuracy, per-class report and confusion matrix of ``model`` on labelled features."""
+def _score(model: FruitModel, features: DataFrame) -> tuple[dict[str, Any], list[Any]]:
+    """Accuracy, per-class report and confusion matrix of ``model`` on the photos of classes it
+    knows, with the share of them answered "unknown"; photos of other classes (left out of
+    training) under ``unseen``: how many were caught. Also the rows (true label, confidence,
+    distance, is_unknown), for the curve."""
     rows = (
-        model.predict(features.withColumnRenamed("label", "true_label"))
-        .select("true_label", "label")
+        model.predict(features.withColumnRenamed("label", "true_label"), with_scores=True)
+        .select("true_label", "label", "confidence", "unknown_distance", "is_unknown")
         .collect()
     )
-    return classification_report(
-        [r.true_label for r in rows], [r.label for r in rows], model.classes
+    known_classes = set(model.classes)
+    known = [r for r in rows if r.true_label in known_classes]
+    unseen = [r for r in rows if r.true_label not in known_classes]
+    report = classification_report(
+        [r.true_label for r in known], [r.label for r in known], model.classes
     )
+    report["known_rejected"] = sum(r.is_unknown for r in known) / len(known) if known else None
+    if unseen:
+        report["unseen"] = {
+            "n_images": len(unseen),
+            "caught": sum(r.is_unknown for r in unseen) / len(unseen),
+            "classes": sorted({r.true_label for r in unseen}),
+            "caught_per_class": {
+                label: round(
+                    sum(r.is_unknown for r in unseen if r.true_label == label)
+                    / sum(1 for r in unseen if r.true_label == label),
+                    4,
+                )
+                for label in sorted({r.true_label for r in unseen})
+            },
+        }
+    return report, rows
+
+
+def _leave_classes_out(features: DataFrame, config: Config) -> list[str]:
+    """``training.leave_out_share`` of the classes, drawn with ``training.seed``."""
+    if config.training.leave_out_share <= 0:
+        return []
+    classes = [r.label for r in features.select("label").distinct().collect()]
+    return left_out_classes(classes, config.training.leave_out_share, config.training.seed)
 
 
 def _feature_counts(runs: list[FeatureRun]) -> dict[str, int]:

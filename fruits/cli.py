@@ -8,6 +8,7 @@ go to stdout, the last line being one JSON object; progress goes to stderr. A br
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 from fruits.config import CONFIG_ENV, DEFAULT_CONFIG, PACKAGED_CONFIGS, Config, load_config
 from fruits.errors import ConfigError, FruitsError
-from fruits.features.inception import LAYERS
+from fruits.features.inception import LAYERS, is_layer
 from fruits.secrets import redact
 from fruits.sinks.tables import SCHEMAS
 
@@ -30,13 +31,16 @@ def _train(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     data = args.data or config.training.data
     if not data:
         raise ConfigError("no data folder: pass --data DIR or set 'training.data' (FRUITS_DATA)")
+    if args.leave_out_share is not None:
+        settings = dataclasses.replace(config.training, leave_out_share=args.leave_out_share)
+        config = dataclasses.replace(config, training=settings)
     return run_training(config, data, promote=not args.no_promote)
 
 
 def _evaluate(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from batch.evaluate import run_evaluation
 
-    return run_evaluation(config, args.data, version=args.model_version)
+    return run_evaluation(config, args.data, version=args.model_version, report=args.report)
 
 
 def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -210,6 +214,15 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     return run_discovery(sizes=args.files, new_files=args.new_files, triggers=args.triggers)
 
 
+def _layer(value: str) -> str:
+    """An argparse type: ``mixed3`` or blocks joined by ``+`` (``mixed2+mixed3``)."""
+    if not is_layer(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: one of {', '.join(LAYERS)}, or several joined by '+'"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -225,6 +238,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data", help="folder with Training/<Class>/*.jpg (and Test/)")
     train.add_argument(
+        "--leave-out-share",
+        type=float,
+        help="leave this seeded random share of the classes out of training, to measure how "
+        "many of their Test photos are answered unknown (training.leave_out_share)",
+    )
+    train.add_argument(
         "--no-promote", action="store_true", help="register the version without making it champion"
     )
     train.set_defaults(handler=_train)
@@ -234,6 +253,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--data", required=True, help="folder with <Class>/*.jpg")
     evaluate.add_argument("--model-version", type=int, help="default: the champion")
+    evaluate.add_argument(
+        "--report",
+        help="folder for evaluation.json and unknown_curve.png (default: "
+        "{root}/reports/evaluate-v<version>)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     promote = sub.add_parser(
@@ -295,7 +319,9 @@ def _parser() -> argparse.ArgumentParser:
     model_options.add_argument("--images", required=True, help="folder of <Class>/*.jpg photos")
     model_options.add_argument("--backend", choices=["keras", "onnx"], help="default: config")
     model_options.add_argument("--image-size", type=int, help="default: featurizer.image_size")
-    model_options.add_argument("--layer", choices=list(LAYERS), help="default: featurizer.layer")
+    model_options.add_argument(
+        "--layer", type=_layer, help="a block or blocks joined by + (default: featurizer.layer)"
+    )
     model_options.add_argument(
         "--models",
         help="a root whose mlflow.db holds a champion model, copied (default: train one now)",
@@ -351,7 +377,7 @@ def _parser() -> argparse.ArgumentParser:
         "--backends", nargs="+", choices=["keras", "onnx"], default=["keras", "onnx"]
     )
     sizes.add_argument(
-        "--layers", nargs="+", choices=list(LAYERS), default=None, help="default: featurizer.layer"
+        "--layers", nargs="+", type=_layer, default=None, help="default: featurizer.layer"
     )
     discovery = bench_kinds.add_parser(
         "discovery", parents=[common], help="listing vs notification cost, simulated"

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from fruits.errors import ConfigError
-from fruits.features.inception import LAYERS
+from fruits.features.inception import LAYERS, is_layer
 
 __all__ = [
     "CLASSIFIER_NAMES",
@@ -93,7 +93,8 @@ class SparkConfig:
 class FeaturizerConfig:
     weights: str = "imagenet"
     image_size: int = 100
-    layer: str = "mixed3"  # the InceptionV3 block pooled into features (fruits/inception.py)
+    # The InceptionV3 block(s) pooled into features, joined by "+" (fruits/inception.py).
+    layer: str = "mixed2+mixed3"
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
@@ -122,11 +123,18 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     data: str | None = None
-    explained_variance: float = 0.95
+    explained_variance: float = 0.995
     classifiers: tuple[str, ...] = CLASSIFIER_NAMES
     classifier: str = "best"
     validation_fraction: float = 0.2
     unknown_reject_share: float = 0.02
+    # What answers "unknown" (fruits/model/unknown.py): distance, probability or both.
+    unknown_detector: Literal["distance", "probability", "both"] = "both"
+    unknown_neighbours: int = 1  # the distance is to the k-th nearest training photo
+    unknown_dims: int = 64  # leading principal components the distance is measured in
+    regularization: float = 1e-3  # logistic regression's L2 (Spark's regParam)
+    refit_all: bool = True  # refit the chosen settings on training + validation photos
+    leave_out_share: float = 0.0  # a seeded share of classes left out: measures "unknown"
     top_k: int = 3
     seed: int = 42
     feature_chunk_size: int = 512
@@ -376,10 +384,10 @@ def _validate(config: Config) -> None:
         )
     if not 75 <= config.featurizer.image_size <= 1024:
         raise ConfigError("config key 'featurizer.image_size' must be between 75 and 1024")
-    if config.featurizer.layer not in LAYERS:
+    if not is_layer(config.featurizer.layer):
         raise ConfigError(
-            f"config key 'featurizer.layer' must be one of: {', '.join(LAYERS)} "
-            f"(got {config.featurizer.layer!r})"
+            f"config key 'featurizer.layer' must be one of: {', '.join(LAYERS)}, or several "
+            f"joined by '+' (mixed2+mixed3) (got {config.featurizer.layer!r})"
         )
     if config.featurizer.intra_op_threads < 0:
         raise ConfigError("config key 'featurizer.intra_op_threads' must be at least 0")
@@ -389,6 +397,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("config key 'training.validation_fraction' must be in (0, 0.9)")
     if not 0.0 <= config.training.unknown_reject_share < 1.0:
         raise ConfigError("config key 'training.unknown_reject_share' must be in [0, 1)")
+    if not 0.0 <= config.training.leave_out_share < 0.5:
+        raise ConfigError("config key 'training.leave_out_share' must be in [0, 0.5)")
+    if config.training.regularization < 0:
+        raise ConfigError("config key 'training.regularization' must be at least 0")
     unknown = [c for c in config.training.classifiers if c not in CLASSIFIER_NAMES]
     if unknown or not config.training.classifiers:
         raise ConfigError(
@@ -398,7 +410,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "config key 'training.classifier' must be 'best' or one of training.classifiers"
         )
-    for name in ("top_k", "feature_chunk_size"):
+    for name in ("top_k", "feature_chunk_size", "unknown_neighbours", "unknown_dims"):
         if getattr(config.training, name) < 1:
             raise ConfigError(f"config key 'training.{name}' must be at least 1")
     if config.stream.max_files_per_trigger < 1:

@@ -43,7 +43,7 @@ def test_onnx_and_keras_give_the_same_features_on_real_photos(
     from_keras = extract_features(pixels, keras)
     from_onnx = extract_features(pixels, onnx)  # exports on first use
 
-    assert from_onnx.shape == from_keras.shape == (len(KNOWN_CLASSES), LAYERS[onnx.layer])
+    assert from_onnx.shape == from_keras.shape == (len(KNOWN_CLASSES), onnx.feature_dim)
     assert from_onnx.dtype == np.float32
     relative = np.abs(from_onnx - from_keras).max() / np.abs(from_keras).max()
     assert relative < 1e-4
@@ -52,6 +52,15 @@ def test_onnx_and_keras_give_the_same_features_on_real_photos(
     assert Path(onnx.onnx_path).is_file()
     assert str(onnx.image_size) in Path(onnx.onnx_path).name
     assert onnx.weights_digest.removeprefix("sha256:") in Path(onnx.onnx_path).name
+    if "+" in onnx.layer:
+        # Several blocks: their pooled outputs side by side, in the configured order.
+        start = 0
+        for block in onnx.layer.split("+"):
+            alone = extract_features(pixels, dataclasses.replace(keras, layer=block))
+            width = LAYERS[block]
+            np.testing.assert_allclose(from_keras[:, start : start + width], alone, rtol=1e-5)
+            start += width
+        assert start == onnx.feature_dim
 
 
 def _export_in_child(spec: ExtractorSpec) -> tuple[str, float]:
@@ -117,3 +126,12 @@ def test_the_layer_is_part_of_the_extractor_and_validated(
     assert ExtractorSpec.for_model(config, {"image_size": 299}).extractor_id == whole.extractor_id
     with pytest.raises(ConfigError, match=r"'featurizer.layer' must be one of: mixed0, mixed1"):
         make_config(FRUITS__FEATURIZER__LAYER="mixed11")
+    # Several blocks joined by "+": their own extractor id and export, never a single block's.
+    joined = ExtractorSpec.from_config(config, image_size=100, layer="mixed2+mixed3")
+    assert joined.extractor_id == f"inception_v3/mixed2+mixed3/avg/100/{joined.weights_digest}"
+    assert joined.feature_dim == 288 + 768
+    alone = ExtractorSpec.from_config(config, image_size=100, layer="mixed3")
+    assert joined.onnx_path != alone.onnx_path
+    for wrong in ("mixed2+mixed11", "mixed3+mixed3", "mixed2+"):
+        with pytest.raises(ConfigError, match="or several joined by"):
+            make_config(FRUITS__FEATURIZER__LAYER=wrong)

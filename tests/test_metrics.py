@@ -39,8 +39,8 @@ def test_open_set_report_separates_known_and_unknown_classes() -> None:
         known_classes=["a", "b"],
     )
     assert report["accuracy"] == 0.5
-    assert report["unknown_rate"] == 0.5
-    assert report["unknown_recall"] == 0.5
+    assert report["known_rejected"] == 0.5
+    assert report["unseen_caught"] == 0.5
     assert (report["n_known_class"], report["n_unknown_class"]) == (2, 2)
 
 

@@ -55,13 +55,17 @@ def test_a_training_is_an_mlflow_run_that_registers_the_champion(
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process' current one
     run = client.get_run(summary["run_id"])
     params, metrics = run.data.params, run.data.metrics
-    assert params["extractor"].startswith("inception_v3/mixed3/avg/100/sha256:")
-    assert (params["layer"], params["image_size"], params["seed"]) == ("mixed3", "100", "42")
+    assert params["extractor"].startswith("inception_v3/mixed2+mixed3/avg/100/sha256:")
+    assert (params["layer"], params["image_size"], params["seed"]) == ("mixed2+mixed3", "100", "42")
+    assert (params["unknown_detector"], params["refit_all"]) == ("both", "True")
     assert params["classifiers"] == "logistic_regression,decision_tree,random_forest"
     assert int(params["pca_components"]) == summary["pca_components"]
     assert float(params["explained_variance"]) >= 0.95
     assert metrics["accuracy_test"] == summary["accuracy_test"]
     assert metrics["accuracy_validation"] == summary["accuracy_validation"]
+    # "unknown" is calibrated on validation: at most 2% of its photos rejected.
+    assert metrics["known_rejected_validation"] <= 0.02
+    assert metrics["known_rejected_test"] == summary["test_known_rejected"]
     for name in ("logistic_regression", "decision_tree", "random_forest"):
         assert 0 <= metrics[f"validation_accuracy_{name}"] <= 1
         assert metrics[f"fit_seconds_{name}"] > 0

@@ -76,3 +76,27 @@ def test_predict_frame_answers_good_photos_and_gives_reasons_for_bad_ones(
     assert result["top_k"][0][0] == {"label": "Kiwi", "prob": result["confidence"][0]}
     assert len(result["top_k"][2]) == 3
     assert result["is_unknown"][1] is None and pd.isna(result["confidence"][3])
+
+
+def test_the_registered_model_carries_a_detector_that_sees_unseen_fruits_as_far(
+    trained: tuple[Config, dict[str, Any]],
+) -> None:
+    """The distance detector travels with the version (detector.npz) into both scoring paths,
+    and photos of fruits the model never saw lie farther from its training photos than new
+    photos of the fruits it knows."""
+    model, spec = _served(trained)
+    scorer = model.linear_scorer()
+    assert model.detector is not None and scorer is not None and scorer.detector is not None
+    assert 0.0 < model.detector.threshold < 2.0  # calibrated on validation: a cosine distance
+    np.testing.assert_array_equal(scorer.detector.references, model.detector.references)
+
+    def distances(labels: tuple[str, ...]) -> np.ndarray:
+        photos = [p for label in labels for p in real_photos("Test", label, 3)]
+        pixels, _ = decode_batch(
+            [p.read_bytes() for p in photos], size=spec.image_size, limits=ImageLimits()
+        )
+        assert model.detector is not None
+        return model.detector.distance(extract_features(pixels, spec))
+
+    known, unseen = distances(KNOWN_CLASSES), distances(UNKNOWN_CLASSES)
+    assert np.median(unseen) > np.median(known)

@@ -112,8 +112,8 @@ def test_evaluate_a_folder_mixing_known_and_unknown_classes(
     assert result["n_images"] == 16
     assert result["n_known_class"] == 8 and result["n_unknown_class"] == 8
     assert result["accuracy"] >= 0.875
-    assert 0.0 <= result["unknown_rate"] <= 1.0
-    assert 0.0 <= result["unknown_recall"] <= 1.0
+    assert 0.0 <= result["known_rejected"] <= 1.0
+    assert 0.0 <= result["unseen_caught"] <= 1.0
     assert result["model_version"] == 1
 
 

@@ -35,7 +35,7 @@ from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.decode import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
 from fruits.errors import ConfigError
-from fruits.features.inception import FULL_NETWORK, LAYERS
+from fruits.features.inception import FULL_NETWORK, blocks, feature_dim
 
 __all__ = [
     "FEATURE_RESULT_SCHEMA",
@@ -102,7 +102,7 @@ class ExtractorSpec:
 
     @property
     def feature_dim(self) -> int:
-        return LAYERS[self.layer]
+        return feature_dim(self.layer)
 
     @property
     def extractor_id(self) -> str:
@@ -305,8 +305,16 @@ def _keras_model(weights: str, image_size: int, layer: str, intra_op_threads: in
     )
     if layer == FULL_NETWORK:
         return network
-    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(network.get_layer(layer).output)
-    return keras.Model(network.input, pooled, name=f"inception_v3_{layer}")
+    pooled = [
+        keras.layers.GlobalAveragePooling2D(
+            name=f"avg_pool_{block}" if "+" in layer else "avg_pool"
+        )(network.get_layer(block).output)
+        for block in blocks(layer)
+    ]
+    if len(pooled) == 1:
+        return keras.Model(network.input, pooled[0], name=f"inception_v3_{layer}")
+    joined = keras.layers.Concatenate(name="pooled_blocks")(pooled)
+    return keras.Model(network.input, joined, name=f"inception_v3_{'_'.join(blocks(layer))}")
 
 
 @lru_cache(maxsize=2)

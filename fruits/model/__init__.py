@@ -2,6 +2,8 @@
 
 * :mod:`~fruits.model.classifier`: Spark ML standardise -> PCA -> classifier, trained and
   compared; :mod:`~fruits.model.metrics` the pure computations behind it;
+  :mod:`~fruits.model.splits` the validation split (runs of video frames, never random
+  frames); :mod:`~fruits.model.unknown` the "unknown" detector and its calibration;
 * :mod:`~fruits.model.scoring`: a linear model folded into numpy, scored inside the UDF;
 * :mod:`~fruits.model.registry`: MLflow's registry: versions, the ``champion`` alias, a
   version's files;

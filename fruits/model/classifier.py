@@ -1,8 +1,10 @@
 """The classifier on top of the features: Spark ML standardise -> PCA -> classifier.
 
-:func:`train` compares the configured classifiers on a validation split carved from the
-training photos and calibrates the "unknown" threshold there; :class:`FruitModel` is what the
-registry stores and what the batch evaluation and the stream call to predict.
+:func:`train` compares the configured classifiers on an honest validation split (held-out runs
+of consecutive video frames: fruits/model/splits.py), calibrates "unknown" there (the top
+probability and the distance detector of fruits/model/unknown.py), then refits the chosen
+settings on all the photos; :class:`FruitModel` is what the registry stores and what the batch
+evaluation and the stream call to predict.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from fruits.config import TrainingConfig
 from fruits.errors import DataError
 from fruits.model.metrics import (
     cumulative_components,
     standardized_variance_shares,
-    unknown_threshold,
 )
+from fruits.model.splits import validation_mask
+from fruits.model.unknown import UnknownDetector, calibrate_unknown, fit_detector
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -42,20 +46,31 @@ class FruitModel:
 
     pipeline: PipelineModel
     classes: tuple[str, ...]
-    threshold: float
+    threshold: float  # "unknown" below this top probability
     extractor: str
     top_k: int = 3
+    # "unknown" also when the features are farther than its threshold from every training
+    # photo (fruits/model/unknown.py); None: the probability alone (models before it existed).
+    detector: UnknownDetector | None = None
 
-    def predict(self, df: DataFrame) -> DataFrame:
+    def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
         """``df`` with a ``features`` array column -> the same rows plus label, confidence,
-        top_k (array<struct<label, prob>>) and is_unknown (confidence below the threshold).
+        top_k (array<struct<label, prob>>) and is_unknown (confidence below the threshold, or
+        the detector's distance above its own). ``with_scores`` adds the distance itself,
+        ``unknown_distance`` (null without a detector): what evaluate's curve sweeps.
 
         A ``label`` column already in ``df`` is replaced: rename ground truth beforehand.
         """
         from pyspark.ml.functions import vector_to_array
         from pyspark.sql import functions as F
 
-        kept = [c for c in df.columns if c not in PREDICTION_COLUMNS]
+        kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, "unknown_distance")]
+        if self.detector is not None:
+            df = df.withColumn("_distance", _distance_udf(self.detector)(F.col("features")))
+            too_far = F.col("_distance") > F.lit(self.detector.threshold)
+        else:
+            df = df.withColumn("_distance", F.lit(None).cast("double"))
+            too_far = F.lit(False)
         scored = self.pipeline.transform(_with_vector(df))
         probs = vector_to_array(F.col("probability")).cast("array<double>")
         ranked = F.sort_array(
@@ -71,8 +86,16 @@ class FruitModel:
                 "_top",
                 lambda s: F.struct(s["label"].alias("label"), s["prob"].alias("prob")),
             ).alias("top_k"),
-            (F.col("_top")[0]["prob"] < F.lit(self.threshold)).alias("is_unknown"),
+            ((F.col("_top")[0]["prob"] < F.lit(self.threshold)) | too_far).alias("is_unknown"),
+            *([F.col("_distance").alias("unknown_distance")] if with_scores else []),
         )
+
+    @property
+    def unknown_rule(self) -> str:
+        """What answers "unknown": probability, distance or both (fruits/model/unknown.py)."""
+        if self.detector is None:
+            return "probability"
+        return "both" if self.threshold > 0 else "distance"
 
     def linear_scorer(self) -> LinearScorer | None:
         """The whole pipeline as one numpy map when the classifier is a logistic regression
@@ -95,6 +118,7 @@ class FruitModel:
             classes=self.classes,
             threshold=self.threshold,
             top_k=self.top_k,
+            detector=self.detector,
         )
 
 
@@ -115,6 +139,7 @@ class TrainedModel:
     comparison: list[ClassifierScore]
     n_train: int
     n_validation: int
+    validation_rejected: float  # share of validation photos answered "unknown"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,9 +151,7 @@ def train(
     log: Log = lambda message: None,
 ) -> TrainedModel:
     """Fit on (label, features) rows; returns the chosen model with how it was chosen."""
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
-    from pyspark.ml.stat import Correlation
+    from pyspark.ml import PipelineModel
     from pyspark.sql import functions as F
 
     classes = tuple(sorted(r.label for r in features.select("label").distinct().collect()))
@@ -143,29 +166,20 @@ def train(
         .cast("double")
         .alias("label_index", metadata=label_meta),
     )
-    train_df, validation_df = _stratified_split(data, settings.validation_fraction, settings.seed)
+    train_df, validation_df = _block_split(data, settings.validation_fraction, settings.seed)
     train_df = train_df.persist()
     validation_df = validation_df.persist()
     n_train, n_validation = train_df.count(), validation_df.count()
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    scaler = StandardScaler(inputCol="vector", outputCol="scaled", withMean=True, withStd=True)
-    scaler_model = scaler.fit(train_df)
-    # The whole explained-variance curve comes from the correlation matrix's eigenvalues
-    # (one distributed pass + a fast eigvalsh), so Spark's PCA (a full SVD) is fitted once.
-    correlation = Correlation.corr(train_df, "vector").head()[0].toArray()  # type: ignore[index]
-    shares = standardized_variance_shares(correlation, scaler_model.std.toArray() == 0)
-    k = cumulative_components(shares, settings.explained_variance)
-    pca_model = PCA(k=k, inputCol="scaled", outputCol="pca").fit(scaler_model.transform(train_df))
+    prepare, shares, k = _fit_prepare(train_df, settings.explained_variance)
     cumulative = [float(v) for v in np.cumsum(shares)]
     timings["pca"] = time.perf_counter() - started
     log(
         f"PCA: {k} components keep {cumulative[k - 1]:.3f} of the variance (target "
-        f"{settings.explained_variance})"
+        f"{settings.explained_variance}); {n_train} training, {n_validation} validation photos"
     )
-
-    prepare = PipelineModel(stages=[scaler_model, pca_model])
     train_pca = prepare.transform(train_df).select("label_index", "pca").persist()
     validation_pca = prepare.transform(validation_df).select("label_index", "pca").persist()
 
@@ -173,8 +187,7 @@ def train(
     fitted: dict[str, Any] = {}
     for name in settings.classifiers:
         started = time.perf_counter()
-        estimator = _classifier(name, settings.seed)
-        fitted[name] = Pipeline(stages=[estimator]).fit(train_pca)
+        fitted[name] = _classifier(name, settings).fit(train_pca)
         seconds = time.perf_counter() - started
         accuracy = _accuracy(fitted[name].transform(validation_pca))
         comparison.append(ClassifierScore(name, accuracy, seconds))
@@ -186,22 +199,67 @@ def train(
         if settings.classifier == "best"
         else settings.classifier
     )
-    classifier_model = fitted[chosen].stages[0]
-    pipeline = PipelineModel(stages=[scaler_model, pca_model, classifier_model])
 
-    # Calibrate "unknown" on the validation photos: all are of known classes.
-    probe = FruitModel(pipeline, classes, threshold=0.0, extractor=extractor, top_k=1)
-    max_probs = [
-        r.confidence
-        for r in probe.predict(validation_df.select("features")).select("confidence").collect()
-    ]
-    threshold = unknown_threshold(max_probs, settings.unknown_reject_share)
-    log(f"chosen: {chosen}; unknown below max probability {threshold:.4f}")
+    # Calibrate "unknown" on the validation photos (all of known classes, none of them near a
+    # training frame) with the model that never saw them.
+    started = time.perf_counter()
+    held_out_model = FruitModel(
+        PipelineModel(stages=[*prepare.stages, fitted[chosen]]),
+        classes,
+        threshold=0.0,
+        extractor=extractor,
+        top_k=1,
+        detector=_fit_detector(prepare, train_pca, settings),
+    )
+    scored = held_out_model.predict(validation_df.select("features"), with_scores=True)
+    validation_scores = scored.select("confidence", "unknown_distance").collect()
+    calibration = calibrate_unknown(
+        [r.confidence for r in validation_scores],
+        [r.unknown_distance for r in validation_scores],
+        settings.unknown_reject_share,
+        settings.unknown_detector,
+    )
+    timings["calibrate"] = time.perf_counter() - started
+    log(
+        f"chosen: {chosen}; unknown: {settings.unknown_detector}, max probability below "
+        f"{calibration.probability:.4f} or distance above {calibration.distance:.3f} "
+        f"(rejects {calibration.rejected_share:.4f} of validation)"
+    )
+
+    detector: UnknownDetector | None
+    if settings.refit_all:
+        # The chosen settings, refitted on every training photo: the validation's stretches of
+        # rotation are then known too (Test +1.1 points in screening, BENCHMARKS.md section 3).
+        # The thresholds are the held-out model's: a probability, and a cosine distance in the
+        # leading components, both scale-free, so they carry over (measured: BENCHMARKS.md).
+        started = time.perf_counter()
+        everything = train_df.unionByName(validation_df)
+        prepare, _, _ = _fit_prepare(everything, k)
+        all_pca = prepare.transform(everything).select("label_index", "pca").persist()
+        final_classifier = _classifier(chosen, settings).fit(all_pca)
+        detector = _fit_detector(prepare, all_pca, settings)
+        all_pca.unpersist()
+        timings["refit"] = time.perf_counter() - started
+        log(f"refitted {chosen} on all {n_train + n_validation} photos")
+    else:
+        final_classifier = fitted[chosen]
+        detector = held_out_model.detector
+    assert detector is not None
+    pipeline = PipelineModel(stages=[*prepare.stages, final_classifier])
 
     for df in (train_df, validation_df, train_pca, validation_pca):
         df.unpersist()
     return TrainedModel(
-        model=FruitModel(pipeline, classes, threshold, extractor, settings.top_k),
+        model=FruitModel(
+            pipeline,
+            classes,
+            calibration.probability,
+            extractor,
+            settings.top_k,
+            detector=detector.calibrated(calibration.distance)
+            if settings.unknown_detector != "probability"
+            else None,
+        ),
         classifier=chosen,
         pca_components=k,
         explained_variance=cumulative[k - 1],
@@ -209,21 +267,69 @@ def train(
         comparison=comparison,
         n_train=n_train,
         n_validation=n_validation,
+        validation_rejected=calibration.rejected_share,
         timings=timings,
     )
 
 
-def _classifier(name: str, seed: int) -> Any:
+def _fit_prepare(df: DataFrame, target: float | int) -> tuple[PipelineModel, np.ndarray, int]:
+    """Standardise -> PCA on ``df``: ``target`` components (an int) or the fewest that keep
+    ``target`` of the variance (a float); returns the stages, the variance shares and k."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.stat import Correlation
+
+    scaler = StandardScaler(inputCol="vector", outputCol="scaled", withMean=True, withStd=True)
+    scaler_model = scaler.fit(df)
+    # The whole explained-variance curve comes from the correlation matrix's eigenvalues
+    # (one distributed pass + a fast eigvalsh), so Spark's PCA (a full SVD) is fitted once.
+    correlation = Correlation.corr(df, "vector").head()[0].toArray()  # type: ignore[index]
+    shares = standardized_variance_shares(correlation, scaler_model.std.toArray() == 0)
+    k = target if isinstance(target, int) else cumulative_components(shares, target)
+    pca_model = PCA(k=k, inputCol="scaled", outputCol="pca").fit(scaler_model.transform(df))
+    return PipelineModel(stages=[scaler_model, pca_model]), shares, k
+
+
+def _fit_detector(
+    prepare: PipelineModel, pca_rows: DataFrame, settings: TrainingConfig
+) -> UnknownDetector:
+    """The distance detector over these photos' PCA points (collected: ~2 KB per photo)."""
+    from pyspark.ml.feature import PCAModel, StandardScalerModel
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    scaler, pca = prepare.stages
+    assert isinstance(scaler, StandardScalerModel) and isinstance(pca, PCAModel)
+    dims = min(settings.unknown_dims, pca.getK())
+    leading = vector_to_array(F.col("pca")).cast("array<float>")
+    rows = pca_rows.select(F.slice(leading, 1, dims).alias("pca")).toArrow()
+    column = rows.column("pca").combine_chunks()
+    points = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dims)
+    return fit_detector(
+        mean=scaler.mean.toArray(),
+        std=scaler.std.toArray(),
+        components=pca.pc.toArray(),
+        train_points=points,
+        k=settings.unknown_neighbours,
+        dims=dims,
+    )
+
+
+def _classifier(name: str, settings: TrainingConfig) -> Any:
     from pyspark.ml.classification import (
         DecisionTreeClassifier,
         LogisticRegression,
         RandomForestClassifier,
     )
 
-    features, label = "pca", "label_index"
+    features, label, seed = "pca", "label_index", settings.seed
     if name == "logistic_regression":
         return LogisticRegression(
-            featuresCol=features, labelCol=label, maxIter=200, regParam=1e-3, family="multinomial"
+            featuresCol=features,
+            labelCol=label,
+            maxIter=200,
+            regParam=settings.regularization,
+            family="multinomial",
         )
     # Trees: Spark keeps (features x bins x classes) statistics per node being split, so with
     # 114 classes a deep tree needs many passes; depth 10 and 16 bins keep a fit to minutes.
@@ -259,19 +365,40 @@ def _accuracy(predictions: DataFrame) -> float:
     return float(evaluator.evaluate(predictions))
 
 
-def _stratified_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
-    """Per class, the first ``fraction`` of photos in a seeded hash order go to validation.
+def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(training, validation): per class and video, a contiguous run of ``fraction`` of the
+    frames is held out (fruits/model/splits.py); never random frames, whose neighbours in
+    training make validation as easy as the training photos.
 
-    Hash order (not rand()) makes the split the same whatever the partitioning.
+    Decided on the driver from (path, label) alone: a few bytes per photo, and the same split
+    whatever the partitioning.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy("label").orderBy(F.xxhash64("image_id", F.lit(seed)), "path")
-    ranked = data.withColumn("_rank", F.percent_rank().over(order))
-    validation = ranked.where(F.col("_rank") < fraction).drop("_rank")
-    training = ranked.where(F.col("_rank") >= fraction).drop("_rank")
+    keys = data.select("path", "label").distinct().collect()
+    held_out = validation_mask([r.path for r in keys], [r.label for r in keys], fraction, seed)
+    sides = data.sparkSession.createDataFrame(
+        [(r.path, held) for r, held in zip(keys, held_out, strict=True)],
+        "path string, _validation boolean",
+    )
+    marked = data.join(F.broadcast(sides), on="path", how="inner")
+    training = marked.where(~F.col("_validation")).drop("_validation")
+    validation = marked.where(F.col("_validation")).drop("_validation")
     return training, validation
+
+
+def _distance_udf(detector: UnknownDetector) -> Any:
+    """A pandas UDF: features (array<float>) -> the detector's distance (double). (pandas is
+    imported at module level: Spark reads the type hints against the module's globals.)"""
+    from pyspark.sql.pandas.functions import pandas_udf
+
+    @pandas_udf("double")  # type: ignore[call-overload, untyped-decorator]
+    def distance(features: pd.Series) -> pd.Series:
+        if len(features) == 0:
+            return pd.Series([], dtype="float64")
+        return pd.Series(detector.distance(np.stack(features.to_numpy())))
+
+    return distance
 
 
 def _with_vector(df: DataFrame) -> DataFrame:

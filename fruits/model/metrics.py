@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "classification_report",
     "cumulative_components",
+    "open_set_curve",
     "open_set_report",
     "standardized_variance_shares",
     "unknown_threshold",
@@ -42,7 +43,7 @@ def cumulative_components(explained: Sequence[float] | np.ndarray, target: float
     return int(reached[0]) + 1 if len(reached) else len(cumulative)
 
 
-def unknown_threshold(max_probs: Sequence[float], reject_share: float) -> float:
+def unknown_threshold(max_probs: Sequence[float] | np.ndarray, reject_share: float) -> float:
     """The highest threshold that rejects at most ``reject_share`` of these (known) images.
 
     An image is "unknown" when its top class probability is strictly below the threshold.
@@ -95,8 +96,9 @@ def open_set_report(
 ) -> dict[str, Any]:
     """Scores for a folder that may mix classes the model knows with classes it does not.
 
-    ``accuracy``: top-1 label correct, over images of known classes. ``unknown_rate``: share
-    flagged unknown among those. ``unknown_recall``: share flagged unknown among the others.
+    ``accuracy``: top-1 label correct, over images of known classes. ``known_rejected``: share
+    answered "unknown" among those (a cost: the model knew). ``unseen_caught``: share answered
+    "unknown" among the photos of classes the model was never taught (the point of it).
     """
     known = set(known_classes)
     known_rows = [i for i, t in enumerate(true) if t in known]
@@ -110,6 +112,49 @@ def open_set_report(
         "n_known_class": len(known_rows),
         "n_unknown_class": len(other_rows),
         "accuracy": share(known_rows, lambda i: predicted[i] == true[i]),
-        "unknown_rate": share(known_rows, lambda i: is_unknown[i]),
-        "unknown_recall": share(other_rows, lambda i: is_unknown[i]),
+        "known_rejected": share(known_rows, lambda i: is_unknown[i]),
+        "unseen_caught": share(other_rows, lambda i: is_unknown[i]),
     }
+
+
+# Target reject shares the curve is drawn at: 0 to 50% by steps of 0.5%.
+CURVE_SHARES = tuple(step / 200 for step in range(101))
+
+
+def open_set_curve(
+    known: tuple[Sequence[float], Sequence[float] | None],
+    unseen: tuple[Sequence[float], Sequence[float] | None],
+    rule: str,
+    shares: Sequence[float] = CURVE_SHARES,
+) -> list[tuple[float, float]]:
+    """(known photos rejected, unseen photos caught) as the "unknown" thresholds move.
+
+    ``known`` and ``unseen``: each photo's (top probability, detector distance or None). For
+    each target share, the thresholds are set on the known photos' own scores as training sets
+    them on validation (``rule``: probability, distance or both, splitting the share); the point
+    is what they then reject of each side.
+    """
+    from fruits.model.unknown import calibrate_unknown
+
+    known_conf = np.asarray(known[0], dtype=np.float64)
+    unseen_conf = np.asarray(unseen[0], dtype=np.float64)
+    if known[1] is None or unseen[1] is None:
+        rule = "probability"
+    known_dist = np.asarray(known[1] if known[1] is not None else np.zeros(len(known_conf)))
+    unseen_dist = np.asarray(unseen[1] if unseen[1] is not None else np.zeros(len(unseen_conf)))
+
+    def rejected(conf: np.ndarray, dist: np.ndarray, probability: float, distance: float) -> float:
+        hit = (conf < probability) | (dist > distance)
+        return float(hit.mean()) if len(hit) else 0.0
+
+    points = []
+    for share in shares:
+        calibration = calibrate_unknown(known_conf, known_dist, share, rule)
+        thresholds = (calibration.probability, calibration.distance)
+        points.append(
+            (
+                rejected(known_conf, known_dist, *thresholds),
+                rejected(unseen_conf, unseen_dist, *thresholds),
+            )
+        )
+    return points

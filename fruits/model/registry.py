@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from fruits.features.featurizer import ExtractorSpec
     from fruits.model.classifier import FruitModel
     from fruits.model.scoring import LinearScorer
+    from fruits.model.unknown import UnknownDetector
 
 __all__ = ["CHAMPION", "ModelFiles", "ModelRegistry", "ModelVersion", "write_model_files"]
 
@@ -97,7 +98,15 @@ class ModelFiles:
             classes=tuple(self.meta["classes"]),
             threshold=float(self.meta["threshold"]),
             top_k=int(self.meta["top_k"]),
+            detector=self.detector(),
         )
+
+    def detector(self) -> UnknownDetector | None:
+        """The distance detector (``detector.npz``); None for a version without one."""
+        from fruits.model.unknown import UnknownDetector
+
+        path = self.folder / "detector.npz"
+        return UnknownDetector.load(path) if path.is_file() else None
 
     def model(self) -> FruitModel:
         """The Spark ML model (needs a SparkSession)."""
@@ -118,6 +127,7 @@ class ModelFiles:
             threshold=float(self.meta["threshold"]),
             extractor=str(self.meta["extractor"]),
             top_k=int(self.meta["top_k"]),
+            detector=self.detector(),
         )
 
 
@@ -129,6 +139,8 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
     ``<name>.onnx``      the featurizer (InceptionV3 to ``layer``, pooled), ONNX Runtime's input
     ``scorer.npz``       standardise + PCA + logistic regression folded into one affine map
     ``pipeline/``        the Spark ML PipelineModel (trees are scored with it; batch evaluation)
+    ``detector.npz``     the "unknown" detector: features -> whitened PCA space, the training
+                         photos' points there, k and the distance threshold (when it has one)
     """
     import dataclasses
 
@@ -144,6 +156,8 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
         np.savez(folder / "scorer.npz", weights=scorer.weights, bias=scorer.bias)
     # A file: URI, so Spark writes to this local folder whatever its default filesystem is.
     model.pipeline.save((folder / "pipeline").resolve().as_uri())
+    if model.detector is not None:
+        model.detector.save(folder / "detector.npz")
     meta = {
         "classes": list(model.classes),
         "threshold": model.threshold,
@@ -156,6 +170,7 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
         "max_bytes": spec.max_bytes,
         "max_pixels": spec.max_pixels,
         "scorer": "linear" if scorer is not None else "spark_ml",
+        "unknown_distance": model.detector.threshold if model.detector is not None else None,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -22,6 +22,7 @@ import pandas as pd
 
 from fruits.decode import Rejection
 from fruits.features.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
+from fruits.model.unknown import UnknownDetector
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
 
@@ -43,6 +44,9 @@ class LinearScorer:
     classes: tuple[str, ...]
     threshold: float  # below this top probability, the answer is "unknown"
     top_k: int
+    # Also "unknown" beyond the detector's distance from every training photo; None: the
+    # probability alone (fruits/model/unknown.py).
+    detector: UnknownDetector | None = None
 
     @classmethod
     def fold(
@@ -56,6 +60,7 @@ class LinearScorer:
         classes: tuple[str, ...],
         threshold: float,
         top_k: int,
+        detector: UnknownDetector | None = None,
     ) -> LinearScorer:
         """Fold standardise ((x - mean) / std, 0 where std is 0, as Spark's StandardScaler),
         PCA (``components``: feature_dim x k; Spark's PCA does not centre) and the logistic
@@ -63,7 +68,7 @@ class LinearScorer:
         inverse_std = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
         projection = (inverse_std[:, None] * components) @ coefficients.T  # (d, n_classes)
         bias = intercepts - (mean * inverse_std) @ components @ coefficients.T
-        return cls(projection, bias, classes, threshold, top_k)
+        return cls(projection, bias, classes, threshold, top_k, detector)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         margins = features.astype(np.float64) @ self.weights + self.bias
@@ -79,6 +84,9 @@ class LinearScorer:
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
         top_probs = np.take_along_axis(probs, ranked, axis=1)
         classes = np.asarray(self.classes, dtype=object)
+        unknown = top_probs[:, 0] < self.threshold
+        if self.detector is not None:
+            unknown |= self.detector.is_unknown(features)
         return pd.DataFrame(
             {
                 "label": classes[ranked[:, 0]],
@@ -90,7 +98,7 @@ class LinearScorer:
                     ]
                     for row, row_probs in zip(ranked, top_probs, strict=True)
                 ],
-                "is_unknown": top_probs[:, 0] < self.threshold,
+                "is_unknown": unknown,
             }
         )
 
