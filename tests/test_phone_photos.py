@@ -27,8 +27,8 @@ def delta_writer() -> str:
 
 def _phone_versions(photo: Image.Image) -> dict[str, bytes]:
     """The photo as an iPhone (HEIC; HEIF held sideways, with its rotation in the file), an
-    Android phone (AVIF) and a 12 Mpx camera (a 4000x3000 JPEG, the photo upscaled and padded
-    with white) would upload it."""
+    Android phone (AVIF) and a 12 Mpx camera (a 4000x3000 JPEG framed 4:3 on the upscaled
+    scene) would upload it."""
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned left: displayed after a quarter turn clockwise
     sideways = photo.transpose(Image.Transpose.ROTATE_90)
