@@ -297,8 +297,10 @@ def _with_files_without_rows(
     quarantine: pa.Table, predictions: pa.Table, listed: list[ListedFile]
 ) -> pa.Table:
     """The quarantine rows plus one for each file the source listed in the batch but gave no
-    row for. Spark's ``binaryFile`` drops exactly the zero-length files (a file that vanished
-    fails the batch instead), so they are what the decoder says of no bytes: ``empty``."""
+    row for. Spark's ``binaryFile`` gives no row for a zero-length file, so these are recorded
+    as what the decoder says of no bytes: ``empty``. A file deleted between its listing and the
+    batch's read gets no row either (Spark skips a missing listed path), so it is recorded the
+    same way: not lost, though under the reason of an empty file."""
     seen = set(quarantine.column("path").to_pylist()) | set(predictions.column("path").to_pylist())
     missing = [f for f in listed if f.path not in seen]
     if not missing:
