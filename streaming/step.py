@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.features.featurizer import featurize_udf, ship_backend
+from fruits.features.featurizer import ship_backend
 from fruits.model.classifier import PREDICTION_COLUMNS
-from fruits.model.scoring import predict_udf
 from fruits.model.serving import ServedModel, Serving
 from fruits.sinks.delta import Lake, Txn
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
@@ -222,8 +221,7 @@ def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa
     """A linear model: features and answers in the same pandas UDF, so the micro-batch is one
     Spark job, and only the answers (not 768-2048 floats a photo) come back to the driver."""
     assert serving.scorer is not None
-    predict = predict_udf(serving.spec, serving.scorer)
-    rows = _photos_through(batch, predict).toArrow()
+    rows = _photos_through(batch, serving.udf).toArrow()
     usable = pc.is_null(rows.column("reason"))
     predictions = rows.filter(usable).drop_columns(["reason", "detail", "size_bytes"])
     quarantine = rows.filter(pc.invert(usable)).drop_columns(list(PREDICTION_COLUMNS))
@@ -235,9 +233,8 @@ def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table,
     from pyspark.sql import functions as F
 
     assert serving.model is not None
-    featurize = featurize_udf(serving.spec)
     # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
-    featurized = _photos_through(batch, featurize).persist()
+    featurized = _photos_through(batch, serving.udf).persist()
     try:
         quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
         scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(

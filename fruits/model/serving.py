@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from fruits.config import Config
 from fruits.errors import FruitsError, ModelNotFoundError, RegistryError
-from fruits.features.featurizer import ExtractorSpec
+from fruits.features.featurizer import ExtractorSpec, featurize_udf
 from fruits.model.classifier import FruitModel
 from fruits.model.registry import ModelRegistry
-from fruits.model.scoring import LinearScorer
+from fruits.model.scoring import LinearScorer, predict_udf
 
 __all__ = ["ServedModel", "Serving"]
 
@@ -31,6 +33,17 @@ class Serving:
     spec: ExtractorSpec
     # The model as one numpy map, scored inside the featurizer's UDF; None: Spark ML scores it.
     scorer: LinearScorer | None = None
+
+    @cached_property
+    def udf(self) -> Any:
+        """The pandas UDF a micro-batch runs on the photos' bytes: features and answers for a
+        linear model, features only for the others. Built once per version: a UDF is pickled
+        with its closure (the scorer and unknown detector, megabytes) when first used, and
+        PySpark broadcasts a command that large, so one built per micro-batch re-pickled and
+        re-broadcast it every batch."""
+        if self.scorer is not None:
+            return predict_udf(self.spec, self.scorer)
+        return featurize_udf(self.spec)
 
 
 class ServedModel:
