@@ -181,16 +181,22 @@ def _unknown_lines(metrics: dict[str, Any]) -> list[str]:
     if not unknown:
         return [f"- unknown threshold (max class probability): {metrics['unknown_threshold']:.4f}"]
     distance = unknown["distance_above"]
-    return [
-        f"- unknown ({unknown['rule']}): top probability below "
-        f"{unknown['probability_below']:.4f}"
-        + (
-            f", or cosine distance above {distance:.4f} to the nearest training photo in the "
-            f"{unknown['dims']} leading components"
-            if distance is not None
-            else ""
+    where = (
+        f"cosine distance to the nearest training photo of the answered class, in the "
+        f"{unknown['dims']} leading directions of the features"
+    )
+    if unknown["rule"] == "fused":
+        rule = (
+            f"the p-values of the top probability and of the {where}, among validation "
+            f"photos, multiplied: -log of the product above {distance:.3f}"
         )
-        + f"; calibrated to reject at most {unknown['reject_share_target']:.0%} of validation",
+    else:
+        rule = f"top probability below {unknown['probability_below']:.4f}" + (
+            f", or {where} above {distance:.4f}" if distance is not None else ""
+        )
+    return [
+        f"- unknown ({unknown['rule']}): {rule}; calibrated to reject at most "
+        f"{unknown['reject_share_target']:.0%} of validation",
     ]
 
 

@@ -128,10 +128,10 @@ class TrainingConfig:
     classifier: str = "best"
     validation_fraction: float = 0.2
     unknown_reject_share: float = 0.02
-    # What answers "unknown" (fruits/model/unknown.py): distance, probability or both.
-    unknown_detector: Literal["distance", "probability", "both"] = "both"
+    # What answers "unknown" (fruits/model/unknown.py): fused, distance, probability or both.
+    unknown_detector: Literal["fused", "distance", "probability", "both"] = "fused"
     unknown_neighbours: int = 1  # the distance is to the k-th nearest training photo
-    unknown_dims: int = 64  # leading principal components the distance is measured in
+    unknown_dims: int = 64  # leading directions of the features the distance is measured in
     regularization: float = 1e-3  # logistic regression's L2 (Spark's regParam)
     refit_all: bool = True  # refit the chosen settings on training + validation photos
     leave_out_share: float = 0.0  # a seeded share of classes left out: measures "unknown"

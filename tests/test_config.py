@@ -26,7 +26,7 @@ def test_embedded_default_puts_everything_under_one_root(tmp_path: Path) -> None
     assert (config.featurizer.image_size, config.featurizer.layer) == (100, "mixed2+mixed3")
     assert config.featurizer.backend == "onnx"
     assert config.training.explained_variance == 0.995
-    assert (config.training.unknown_detector, config.training.refit_all) == ("both", True)
+    assert (config.training.unknown_detector, config.training.refit_all) == ("fused", True)
 
 
 def test_environment_overrides_keys(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_a_training_is_an_mlflow_run_that_registers_the_champion(
     params, metrics = run.data.params, run.data.metrics
     assert params["extractor"].startswith("inception_v3/mixed2+mixed3/avg/100/sha256:")
     assert (params["layer"], params["image_size"], params["seed"]) == ("mixed2+mixed3", "100", "42")
-    assert (params["unknown_detector"], params["refit_all"]) == ("both", "True")
+    assert (params["unknown_detector"], params["refit_all"]) == ("fused", "True")
     assert params["classifiers"] == "logistic_regression,decision_tree,random_forest"
     assert int(params["pca_components"]) == summary["pca_components"]
     assert float(params["explained_variance"]) >= 0.95

@@ -81,13 +81,17 @@ def test_predict_frame_answers_good_photos_and_gives_reasons_for_bad_ones(
 def test_the_registered_model_carries_a_detector_that_sees_unseen_fruits_as_far(
     trained: tuple[Config, dict[str, Any]],
 ) -> None:
-    """The distance detector travels with the version (detector.npz) into both scoring paths,
-    and photos of fruits the model never saw lie farther from its training photos than new
-    photos of the fruits it knows."""
+    """The detector travels with the version (detector.npz) into both scoring paths, and
+    photos of fruits the model never saw lie farther from the training photos of the class
+    they are answered than new photos of the fruits it knows."""
     model, spec = _served(trained)
     scorer = model.linear_scorer()
     assert model.detector is not None and scorer is not None and scorer.detector is not None
-    assert 0.0 < model.detector.threshold < 2.0  # calibrated on validation: a cosine distance
+    # The default rule, fused: the validation photos' scores travel with it, and the threshold
+    # is a -log of a product of two p-values (at least 2 * -log(1) = 0).
+    assert model.unknown_rule == "fused" and model.detector.fused
+    assert 0.0 < model.detector.threshold < np.inf
+    assert model.detector.reference_classes is not None
     np.testing.assert_array_equal(scorer.detector.references, model.detector.references)
 
     def distances(labels: tuple[str, ...]) -> np.ndarray:
@@ -95,8 +99,10 @@ def test_the_registered_model_carries_a_detector_that_sees_unseen_fruits_as_far(
         pixels, _ = decode_batch(
             [p.read_bytes() for p in photos], size=spec.image_size, limits=ImageLimits()
         )
-        assert model.detector is not None
-        return model.detector.distance(extract_features(pixels, spec))
+        assert model.detector is not None and scorer is not None
+        features = extract_features(pixels, spec)
+        answered = scorer.probabilities(features).argmax(axis=1)
+        return model.detector.distance(features, answered)
 
     known, unseen = distances(KNOWN_CLASSES), distances(UNKNOWN_CLASSES)
     assert np.median(unseen) > np.median(known)

@@ -15,6 +15,8 @@ from fruits.model.unknown import (
     calibrate_unknown,
     distance_threshold,
     fit_detector,
+    fit_pca_detector,
+    fused_score,
 )
 
 
@@ -39,10 +41,41 @@ def fitted() -> tuple[UnknownDetector, np.ndarray, np.ndarray]:
     centres = rng.standard_normal((3, 12)) * 3
     training = _clusters(rng, centres, 40)
     mean, std, components, points = _pca(training)
-    detector = fit_detector(
+    detector = fit_pca_detector(
         mean=mean, std=std, components=components, train_points=points, k=1, dims=4
     )
     return detector, training, centres
+
+
+def test_the_raw_detector_measures_cosine_distances_in_the_leading_directions() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 12)) * 3
+    training = _clusters(rng, centres, 40)
+    detector = fit_detector(training, None, k=1, dims=12)
+    # All 12 directions: the distance is the plain cosine distance in the feature space, and
+    # it does not depend on a photo's scale.
+    photo = training[:1] * 3.0 + 0.01
+    unit = training / np.linalg.norm(training, axis=1, keepdims=True)
+    expected = np.linalg.norm(unit - photo / np.linalg.norm(photo), axis=1).min()
+    assert detector.distance(photo) == pytest.approx([expected], abs=1e-4)
+    assert detector.references.shape == (120, 12) and detector.reference_classes is None
+    # Fewer directions: the leading ones, and still unit-length references.
+    small = fit_detector(training, None, k=1, dims=3)
+    assert small.projection.shape == (12, 3)
+    np.testing.assert_allclose(np.linalg.norm(small.references, axis=1), 1.0, rtol=1e-5)
+
+
+def test_with_classes_the_distance_is_to_the_answered_classs_photos() -> None:
+    # Two classes along two axes; a photo on the first axis is near class 0, far from class 1.
+    training = np.array([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]])
+    detector = fit_detector(training, np.array([0, 0, 1, 1]), k=1, dims=2)
+    photo = np.array([[2.0, 0.0], [2.0, 0.0]])
+    near, far = detector.distance(photo, np.array([0, 1]))
+    assert near == pytest.approx(0.0, abs=1e-3)
+    nearest_of_class_1 = np.array([0.05, 1.0]) / np.linalg.norm([0.05, 1.0])
+    assert far == pytest.approx(np.linalg.norm(np.array([1.0, 0.0]) - nearest_of_class_1))
+    with pytest.raises(ValueError, match="answered"):
+        detector.distance(photo)
 
 
 def test_the_folded_map_is_standardise_pca_leading_components_unit_length(
@@ -70,8 +103,9 @@ def test_a_training_photo_is_at_distance_zero_and_another_fruit_far(
     near, far = detector.distance(known), detector.distance(stranger)
     assert far.min() > near.max()
     calibrated = detector.calibrated(distance_threshold(near, 0.0))
-    assert not calibrated.is_unknown(known).any()
-    assert calibrated.is_unknown(stranger).all()
+    confident = np.ones(len(known))
+    assert not calibrated.is_unknown(known, confident, None).any()
+    assert calibrated.is_unknown(stranger, confident, None).all()
 
 
 def test_the_kth_neighbour_is_used() -> None:
@@ -108,13 +142,58 @@ def test_the_distance_threshold_rejects_at_most_the_share() -> None:
     assert distance_threshold([], 0.02) == math.inf
 
 
-@pytest.mark.parametrize(("rule", "at_most"), [("probability", 4), ("distance", 4), ("both", 4)])
+def test_the_fused_score_multiplies_the_two_p_values() -> None:
+    known_conf = np.sort(np.linspace(0.5, 1.0, 99))
+    known_dist = np.sort(np.linspace(0.0, 0.5, 99))
+    # As low a probability as the lowest known one and as far as the farthest: p = 2/100 each.
+    score = fused_score(np.array([0.5]), np.array([0.5]), known_conf, known_dist)
+    assert score == pytest.approx([-2 * math.log(2 / 100)])
+    # Beyond every known photo on both: 1/100 each, the largest score there is.
+    beyond = fused_score(np.array([0.1]), np.array([0.9]), known_conf, known_dist)
+    assert beyond == pytest.approx([-2 * math.log(1 / 100)])
+    # Typical on both: a small score.
+    typical = fused_score(np.array([0.99]), np.array([0.01]), known_conf, known_dist)
+    assert typical < 0.1
+
+
+def test_fused_catches_a_photo_doubtful_in_both_ways_that_either_threshold_misses() -> None:
+    rng = np.random.default_rng(7)
+    confidences, distances = rng.uniform(0.0, 1.0, 1000), rng.uniform(0.0, 1.0, 1000)
+    fused = calibrate_unknown(confidences, distances, 0.02, "fused")
+    both = calibrate_unknown(confidences, distances, 0.02, "both")
+    assert fused.rejected_share <= 0.02 and fused.probability == 0.0
+    assert fused.known_confidences is not None and fused.known_distances is not None
+    # 4th percentile on both scores: neither threshold of "both" (about 1% each) bites.
+    photo_conf, photo_dist = np.quantile(confidences, 0.04), np.quantile(distances, 0.96)
+    assert not (photo_conf < both.probability or photo_dist > both.distance)
+    # Fused: p = 0.04 each, product 0.0016: smaller than all but 2% of the known photos'
+    # products (two independent uniform p-values: P(product < t) = t (1 - ln t), 2% at 0.0034).
+    detector = UnknownDetector(
+        projection=np.eye(1, dtype=np.float32),
+        offset=np.zeros(1, dtype=np.float32),
+        references=np.ones((1, 1), dtype=np.float32),
+        k=1,
+    ).calibrated(fused)
+    assert detector.fused
+    assert detector.score(np.array([photo_conf]), np.array([photo_dist]))[0] > detector.threshold
+
+
+@pytest.mark.parametrize(
+    ("rule", "at_most"), [("probability", 4), ("distance", 4), ("both", 4), ("fused", 4)]
+)
 def test_each_rule_stays_within_the_budget(rule: str, at_most: int) -> None:
     rng = np.random.default_rng(3)
     confidences = rng.uniform(0.2, 1.0, 200)
     distances = rng.uniform(0.0, 0.5, 200)
     calibration = calibrate_unknown(confidences, distances, 0.02, rule)
     rejected = (confidences < calibration.probability) | (distances > calibration.distance)
+    if rule == "fused":
+        assert calibration.known_confidences is not None
+        assert calibration.known_distances is not None
+        scores = fused_score(
+            confidences, distances, calibration.known_confidences, calibration.known_distances
+        )
+        rejected = scores > calibration.distance
     assert rejected.sum() <= at_most
     assert calibration.rejected_share == rejected.mean()
     if rule == "probability":

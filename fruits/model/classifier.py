@@ -38,6 +38,8 @@ Log = Callable[[str], None]
 
 # Prediction columns (the predictions table's contract) added by FruitModel.predict.
 PREDICTION_COLUMNS = ("label", "confidence", "top_k", "is_unknown")
+# What predict(with_scores=True) adds: the detector's distance and the score it thresholds.
+_SCORE_COLUMNS = ("unknown_distance", "unknown_score")
 
 
 @dataclass(frozen=True)
@@ -56,21 +58,16 @@ class FruitModel:
     def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
         """``df`` with a ``features`` array column -> the same rows plus label, confidence,
         top_k (array<struct<label, prob>>) and is_unknown (confidence below the threshold, or
-        the detector's distance above its own). ``with_scores`` adds the distance itself,
-        ``unknown_distance`` (null without a detector): what evaluate's curve sweeps.
+        the detector's score above its own). ``with_scores`` adds the detector's distance and
+        score, ``unknown_distance`` and ``unknown_score`` (null without a detector): what
+        calibration and evaluate's curve use.
 
         A ``label`` column already in ``df`` is replaced: rename ground truth beforehand.
         """
         from pyspark.ml.functions import vector_to_array
         from pyspark.sql import functions as F
 
-        kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, "unknown_distance")]
-        if self.detector is not None:
-            df = df.withColumn("_distance", _distance_udf(self.detector)(F.col("features")))
-            too_far = F.col("_distance") > F.lit(self.detector.threshold)
-        else:
-            df = df.withColumn("_distance", F.lit(None).cast("double"))
-            too_far = F.lit(False)
+        kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, *_SCORE_COLUMNS)]
         scored = self.pipeline.transform(_with_vector(df))
         probs = vector_to_array(F.col("probability")).cast("array<double>")
         ranked = F.sort_array(
@@ -78,16 +75,34 @@ class FruitModel:
             asc=False,
         )
         top = F.slice(ranked, 1, self.top_k)
-        return scored.withColumn("_top", top).select(
+        scored = scored.withColumn("_top", top)
+        confidence = F.col("_top")[0]["prob"]
+        if self.detector is not None:
+            # The answered class's index: Spark ML's prediction (label_index = classes order).
+            answered = F.col("prediction").cast("int")
+            scored = scored.withColumn(
+                "_unknown",
+                _detector_udf(self.detector)(F.col("features"), confidence, answered),
+            )
+            distance, score = F.col("_unknown.distance"), F.col("_unknown.score")
+            too_far = score > F.lit(self.detector.threshold)
+        else:
+            distance = score = F.lit(None).cast("double")
+            too_far = F.lit(False)
+        return scored.select(
             *kept,
             F.col("_top")[0]["label"].alias("label"),
-            F.col("_top")[0]["prob"].alias("confidence"),
+            confidence.alias("confidence"),
             F.transform(
                 "_top",
                 lambda s: F.struct(s["label"].alias("label"), s["prob"].alias("prob")),
             ).alias("top_k"),
-            ((F.col("_top")[0]["prob"] < F.lit(self.threshold)) | too_far).alias("is_unknown"),
-            *([F.col("_distance").alias("unknown_distance")] if with_scores else []),
+            ((confidence < F.lit(self.threshold)) | too_far).alias("is_unknown"),
+            *(
+                [distance.alias("unknown_distance"), score.alias("unknown_score")]
+                if with_scores
+                else []
+            ),
         )
 
     @property
@@ -95,6 +110,8 @@ class FruitModel:
         """What answers "unknown": probability, distance or both (fruits/model/unknown.py)."""
         if self.detector is None:
             return "probability"
+        if self.detector.fused:
+            return "fused"
         return "both" if self.threshold > 0 else "distance"
 
     def linear_scorer(self) -> LinearScorer | None:
@@ -209,7 +226,7 @@ def train(
         threshold=0.0,
         extractor=extractor,
         top_k=1,
-        detector=_fit_detector(prepare, train_pca, settings),
+        detector=_fit_detector(train_df, settings),
     )
     scored = held_out_model.predict(validation_df.select("features"), with_scores=True)
     validation_scores = scored.select("confidence", "unknown_distance").collect()
@@ -220,9 +237,14 @@ def train(
         settings.unknown_detector,
     )
     timings["calibrate"] = time.perf_counter() - started
+    rule = (
+        f"fused score above {calibration.distance:.3f}"
+        if settings.unknown_detector == "fused"
+        else f"max probability below {calibration.probability:.4f} or distance above "
+        f"{calibration.distance:.3f}"
+    )
     log(
-        f"chosen: {chosen}; unknown: {settings.unknown_detector}, max probability below "
-        f"{calibration.probability:.4f} or distance above {calibration.distance:.3f} "
+        f"chosen: {chosen}; unknown: {settings.unknown_detector}, {rule} "
         f"(rejects {calibration.rejected_share:.4f} of validation)"
     )
 
@@ -230,14 +252,15 @@ def train(
     if settings.refit_all:
         # The chosen settings, refitted on every training photo: the validation's stretches of
         # rotation are then known too (Test +1.1 points in screening, BENCHMARKS.md section 3).
-        # The thresholds are the held-out model's: a probability, and a cosine distance in the
-        # leading components, both scale-free, so they carry over (measured: BENCHMARKS.md).
+        # The calibration is the held-out model's: a probability and a cosine distance (and,
+        # fused, their p-values among validation photos), all scale-free, so they carry over
+        # (measured: BENCHMARKS.md).
         started = time.perf_counter()
         everything = train_df.unionByName(validation_df)
         prepare, _, _ = _fit_prepare(everything, k)
         all_pca = prepare.transform(everything).select("label_index", "pca").persist()
         final_classifier = _classifier(chosen, settings).fit(all_pca)
-        detector = _fit_detector(prepare, all_pca, settings)
+        detector = _fit_detector(everything, settings)
         all_pca.unpersist()
         timings["refit"] = time.perf_counter() - started
         log(f"refitted {chosen} on all {n_train + n_validation} photos")
@@ -256,7 +279,7 @@ def train(
             calibration.probability,
             extractor,
             settings.top_k,
-            detector=detector.calibrated(calibration.distance)
+            detector=detector.calibrated(calibration)
             if settings.unknown_detector != "probability"
             else None,
         ),
@@ -290,28 +313,22 @@ def _fit_prepare(df: DataFrame, target: float | int) -> tuple[PipelineModel, np.
     return PipelineModel(stages=[scaler_model, pca_model]), shares, k
 
 
-def _fit_detector(
-    prepare: PipelineModel, pca_rows: DataFrame, settings: TrainingConfig
-) -> UnknownDetector:
-    """The distance detector over these photos' PCA points (collected: ~2 KB per photo)."""
-    from pyspark.ml.feature import PCAModel, StandardScalerModel
-    from pyspark.ml.functions import vector_to_array
+def _fit_detector(rows: DataFrame, settings: TrainingConfig) -> UnknownDetector:
+    """The detector over these photos' features and classes (collected: 4 bytes a feature,
+    ~4 KB a photo at 1,056 features)."""
     from pyspark.sql import functions as F
 
-    scaler, pca = prepare.stages
-    assert isinstance(scaler, StandardScalerModel) and isinstance(pca, PCAModel)
-    dims = min(settings.unknown_dims, pca.getK())
-    leading = vector_to_array(F.col("pca")).cast("array<float>")
-    rows = pca_rows.select(F.slice(leading, 1, dims).alias("pca")).toArrow()
-    column = rows.column("pca").combine_chunks()
-    points = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dims)
+    table = rows.select(
+        F.col("features").cast("array<float>").alias("features"),
+        F.col("label_index").cast("int").alias("label_index"),
+    ).toArrow()
+    column = table.column("features").combine_chunks()
+    features = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
     return fit_detector(
-        mean=scaler.mean.toArray(),
-        std=scaler.std.toArray(),
-        components=pca.pc.toArray(),
-        train_points=points,
+        features,
+        table.column("label_index").to_numpy(),
         k=settings.unknown_neighbours,
-        dims=dims,
+        dims=settings.unknown_dims,
     )
 
 
@@ -387,18 +404,21 @@ def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame
     return training, validation
 
 
-def _distance_udf(detector: UnknownDetector) -> Any:
-    """A pandas UDF: features (array<float>) -> the detector's distance (double). (pandas is
-    imported at module level: Spark reads the type hints against the module's globals.)"""
+def _detector_udf(detector: UnknownDetector) -> Any:
+    """A pandas UDF: (features array<float>, top probability, answered class index) ->
+    struct(distance, score) of the detector. (pandas is imported at module level: Spark reads
+    the type hints against the module's globals.)"""
     from pyspark.sql.pandas.functions import pandas_udf
 
-    @pandas_udf("double")  # type: ignore[call-overload, untyped-decorator]
-    def distance(features: pd.Series) -> pd.Series:
+    @pandas_udf("distance double, score double")  # type: ignore[call-overload, untyped-decorator]
+    def unknown(features: pd.Series, confidence: pd.Series, answered: pd.Series) -> pd.DataFrame:
         if len(features) == 0:
-            return pd.Series([], dtype="float64")
-        return pd.Series(detector.distance(np.stack(features.to_numpy())))
+            return pd.DataFrame({"distance": [], "score": []}, dtype="float64")
+        distances = detector.distance(np.stack(features.to_numpy()), answered.to_numpy())
+        scores = detector.score(confidence.to_numpy(), distances)
+        return pd.DataFrame({"distance": distances, "score": scores})
 
-    return distance
+    return unknown
 
 
 def _with_vector(df: DataFrame) -> DataFrame:

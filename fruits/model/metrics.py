@@ -131,10 +131,10 @@ def open_set_curve(
 
     ``known`` and ``unseen``: each photo's (top probability, detector distance or None). For
     each target share, the thresholds are set on the known photos' own scores as training sets
-    them on validation (``rule``: probability, distance or both, splitting the share); the point
-    is what they then reject of each side.
+    them on validation (``rule``: fused, probability, distance or both); the point is what they
+    then reject of each side.
     """
-    from fruits.model.unknown import calibrate_unknown
+    from fruits.model.unknown import Calibration, calibrate_unknown, fused_score
 
     known_conf = np.asarray(known[0], dtype=np.float64)
     unseen_conf = np.asarray(unseen[0], dtype=np.float64)
@@ -143,18 +143,24 @@ def open_set_curve(
     known_dist = np.asarray(known[1] if known[1] is not None else np.zeros(len(known_conf)))
     unseen_dist = np.asarray(unseen[1] if unseen[1] is not None else np.zeros(len(unseen_conf)))
 
-    def rejected(conf: np.ndarray, dist: np.ndarray, probability: float, distance: float) -> float:
-        hit = (conf < probability) | (dist > distance)
+    def rejected(conf: np.ndarray, dist: np.ndarray, calibration: Calibration) -> float:
+        if calibration.known_confidences is not None:  # fused: one score, one threshold
+            assert calibration.known_distances is not None
+            scores = fused_score(
+                conf, dist, calibration.known_confidences, calibration.known_distances
+            )
+            hit = scores > calibration.distance
+        else:
+            hit = (conf < calibration.probability) | (dist > calibration.distance)
         return float(hit.mean()) if len(hit) else 0.0
 
     points = []
     for share in shares:
         calibration = calibrate_unknown(known_conf, known_dist, share, rule)
-        thresholds = (calibration.probability, calibration.distance)
         points.append(
             (
-                rejected(known_conf, known_dist, *thresholds),
-                rejected(unseen_conf, unseen_dist, *thresholds),
+                rejected(known_conf, known_dist, calibration),
+                rejected(unseen_conf, unseen_dist, calibration),
             )
         )
     return points

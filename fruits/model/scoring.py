@@ -44,8 +44,8 @@ class LinearScorer:
     classes: tuple[str, ...]
     threshold: float  # below this top probability, the answer is "unknown"
     top_k: int
-    # Also "unknown" beyond the detector's distance from every training photo; None: the
-    # probability alone (fruits/model/unknown.py).
+    # Also "unknown" when the detector says so (far from the answered class's training
+    # photos, fused with the probability); None: the probability alone (fruits/model/unknown.py).
     detector: UnknownDetector | None = None
 
     @classmethod
@@ -86,7 +86,7 @@ class LinearScorer:
         classes = np.asarray(self.classes, dtype=object)
         unknown = top_probs[:, 0] < self.threshold
         if self.detector is not None:
-            unknown |= self.detector.is_unknown(features)
+            unknown |= self.detector.is_unknown(features, top_probs[:, 0], ranked[:, 0])
         return pd.DataFrame(
             {
                 "label": classes[ranked[:, 0]],
