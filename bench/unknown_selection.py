@@ -42,7 +42,6 @@ from fruits.model.unknown import (
     calibrate_unknown,
     fit_detector,
     fit_pca_detector,
-    fused_score,
 )
 
 
@@ -134,15 +133,7 @@ def run_fold(
         calibration = calibrate_unknown(
             cal_conf, cal_dist, settings.unknown_reject_share, candidate.rule
         )
-        if candidate.rule == "fused":
-            assert calibration.known_confidences is not None
-            assert calibration.known_distances is not None
-            scores = fused_score(
-                new_conf, new_dist, calibration.known_confidences, calibration.known_distances
-            )
-            caught = scores > calibration.distance
-        else:
-            caught = (new_conf < calibration.probability) | (new_dist > calibration.distance)
+        caught = calibration.rejects(new_conf, new_dist)
         results[candidate.name] = (calibration.rejected_share, float(caught.mean()))
     return results
 

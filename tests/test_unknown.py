@@ -186,14 +186,10 @@ def test_each_rule_stays_within_the_budget(rule: str, at_most: int) -> None:
     confidences = rng.uniform(0.2, 1.0, 200)
     distances = rng.uniform(0.0, 0.5, 200)
     calibration = calibrate_unknown(confidences, distances, 0.02, rule)
-    rejected = (confidences < calibration.probability) | (distances > calibration.distance)
-    if rule == "fused":
-        assert calibration.known_confidences is not None
-        assert calibration.known_distances is not None
-        scores = fused_score(
-            confidences, distances, calibration.known_confidences, calibration.known_distances
-        )
-        rejected = scores > calibration.distance
+    rejected = calibration.rejects(confidences, distances)
+    if rule != "fused":
+        either = (confidences < calibration.probability) | (distances > calibration.distance)
+        np.testing.assert_array_equal(rejected, either)
     assert rejected.sum() <= at_most
     assert calibration.rejected_share == rejected.mean()
     if rule == "probability":

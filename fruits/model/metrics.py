@@ -134,7 +134,7 @@ def open_set_curve(
     them on validation (``rule``: fused, probability, distance or both); the point is what they
     then reject of each side.
     """
-    from fruits.model.unknown import Calibration, calibrate_unknown, fused_score
+    from fruits.model.unknown import Calibration, calibrate_unknown
 
     known_conf = np.asarray(known[0], dtype=np.float64)
     unseen_conf = np.asarray(unseen[0], dtype=np.float64)
@@ -144,14 +144,7 @@ def open_set_curve(
     unseen_dist = np.asarray(unseen[1] if unseen[1] is not None else np.zeros(len(unseen_conf)))
 
     def rejected(conf: np.ndarray, dist: np.ndarray, calibration: Calibration) -> float:
-        if calibration.known_confidences is not None:  # fused: one score, one threshold
-            assert calibration.known_distances is not None
-            scores = fused_score(
-                conf, dist, calibration.known_confidences, calibration.known_distances
-            )
-            hit = scores > calibration.distance
-        else:
-            hit = (conf < calibration.probability) | (dist > calibration.distance)
+        hit = calibration.rejects(conf, dist)
         return float(hit.mean()) if len(hit) else 0.0
 
     points = []

@@ -232,6 +232,17 @@ class Calibration:
     known_confidences: np.ndarray | None = None
     known_distances: np.ndarray | None = None
 
+    def rejects(self, confidences: np.ndarray, distances: np.ndarray) -> np.ndarray:
+        """Which of these photos (top probability, distance) these thresholds answer unknown."""
+        if self.known_confidences is not None and self.known_distances is not None:
+            scores = fused_score(
+                confidences, distances, self.known_confidences, self.known_distances
+            )
+            fused: np.ndarray = scores > self.distance
+            return fused
+        either: np.ndarray = (confidences < self.probability) | (distances > self.distance)
+        return either
+
 
 def calibrate_unknown(
     confidences: Sequence[float] | np.ndarray,
