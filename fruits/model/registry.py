@@ -139,8 +139,9 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
     ``<name>.onnx``      the featurizer (InceptionV3 to ``layer``, pooled), ONNX Runtime's input
     ``scorer.npz``       standardise + PCA + logistic regression folded into one affine map
     ``pipeline/``        the Spark ML PipelineModel (trees are scored with it; batch evaluation)
-    ``detector.npz``     the "unknown" detector: features -> whitened PCA space, the training
-                         photos' points there, k and the distance threshold (when it has one)
+    ``detector.npz``     the "unknown" detector: features -> the leading directions, the
+                         training photos' points there and their classes, k, the threshold
+                         and, fused, the validation photos' scores (when it has one)
     """
     import dataclasses
 
