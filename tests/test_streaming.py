@@ -126,6 +126,14 @@ def test_promoting_a_version_mid_stream_swaps_from_the_next_batch(
     assert query.isActive
 
 
+def test_a_served_version_builds_its_udf_once(stream_config: Config) -> None:
+    """The UDF carries the scorer and detector (megabytes) pickled; one per micro-batch was
+    pickled and broadcast again every batch. The same version keeps the same UDF object."""
+    served = ServedModel(stream_config, log=log)
+    first = served.refresh()
+    assert served.refresh() is first and served.refresh().udf is first.udf
+
+
 def test_file_source_end_to_end_with_crash_replay(spark: Any, stream_config: Config) -> None:
     config = stream_config
     served = ServedModel(config, log=log)
