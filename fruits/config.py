@@ -193,6 +193,15 @@ class EventHubConfig:
     retry_interval_s: float = 30.0
 
 
+# How much longer than the vacuum retention a removed file stays listed in the log's
+# checkpoints (delta.deletedFileRetentionDuration). Vacuum deletes only the files the log
+# lists as removed, and a checkpoint stops listing them once that duration has passed: a
+# checkpoint written between that moment and the next maintenance pass would hide them from
+# every later vacuum, left on storage for good (the soak of RELIABILITY.md saw it: one pass's
+# 247 files). A day outlasts any gap between two maintenance passes.
+TOMBSTONE_GRACE_HOURS = 24.0
+
+
 @dataclass(frozen=True)
 class MaintenanceConfig:
     """Delta maintenance of every table (fruits/sinks/maintenance.py): compaction of small
@@ -514,11 +523,13 @@ def _validate_maintenance(maintenance: MaintenanceConfig) -> None:
     for name in ("vacuum_retention_hours", "log_retention_hours"):
         if getattr(maintenance, name) < 0:
             raise ConfigError(f"config key 'maintenance.{name}' must be at least 0")
-    if maintenance.log_retention_hours < maintenance.vacuum_retention_hours:
-        # Delta refuses it: a removed file would outlive the log entry that removed it.
+    if maintenance.log_retention_hours < maintenance.vacuum_retention_hours + TOMBSTONE_GRACE_HOURS:
+        # Delta refuses a log shorter than delta.deletedFileRetentionDuration (a removed file
+        # would outlive the log entry that removed it), which is the vacuum retention plus
+        # TOMBSTONE_GRACE_HOURS.
         raise ConfigError(
             "config key 'maintenance.log_retention_hours' must be at least "
-            "'maintenance.vacuum_retention_hours'"
+            f"'maintenance.vacuum_retention_hours' + {TOMBSTONE_GRACE_HOURS:g}"
         )
 
 

@@ -80,6 +80,44 @@ def test_maintain_compacts_small_files_keeps_the_rows_and_the_txn_skip(lake: Lak
     assert again.files_after == 1 and again.files_compacted >= 2
 
 
+def test_a_checkpoint_before_the_vacuum_leaves_no_removed_file_behind(tmp_path: Path) -> None:
+    """Vacuum finds removed files in the log's checkpoint, which lists them for
+    delta.deletedFileRetentionDuration. Equal to the vacuum retention, a checkpoint written
+    after the files' retention ran out but before the next maintenance pass (the stream's
+    appends write one every delta.checkpointInterval commits) stopped listing them, and no
+    vacuum ever deleted them: the soak's 247 files left on storage."""
+    from deltalake import DeltaTable
+
+    lake = DeltaRsLake(str(tmp_path / "lake"), table_properties=NOW_POLICY.table_properties())
+    _append_batches(lake, range(4))
+    small = _stored_files(lake, PREDICTIONS)
+    # A pass whose vacuum keeps the removed files (say, not an hour old yet)...
+    first = lake.maintain(PREDICTIONS, dataclasses.replace(NOW_POLICY, vacuum_retention_hours=1))
+    assert first.files_compacted == 4 and first.files_vacuumed == 0
+    # ...then, their retention (0 h) run out, the stream appends and checkpoints...
+    _append_batches(lake, range(4, 5))
+    DeltaTable(lake.path(PREDICTIONS)).create_checkpoint()
+    # ...and the next pass deletes every removed file all the same.
+    lake.maintain(PREDICTIONS, NOW_POLICY)
+    assert not small & _stored_files(lake, PREDICTIONS)
+    assert (
+        len(_stored_files(lake, PREDICTIONS)) == 1 and lake.read_arrow(PREDICTIONS).num_rows == 10
+    )
+
+
+def test_the_log_must_outlast_the_removed_files_listing(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match=r"log_retention_hours' must be at least"):
+        make_config(
+            FRUITS__MAINTENANCE__VACUUM_RETENTION_HOURS="1",
+            FRUITS__MAINTENANCE__LOG_RETENTION_HOURS="1",
+        )
+    config = make_config(
+        FRUITS__MAINTENANCE__VACUUM_RETENTION_HOURS="1",
+        FRUITS__MAINTENANCE__LOG_RETENTION_HOURS="25",
+    )
+    assert config.maintenance.log_retention_hours == 25
+
+
 def test_the_outbox_publishes_each_row_once_across_compaction_and_vacuum(
     lake: Lake, tmp_path: Path
 ) -> None:

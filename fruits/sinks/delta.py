@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from fruits.config import TOMBSTONE_GRACE_HOURS
 from fruits.sinks.tables import SCHEMAS
 
 if TYPE_CHECKING:
@@ -73,10 +74,15 @@ def delta_table_properties(
     how often the writer checkpoints it. A new table is created with them (no later metadata
     commit, which would fail the stream's concurrent append); `fruits maintain
     --set-properties` brings older tables in line. Spark's Delta requires the log to outlive
-    removed files (logRetentionDuration >= deletedFileRetentionDuration)."""
+    removed files (logRetentionDuration >= deletedFileRetentionDuration).
+
+    deletedFileRetentionDuration is the vacuum retention plus ``TOMBSTONE_GRACE_HOURS``: it
+    says how long checkpoints keep listing a removed file, and vacuum (which deletes at the
+    policy's own retention) finds removed files only there."""
+    tombstones = vacuum_retention_hours + TOMBSTONE_GRACE_HOURS
     return {
         "delta.logRetentionDuration": f"interval {log_retention_hours:g} hours",
-        "delta.deletedFileRetentionDuration": f"interval {vacuum_retention_hours:g} hours",
+        "delta.deletedFileRetentionDuration": f"interval {tombstones:g} hours",
         "delta.checkpointInterval": str(checkpoint_interval),
     }
 
