@@ -198,8 +198,10 @@ class EventHubConfig:
 # lists as removed, and a checkpoint stops listing them once that duration has passed: a
 # checkpoint written between that moment and the next maintenance pass would hide them from
 # every later vacuum, left on storage for good (the soak of RELIABILITY.md saw it: one pass's
-# 247 files). A day outlasts any gap between two maintenance passes.
-TOMBSTONE_GRACE_HOURS = 24.0
+# 247 files). Three hours outlast the gap between two passes (15 minutes in the stream, an
+# hour for the bundle's job) with room for missed ones; longer costs more: each pass deletes
+# again every listed file past the vacuum retention (absent by then, but a call each).
+TOMBSTONE_GRACE_HOURS = 3.0
 
 
 @dataclass(frozen=True)
