@@ -38,8 +38,6 @@ Log = Callable[[str], None]
 
 # Prediction columns (the predictions table's contract) added by FruitModel.predict.
 PREDICTION_COLUMNS = ("label", "confidence", "top_k", "is_unknown")
-# What predict(with_scores=True) adds: the detector's distance and the score it thresholds.
-_SCORE_COLUMNS = ("unknown_distance", "unknown_score")
 
 
 @dataclass(frozen=True)
@@ -58,16 +56,16 @@ class FruitModel:
     def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
         """``df`` with a ``features`` array column -> the same rows plus label, confidence,
         top_k (array<struct<label, prob>>) and is_unknown (confidence below the threshold, or
-        the detector's score above its own). ``with_scores`` adds the detector's distance and
-        score, ``unknown_distance`` and ``unknown_score`` (null without a detector): what
-        calibration and evaluate's curve use.
+        the detector's score above its own). ``with_scores`` adds the detector's distance,
+        ``unknown_distance`` (null without a detector): what calibration and evaluate's curve
+        use, with the confidence.
 
         A ``label`` column already in ``df`` is replaced: rename ground truth beforehand.
         """
         from pyspark.ml.functions import vector_to_array
         from pyspark.sql import functions as F
 
-        kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, *_SCORE_COLUMNS)]
+        kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, "unknown_distance")]
         scored = self.pipeline.transform(_with_vector(df))
         probs = vector_to_array(F.col("probability")).cast("array<double>")
         ranked = F.sort_array(
@@ -84,10 +82,10 @@ class FruitModel:
                 "_unknown",
                 _detector_udf(self.detector)(F.col("features"), confidence, answered),
             )
-            distance, score = F.col("_unknown.distance"), F.col("_unknown.score")
-            too_far = score > F.lit(self.detector.threshold)
+            distance = F.col("_unknown.distance")
+            too_far = F.col("_unknown.score") > F.lit(self.detector.threshold)
         else:
-            distance = score = F.lit(None).cast("double")
+            distance = F.lit(None).cast("double")
             too_far = F.lit(False)
         return scored.select(
             *kept,
@@ -98,11 +96,7 @@ class FruitModel:
                 lambda s: F.struct(s["label"].alias("label"), s["prob"].alias("prob")),
             ).alias("top_k"),
             ((confidence < F.lit(self.threshold)) | too_far).alias("is_unknown"),
-            *(
-                [distance.alias("unknown_distance"), score.alias("unknown_score")]
-                if with_scores
-                else []
-            ),
+            *([distance.alias("unknown_distance")] if with_scores else []),
         )
 
     @property
