@@ -7,10 +7,16 @@ limit is checked from the header, before the full decode, so a decompression bom
 Photos as phones send them: JPEG (and MPO, the multi-picture JPEG: its first picture), PNG, GIF,
 WebP, HEIC/HEIF (pillow-heif, registered when this module is imported, so in every process that
 decodes, Spark's Python workers included) and AVIF (Pillow's own plugin). The format comes from
-the bytes, never the name. EXIF orientation is applied, an embedded ICC profile is converted to
-sRGB, and the photo is fitted into the model's square input keeping its aspect ratio, centred on
-the Fruits-360 white background. A square photo is resized exactly as before (a 100x100
-Fruits-360 photo at a 100x100 input is untouched), so models trained earlier keep their accuracy.
+the bytes, never the name, and only these formats are opened: PostScript, PDF, TIFF, BMP, ICO,
+PSD and every other format Pillow knows are refused as ``not_an_image`` before any of their
+plugins reads them (EPS is rendered by Ghostscript, a subprocess: never for an upload). Pillow's
+own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays as it is for the process;
+``images.max_pixels`` is applied per call, from the header.
+
+EXIF orientation is applied, an embedded ICC profile is converted to sRGB, and the photo is
+fitted into the model's square input keeping its aspect ratio, centred on the Fruits-360 white
+background. A square photo is resized exactly as before (a 100x100 Fruits-360 photo at a
+100x100 input is untouched), so models trained earlier keep their accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "PHOTO_FORMATS",
     "REASONS",
     "Decoded",
     "ImageLimits",
@@ -42,7 +49,7 @@ REASONS = {
     "missing": "the file was deleted or replaced between its discovery and its reading",
     "empty": "the file has no bytes",
     "too_large_bytes": "the file is larger than images.max_bytes",
-    "not_an_image": "the bytes are not an image format Pillow can identify",
+    "not_an_image": "the bytes are not one of the photo formats accepted (README)",
     "too_many_pixels": "the declared width x height exceeds images.max_pixels",
     "zero_pixels": "the image declares a zero width or height",
     "truncated": "the image data ends early (an interrupted upload)",
@@ -50,8 +57,10 @@ REASONS = {
     "unsupported_mode": "the pixel format cannot be converted to RGB",
 }
 
-# We enforce our own pixel limit before decoding; Pillow's global one would raise elsewhere.
-Image.MAX_IMAGE_PIXELS = None
+# The formats README's "Photos accepted" lists, by Pillow's names, tried in this order on the
+# bytes (each plugin's own signature check first): MPO opens through JPEG's plugin, HEIF is
+# pillow-heif's. Image.open is never given None (every format Pillow knows).
+PHOTO_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF")
 # HEIC/HEIF through Pillow's Image.open, once per process (importing this module is enough: the
 # featurizer's UDF imports it in each Spark Python worker). Thumbnails are not needed. AVIF is
 # Pillow's own plugin (Pillow >= 11.2).
@@ -98,8 +107,17 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
         return Rejection("empty", "0 bytes")
     if len(data) > limits.max_bytes:
         return Rejection("too_large_bytes", f"{len(data)} bytes > {limits.max_bytes}")
+    # Pillow warns (DecompressionBombWarning) past its own limit, and may warn on odd chunks:
+    # here the project's limit decides, and a warning turned into an error elsewhere (pytest's
+    # -W error, a job's filters) must not turn a photo into a rejection.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(data, size=size, limits=limits)
+
+
+def _decode(data: bytes, *, size: int, limits: ImageLimits) -> Decoded | Rejection:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open(data)
     except Exception as exc:  # Pillow raises many types on hostile headers
         return _unopenable(data, exc)
     width, height = image.size
@@ -108,15 +126,15 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
     if width * height > limits.max_pixels:
         return Rejection("too_many_pixels", f"{width}x{height} > {limits.max_pixels} pixels")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            orientation = _orientation(image)
-            _decode_reduced(image, size)
-            image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            rgb = _to_rgb(_to_srgb(upright))
+        orientation = _orientation(image)
+        _decode_reduced(image, size)
+        image.load()
+        upright = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(_to_srgb(upright))
     except _UnsupportedMode as exc:
         return Rejection("unsupported_mode", str(exc))
+    except Image.DecompressionBombError as exc:  # a GIF frame larger than the header's screen
+        return Rejection("too_many_pixels", f"over Pillow's decompression-bomb limit: {exc}")
     except Exception as exc:  # truncated streams, bad Huffman tables, broken chunks...
         reason = "truncated" if _looks_truncated(data, exc) else "corrupt"
         return Rejection(reason, _short(exc))
@@ -125,6 +143,25 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
     return Decoded(
         pixels=np.asarray(fit_square(rgb, size), dtype=np.float32), width=width, height=height
     )
+
+
+def _open(data: bytes) -> Image.Image:
+    """``data`` opened (its header read, nothing decoded) by the plugin of a photo format."""
+    try:
+        return Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
+    except Image.DecompressionBombError:
+        # Past twice Image.MAX_IMAGE_PIXELS Pillow refuses on opening, without saying the size.
+        # The project's limit decides, per call (it may be lower or, if configured so, higher):
+        # the same photo plugin reads the header again, without Pillow's process-wide check.
+        head = data[:16]
+        for name in PHOTO_FORMATS:
+            if name not in Image.OPEN:
+                continue  # a plugin Image.open did not need to load: not this photo's
+            factory, accept = Image.OPEN[name]
+            accepted = accept(head) if accept else True
+            if accepted and not isinstance(accepted, str):
+                return factory(io.BytesIO(data), "")
+        raise
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:
@@ -270,12 +307,36 @@ def _looks_truncated(data: bytes, exc: BaseException) -> bool:
 
 
 def _describe_magic(data: bytes) -> str:
-    head = data[:8]
+    """What bytes no photo format opened are, where their first bytes say it: a document, an
+    image format that is not accepted (by its Pillow plugin's signature check alone, which
+    reads 16 bytes and runs nothing), text, or unknown."""
+    head = data[:16]
     if head.startswith(b"%PDF"):
         return "PDF document"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):  # PostScript; EPS with a DOS header
+        return "PostScript (EPS) document, not a photo format accepted"
+    named = _refused_format(head)
+    if named:
+        return f"{named} image (by its first bytes), not a photo format accepted"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:8]):
         return "text, not an image"
-    return f"unknown format (first bytes {head.hex()})"
+    return f"unknown format (first bytes {head[:8].hex()})"
+
+
+def _refused_format(head: bytes) -> str | None:
+    """The name of the format Pillow would have opened ``head`` as, among those refused."""
+    Image.init()
+    for name in Image.ID:
+        _, accept = Image.OPEN[name]
+        if name in PHOTO_FORMATS or accept is None:
+            continue
+        try:
+            accepted = accept(head)
+        except Exception:  # a plugin's check on too few bytes
+            continue
+        if accepted and not isinstance(accepted, str):  # a string is Pillow's "almost" message
+            return str(name)
+    return None
 
 
 def _short(exc: BaseException) -> str:

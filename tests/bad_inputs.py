@@ -113,6 +113,19 @@ def heif_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+# A real EPS document (PostScript, as a print driver writes one): a red triangle on a 100x100
+# page. Pillow's EPS plugin would open it from its header and render it with Ghostscript.
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%Creator: fruits tests
+%%BoundingBox: 0 0 100 100
+%%EndComments
+newpath 10 10 moveto 90 90 lineto 90 10 lineto closepath
+0.8 0.2 0.2 setrgbcolor fill
+showpage
+%%EOF
+"""
+
+
 def corpus() -> list[Case]:
     photo_path = real_photos("Test", "Kiwi", 1)[0]
     jpeg = photo_path.read_bytes()
@@ -143,6 +156,19 @@ def corpus() -> list[Case]:
             "not_an_image",
             "a PDF named .jpg",
         ),
+        Case(
+            "print.jpg",
+            EPS,
+            "not_an_image",
+            "PostScript (EPS) as .jpg: refused before Pillow's EPS plugin (Ghostscript) sees it",
+        ),
+        Case(
+            "scan.jpg",
+            _save(photo, "TIFF"),
+            "not_an_image",
+            "a TIFF named .jpg: an image, but not a photo format accepted",
+        ),
+        Case("screenshot.png", _save(photo, "BMP"), "not_an_image", "a BMP named .png"),
         Case(
             "alpha.png",
             _save(rgba, "PNG"),
@@ -280,6 +306,8 @@ def name_cases() -> list[NameCase]:
         NameCase("glob[ab].jpg", PREDICTED, "'[ab]' is a glob class, not a pattern here"),
         NameCase("glob*star?.jpg", PREDICTED, "'*' and '?' are glob wildcards"),
         NameCase("braces{a,b}.jpg", PREDICTED, "'{a,b}' is a Hadoop glob alternation"),
+        NameCase("at 12:30.jpg", PREDICTED, "Hadoop's Path reads 'at 12' as a URI scheme"),
+        NameCase("10:00/photo.jpg", PREDICTED, "a colon in a folder's name"),
         NameCase(".hidden.jpg", NOT_DISCOVERED, "a hidden name: an upload in progress"),
         NameCase("_temporary.jpg", NOT_DISCOVERED, "'_' is hidden too (Spark's rule)"),
         NameCase(".uploading/in-a-hidden-folder.jpg", NOT_DISCOVERED, "inside a hidden folder"),

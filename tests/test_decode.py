@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -20,7 +21,7 @@ from fruits.decode import (
     preprocess_input,
 )
 
-from .bad_inputs import adobe_rgb_icc, avif, heif, heif_declaring, twelve_megapixels
+from .bad_inputs import EPS, adobe_rgb_icc, avif, heif, heif_declaring, twelve_megapixels
 from .conftest import KNOWN_CLASSES, real_photos
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000)
@@ -94,11 +95,11 @@ def test_decompression_bomb_is_rejected_from_its_header() -> None:
     assert "100000x100000" in result.detail
 
 
-@pytest.mark.parametrize("mode", ["CMYK", "P", "I;16"])
-def test_other_pixel_modes_convert(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "fmt"), [("CMYK", "JPEG"), ("P", "GIF"), ("I;16", "PNG")])
+def test_other_pixel_modes_convert(mode: str, fmt: str) -> None:
     image = Image.new("RGB", (12, 8), (200, 100, 50)).convert(mode)
     buffer = io.BytesIO()
-    image.save(buffer, format="TIFF")
+    image.save(buffer, format=fmt)
     result = decode_image(buffer.getvalue(), size=16, limits=LIMITS)
     assert isinstance(result, Decoded)
     assert result.pixels.shape == (16, 16, 3)
@@ -179,8 +180,8 @@ def test_an_icc_profile_is_converted_to_srgb() -> None:
     linear = np.clip(xyz_to_srgb @ adobe_to_xyz @ colour ** (563 / 256), 0, 1)
     srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     image = Image.new("RGB", (16, 16), (180, 100, 60))
-    for fmt in ("PNG", "TIFF"):
-        decoded = _decoded(_saved(image, fmt, icc_profile=adobe_rgb_icc()), 16)
+    for fmt in ("PNG", "WEBP"):
+        decoded = _decoded(_saved(image, fmt, icc_profile=adobe_rgb_icc(), lossless=True), 16)
         assert np.abs(decoded.pixels[8, 8] - srgb * 255).max() < 1.5, fmt
     untagged = _decoded(_saved(image, "PNG"), 16)
     assert untagged.pixels[8, 8].tolist() == [180.0, 100.0, 60.0]
@@ -226,3 +227,96 @@ def test_a_12_megapixel_jpeg_is_decoded_reduced_and_matches_the_full_decode() ->
     _decode_reduced(image, 100)
     image.load()
     assert image.size == (500, 375)
+
+
+def test_postscript_named_jpg_is_refused_without_starting_a_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+
+    from PIL import EpsImagePlugin
+
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"  # real PostScript, as Pillow sees it
+    started: list[object] = []
+    loaded: list[object] = []
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise AssertionError("the decoder started a process")
+
+    original_load = EpsImagePlugin.EpsImageFile.load
+
+    def recorded_load(self: EpsImagePlugin.EpsImageFile, *args: object, **kwargs: object) -> object:
+        loaded.append(self)
+        return original_load(self, *args, **kwargs)
+
+    # As on a server with Ghostscript installed (this machine has none): rendering the EPS
+    # would run it, through subprocess.
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", recorded_load)
+    result = decode_image(EPS, size=99, limits=LIMITS)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, "PostScript" in result.detail) == ("not_an_image", True), result
+    assert started == [] and loaded == []  # the EPS plugin never read it; no process started
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "ICO", "JPEG2000", "PPM"])
+def test_image_formats_that_are_not_photo_formats_are_refused_by_name(fmt: str) -> None:
+    data = _saved(Image.new("RGB", (32, 32), (200, 100, 50)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would open it
+    result = decode_image(data, size=32, limits=LIMITS)
+    assert isinstance(result, Rejection), result
+    assert result.reason == "not_an_image"
+    assert result.detail.startswith(f"{fmt} image"), result.detail
+
+
+def test_pillows_own_bomb_guard_stays_on_for_the_process() -> None:
+    decode_image(_png(Image.new("RGB", (8, 8))), size=8, limits=LIMITS)
+    # Pillow's default (about 89 Mpx: a warning past it, an error past twice it) is untouched
+    # by importing and using the decoder: the rest of the process keeps its guard.
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+def test_a_header_between_pillows_limits_is_refused_by_the_projects_limit() -> None:
+    # 10000 x 10000 (100 Mpx): past Pillow's warning threshold, under its error; over 40 Mpx.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping the decoder fails the test
+        result = decode_image(_png_header(10_000, 10_000), size=99, limits=ImageLimits())
+    assert isinstance(result, Rejection) and result.reason == "too_many_pixels", result
+    assert "10000x10000 > 40000000" in result.detail
+
+
+def test_the_projects_pixel_limit_decides_per_call_on_either_side_of_pillows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow's limit lowered to 1 Mpx (warning past 1, error past 2) stands for a project limit
+    # configured above Pillow's: the same code paths, with photos of a few Mpx.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    limits = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        past_warning = decode_image(
+            _png(Image.new("RGB", (1200, 1000), "red")), size=50, limits=limits
+        )
+        past_error = decode_image(
+            _png(Image.new("RGB", (1800, 1500), "red")), size=50, limits=limits
+        )
+        over_ours = decode_image(
+            _png(Image.new("RGB", (2500, 2000), "red")), size=50, limits=limits
+        )
+    assert isinstance(past_warning, Decoded), past_warning
+    assert (past_warning.width, past_warning.height) == (1200, 1000)
+    assert isinstance(past_error, Decoded), past_error
+    assert (past_error.width, past_error.height) == (1800, 1500)
+    assert isinstance(over_ours, Rejection) and over_ours.reason == "too_many_pixels"
+    assert "2500x2000 > 4000000" in over_ours.detail
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
