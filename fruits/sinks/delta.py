@@ -72,9 +72,9 @@ def delta_table_properties(
 ) -> dict[str, str]:
     """The table properties of the maintenance policy: how long the log keeps old commits, and
     how often the writer checkpoints it. A new table is created with them (no later metadata
-    commit, which would fail the stream's concurrent append); `fruits maintain
-    --set-properties` brings older tables in line. Spark's Delta requires the log to outlive
-    removed files (logRetentionDuration >= deletedFileRetentionDuration).
+    commit, which would fail the stream's concurrent append); `fruits maintain` (it always
+    sets them where they differ) brings older tables in line. Spark's Delta requires the log
+    to outlive removed files (logRetentionDuration >= deletedFileRetentionDuration).
 
     deletedFileRetentionDuration is the vacuum retention plus ``TOMBSTONE_GRACE_HOURS``: it
     says how long checkpoints keep listing a removed file, and vacuum (which deletes at the

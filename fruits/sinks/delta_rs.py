@@ -246,10 +246,6 @@ class DeltaRsLake(Lake):
 
         return DeltaTable(self.path(table), version=version, storage_options=self.storage_options)
 
-    def committed_version(self, table: str, app_id: str) -> int:
-        delta = self._table(table)
-        return -1 if delta is None else _txn_version(delta, app_id)
-
     # --- maintenance (Lake.maintain) -------------------------------------------------------
 
     def _live_files(self, table: str) -> tuple[int, int]:
