@@ -37,12 +37,7 @@ import numpy as np
 from fruits.config import Config, load_config
 from fruits.features.featurizer import ExtractorSpec
 from fruits.model.splits import left_out_classes, validation_mask
-from fruits.model.unknown import (
-    UnknownDetector,
-    calibrate_unknown,
-    fit_detector,
-    fit_pca_detector,
-)
+from fruits.model.unknown import UnknownDetector, calibrate_unknown, fit_detector
 
 
 @dataclass(frozen=True)
@@ -164,6 +159,34 @@ def _detector(
         detector.projection, detector.offset, detector.references, detector.k,
         reference_classes=np.asarray(classes, dtype=np.int32),
     )  # fmt: skip
+
+
+def fit_pca_detector(
+    *,
+    mean: np.ndarray,
+    std: np.ndarray,
+    components: np.ndarray,
+    train_points: np.ndarray,
+    k: int,
+    dims: int,
+) -> UnknownDetector:
+    """A detector in the leading components of a pipeline standardise -> PCA (the models before
+    the raw-direction detector, kept here as a candidate; the product fits ``fit_detector``):
+    ``components`` (feature_dim x n, as Spark's PCA, largest variance first; it does not
+    centre) and the training photos' PCA points (rows)."""
+    dims = min(dims, components.shape[1])
+    leading = np.asarray(components, dtype=np.float64)[:, :dims]
+    inverse_std = np.divide(1.0, std, out=np.zeros_like(std, dtype=np.float64), where=std != 0)
+    projection = inverse_std[:, None] * leading
+    offset = -(np.asarray(mean, dtype=np.float64) * inverse_std) @ leading
+    points = np.asarray(train_points, dtype=np.float64)[:, :dims]
+    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    return UnknownDetector(
+        projection=projection.astype(np.float32),
+        offset=offset.astype(np.float32),
+        references=unit.astype(np.float32),
+        k=k,
+    )
 
 
 def main() -> None:

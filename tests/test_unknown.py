@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.unknown_selection import fit_pca_detector
 from fruits.model.metrics import open_set_curve
 from fruits.model.scoring import LinearScorer
 from fruits.model.unknown import (
@@ -15,7 +16,6 @@ from fruits.model.unknown import (
     calibrate_unknown,
     distance_threshold,
     fit_detector,
-    fit_pca_detector,
     fused_score,
 )
 

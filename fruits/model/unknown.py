@@ -43,7 +43,6 @@ __all__ = [
     "calibrate_unknown",
     "distance_threshold",
     "fit_detector",
-    "fit_pca_detector",
     "fused_score",
 ]
 
@@ -193,32 +192,6 @@ def fit_detector(
         reference_classes=None
         if train_classes is None
         else np.asarray(train_classes, dtype=np.int32),
-    )
-
-
-def fit_pca_detector(
-    *,
-    mean: np.ndarray,
-    std: np.ndarray,
-    components: np.ndarray,
-    train_points: np.ndarray,
-    k: int,
-    dims: int,
-) -> UnknownDetector:
-    """A detector in the leading components of a pipeline standardise -> PCA (the models before
-    the raw-direction detector): ``components`` (feature_dim x n, as Spark's PCA, largest
-    variance first; it does not centre) and the training photos' PCA points (rows)."""
-    dims = min(dims, components.shape[1])
-    leading = np.asarray(components, dtype=np.float64)[:, :dims]
-    inverse_std = np.divide(1.0, std, out=np.zeros_like(std, dtype=np.float64), where=std != 0)
-    projection = inverse_std[:, None] * leading
-    offset = -(np.asarray(mean, dtype=np.float64) * inverse_std) @ leading
-    points = np.asarray(train_points, dtype=np.float64)[:, :dims]
-    return UnknownDetector(
-        projection=projection.astype(np.float32),
-        offset=offset.astype(np.float32),
-        references=_unit(points).astype(np.float32),
-        k=k,
     )
 
 
