@@ -232,6 +232,10 @@ class MlflowConfig:
     experiment: str = "fruits"  # on Databricks: a workspace path such as /Shared/fruits
     # Where a new experiment keeps runs' and models' files; None: the tracking store's default.
     artifact_location: str | None = "{root}/mlartifacts"
+    # A model version that failed to load is tried again this long after (and a stream with no
+    # model to serve retries at most this far apart): long enough that a broken version costs
+    # one download and one log line per interval, short enough that a transient failure heals.
+    retry_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)

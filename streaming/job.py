@@ -69,7 +69,13 @@ def run_stream(
         on_batch = _hooks(publish_events, maintain)
         served = ServedModel(config, log=log)
         spark = get_spark(config, streaming=True)
-        served.refresh()  # fails now, clearly, if there is no usable model
+        # The champion, else the newest older version that loads. With none: --once fails now,
+        # clearly (one pass, its exit code tells); the long-running job waits and retries,
+        # logged, so a bad registry never makes its restarts a crash loop.
+        if once:
+            served.refresh()
+        else:
+            served.wait()
         # The one-time ONNX export into a fresh cache (seconds) happens here, not inside the
         # first micro-batch, where it would count against the batch and its timeout; then it
         # goes to the executors through Spark.

@@ -15,6 +15,7 @@ split), so listing never downloads a model.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -23,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 from fruits.config import Config
 from fruits.errors import ModelNotFoundError, RegistryError
@@ -324,8 +324,11 @@ class ModelRegistry:
         )
 
     def files(self, version: int | None = None) -> ModelFiles:
-        """A version's files (``champion`` by default), on this machine: read in place from a
-        local artifact store, else downloaded once per process."""
+        """A version's files (``champion`` by default), on this machine: downloaded once per
+        process through ``models:/<name>/<version>``, from every registry alike (Unity
+        Catalog hands out the storage credentials for such a download; the version's raw
+        storage URI needs credentials of its own). Into a folder of this process, which a
+        concurrent change of the store cannot tear, and :meth:`forget` removes."""
         if version is None:
             version = self.champion()
             if version is None:
@@ -334,17 +337,24 @@ class ModelRegistry:
                 )
         if version in self._files:
             return self._files[version]
-        uri = self._require(version)
-        folder = _local_folder(f"{uri.rstrip('/')}/artifacts/{ARTIFACT_KEY}")
+        folder = self._download(version)
         try:
             meta = json.loads((folder / "model.json").read_text())
         except (OSError, ValueError) as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             raise RegistryError(
                 f"model version {version} cannot be loaded: {_one_line(exc)}"
             ) from None
         files = ModelFiles(version, folder, meta)
         self._files[version] = files
         return files
+
+    def forget(self, version: int) -> None:
+        """Drop a version's downloaded files, so the next :meth:`files` downloads them again
+        (a version that failed to load is retried from the store, not from this copy)."""
+        files = self._files.pop(version, None)
+        if files is not None:
+            shutil.rmtree(files.folder, ignore_errors=True)
 
     def load(self, version: int | None = None) -> tuple[ModelFiles, FruitModel]:
         """A version's files and its Spark ML model, ready to predict (needs a SparkSession)."""
@@ -367,6 +377,39 @@ class ModelRegistry:
                 ) from None
             raise RegistryError(f"{self} is unreadable: {_one_line(exc)}") from None
 
+    def _download(self, version: int) -> Path:
+        """The version's ``fruits`` artifact folder, downloaded into a new folder of this
+        process (removed at exit)."""
+        import mlflow
+        from mlflow.artifacts import download_artifacts
+
+        self._require(version)  # a clear ModelNotFoundError for a version that does not exist
+        uri = f"models:/{self.name}/{version}/artifacts/{ARTIFACT_KEY}"
+        # MLflow resolves a models:/ URI of a workspace or local registry with the process'
+        # registry URI, not the one passed here (ModelsArtifactRepository._get_model_uri_infos).
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        target = tempfile.mkdtemp(prefix=f"fruits-model-v{version}-")
+        atexit.register(shutil.rmtree, target, True)
+        try:
+            folder = Path(
+                download_artifacts(
+                    artifact_uri=uri,
+                    dst_path=target,
+                    tracking_uri=self.tracking_uri,
+                    registry_uri=self.registry_uri,
+                )
+            )
+        except Exception as exc:  # whatever the store's client raises
+            shutil.rmtree(target, ignore_errors=True)
+            raise RegistryError(
+                f"model version {version} files at {uri} cannot be read: {_one_line(exc)}"
+            ) from None
+        if not folder.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            raise RegistryError(f"model version {version} files not found at {uri}")
+        return folder
+
     def _store_exists(self) -> bool:
         local = _sqlite_file(self.registry_uri)
         return local is None or local.is_file()
@@ -380,28 +423,6 @@ class ModelRegistry:
 
 def _sqlite_file(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def _local_folder(uri: str) -> Path:
-    """A local folder for an artifact URI: the folder itself for file: URIs and paths, else a
-    download into a temporary folder."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        folder = Path(unquote(parsed.path))
-    elif not parsed.scheme:
-        folder = Path(uri)
-    else:
-        from mlflow.artifacts import download_artifacts
-
-        target = tempfile.mkdtemp(prefix="fruits-model-")
-        try:
-            folder = Path(download_artifacts(artifact_uri=uri, dst_path=target))
-        except Exception as exc:
-            shutil.rmtree(target, ignore_errors=True)
-            raise RegistryError(f"model files at {uri} cannot be read: {_one_line(exc)}") from None
-    if not folder.is_dir():
-        raise RegistryError(f"model files not found at {uri}")
-    return folder
 
 
 def _not_found(exc: Exception) -> bool:
