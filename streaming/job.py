@@ -29,7 +29,7 @@ from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import Lake, open_lake
 from fruits.sources.landing import batch_files, landing_source
-from fruits.spark import get_spark, is_connect, ui_address
+from fruits.spark import get_spark, is_connect, stream_process, ui_address
 from streaming.decisions import DecisionJournal
 from streaming.step import BatchOutcome, OutcomeFolder, PredictionStep
 
@@ -60,6 +60,7 @@ def run_stream(
     """Run until stopped (or, with ``once``, until what is in the landing is processed).
 
     ``eventhub_client`` replaces the Event Hubs SDK client (tests)."""
+    stream_process()  # the hooks below may start the session (a Spark lake): the stream's JVM
     checkpoint = checkpoint_path(config)
     with (
         checkpoint_lock(checkpoint),
@@ -263,12 +264,29 @@ def query_id(checkpoint: str) -> str:
     return str(json.loads(text)["id"])
 
 
+# Databricks' FUSE mounts of object storage: a path, but flock there locks nothing across
+# machines, and a lock file's append-mode writes may be refused. Treated like a URL.
+_FUSE_PREFIXES = ("/Volumes/", "/dbfs/", "/Workspace/")
+# Checkpoints without an OS lock (URLs, FUSE mounts) that a query of this process runs on.
+_IN_USE: set[str] = set()
+_IN_USE_GUARD = threading.Lock()
+
+
 @contextmanager
 def checkpoint_lock(checkpoint: str) -> Iterator[None]:
-    """Refuse a second query on a checkpoint in use. The OS drops the lock if the process dies
-    (even ``kill -9``). Remote checkpoints rely on the scheduler (max one concurrent run)."""
-    if is_url(checkpoint):
-        yield
+    """Refuse a second query on a checkpoint in use.
+
+    A local checkpoint: an OS lock (``flock``) on ``<checkpoint>.lock``, which the OS drops if
+    the process dies (even ``kill -9``). A URL (``abfss://``, ``az://``, ``dbfs:/``...) or a
+    Databricks Volume (``/Volumes/...``, ``/dbfs/``, ``/Workspace/``): no lock file. A second
+    query in this process is refused; across processes one run at a time is the scheduler's
+    (a continuous job runs once) and Spark's own: in one cluster a query started again on the
+    checkpoint stops the running one (``spark.sql.streaming.stopActiveRunOnRestart``), and on
+    two clusters the second writer of a batch's offsets fails (CONCURRENT_STREAM_LOG_UPDATE),
+    while each batch's Delta commit is idempotent (transaction id = query id, batch id)."""
+    if is_url(checkpoint) or checkpoint.startswith(_FUSE_PREFIXES):
+        with _in_use_by_this_process(checkpoint):
+            yield
         return
     lock_path = Path(f"{checkpoint.rstrip('/')}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +304,24 @@ def checkpoint_lock(checkpoint: str) -> Iterator[None]:
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
+
+
+@contextmanager
+def _in_use_by_this_process(checkpoint: str) -> Iterator[None]:
+    """Hold ``checkpoint`` for this process' one query on it (no OS lock where it lives)."""
+    key = checkpoint.rstrip("/")
+    with _IN_USE_GUARD:
+        if key in _IN_USE:
+            raise CheckpointInUseError(
+                f"checkpoint {checkpoint} is in use by another query of this process "
+                f"(pid {os.getpid()}): one query per checkpoint"
+            )
+        _IN_USE.add(key)
+    try:
+        yield
+    finally:
+        with _IN_USE_GUARD:
+            _IN_USE.discard(key)
 
 
 @contextmanager
