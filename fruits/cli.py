@@ -83,8 +83,10 @@ def _models(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from fruits.console import log
     from fruits.model.registry import ModelRegistry
+    from fruits.spark import stream_process
     from streaming.job import run_stream
 
+    stream_process()  # a first model trained below starts the JVM: with the stream's flags
     if ModelRegistry(config).champion() is None:
         data = args.train_data or config.training.data
         if not data:

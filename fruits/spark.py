@@ -30,6 +30,7 @@ __all__ = [
     "on_databricks",
     "one_task_per_slot",
     "ship_file",
+    "stream_process",
     "task_slots",
     "ui_address",
 ]
@@ -59,11 +60,29 @@ def is_connect(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+# Set by stream_process(): every session this process starts is the streaming job's.
+_STREAM_PROCESS = False
+
+
+def stream_process() -> None:
+    """Mark this process as the streaming job's, before anything in it may start a session.
+
+    The first session of a process launches its JVM, and its flags stay for the process' life.
+    In the stream's process the first ``get_spark`` call may come from elsewhere than the job
+    itself (the Spark lake that the Event Hubs outbox or the maintenance opens, a first model
+    trained by ``fruits stream``): from now on every one of them takes the stream's JVM
+    options and UI (``spark.stream_java_options``, ``spark.stream_ui``)."""
+    global _STREAM_PROCESS
+    _STREAM_PROCESS = True
+
+
 def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
-    """The process' SparkSession; ``streaming`` picks ``spark.stream_java_options`` instead of
-    ``spark.java_options`` for the JVM and ``spark.stream_ui`` instead of ``spark.ui``, if this
-    call is the one that starts it."""
+    """The process' SparkSession; ``streaming`` (or :func:`stream_process` earlier) picks
+    ``spark.stream_java_options`` instead of ``spark.java_options`` for the JVM and
+    ``spark.stream_ui`` instead of ``spark.ui``, if this call is the one that starts it."""
     from pyspark.sql import SparkSession
+
+    streaming = streaming or _STREAM_PROCESS
 
     spark_conf = config.spark
     # SQL settings every job relies on; they can be set on a session that already exists.
