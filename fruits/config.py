@@ -191,6 +191,9 @@ class EventHubConfig:
     name: str = "predictions"  # the event hub (must match EntityPath when the string has one)
     publish_timeout_s: float = 10.0
     retry_interval_s: float = 30.0
+    # With no outbox cursor yet (Event Hubs enabled on a lake with history): False starts at
+    # the current predictions version (the history is not published), True publishes it.
+    backfill: bool = False
 
 
 # How much longer than the vacuum retention a removed file stays listed in the log's
@@ -219,6 +222,9 @@ class MaintenanceConfig:
     vacuum_retention_hours: float = 168.0
     log_retention_hours: float = 720.0  # delta.logRetentionDuration: the log's time travel
     checkpoint_interval: int = 100  # delta.checkpointInterval: commits between checkpoints
+    # A process's first pass and every Nth after it also deletes orphaned data files (no log
+    # entry references them: a crashed writer's), older than the retention; 0: never.
+    full_vacuum_every: int = 24
 
 
 @dataclass(frozen=True)
@@ -526,7 +532,7 @@ def _validate_maintenance(maintenance: MaintenanceConfig) -> None:
     for name in ("every_batches", "every_minutes", "target_file_size_mb", "checkpoint_interval"):
         if getattr(maintenance, name) <= 0:
             raise ConfigError(f"config key 'maintenance.{name}' must be positive")
-    for name in ("vacuum_retention_hours", "log_retention_hours"):
+    for name in ("vacuum_retention_hours", "log_retention_hours", "full_vacuum_every"):
         if getattr(maintenance, name) < 0:
             raise ConfigError(f"config key 'maintenance.{name}' must be at least 0")
     if maintenance.log_retention_hours < maintenance.vacuum_retention_hours + TOMBSTONE_GRACE_HOURS:

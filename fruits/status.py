@@ -74,7 +74,8 @@ def collect_status(
     if config.eventhub.enabled:  # the outbox lag: predictions not yet published as events
         from fruits.sinks.eventhubs import outbox_id, pending_events
 
-        pending, cursor, _ = pending_events(lake, outbox_id(config.eventhub.name))
+        app_id = outbox_id(config.eventhub.name)
+        pending, cursor, _ = pending_events(lake, app_id, backfill=config.eventhub.backfill)
         status["eventhub_pending_events"] = pending
         status["eventhub_published_version"] = cursor
     return status

@@ -328,9 +328,11 @@ def _in_use_by_this_process(checkpoint: str) -> Iterator[None]:
 def _event_publishing(
     config: Config, client: Callable[[HubTarget], Producer] | None = None
 ) -> Iterator[Callable[[BatchOutcome], None] | None]:
-    """With ``eventhub.enabled``, an ``on_batch`` hook publishing the predictions' events
-    (fruits/sinks/eventhubs.py): what a previous run left at start, after each batch commit, every
-    ``eventhub.retry_interval_s`` while Event Hubs is down, and once more before exit."""
+    """With ``eventhub.enabled``, an ``on_batch`` hook waking the publisher's own thread
+    (fruits/sinks/eventhubs.py), which publishes the predictions' events off the batch's path:
+    what a previous run left at start, after each batch commit, every
+    ``eventhub.retry_interval_s``, and what is left before exit. Started before the query, so
+    with no outbox cursor yet it starts at the version found now (``eventhub.backfill``)."""
     if not config.eventhub.enabled:
         yield None
         return

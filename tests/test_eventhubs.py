@@ -13,14 +13,17 @@ import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from azure.eventhub import EventData, EventDataBatch
-from azure.eventhub.exceptions import ConnectError
+from azure.eventhub.exceptions import ConnectError, OperationTimeoutError
 
 from fruits.config import Config, load_config
 from fruits.errors import ConfigError
@@ -37,12 +40,13 @@ from fruits.sinks.eventhubs import (
     prediction_events,
     sdk_producer,
 )
+from fruits.sinks.maintenance import maintain_lake, maintenance_policy
 from fruits.sinks.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
 from fruits.status import collect_status
 from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import run_stream
 
-from .conftest import PROJECT, real_photos
+from .conftest import PROJECT, WEIGHTS, real_photos
 
 SECRET = "SECRETKEY123fakefakefake="
 FAKE_CONN = (
@@ -64,10 +68,16 @@ class RecordingBatch(EventDataBatch):
 
 
 class FakeHub:
-    """``EventHubProducerClient``'s create_batch/send_batch/close; up or down."""
+    """``EventHubProducerClient``'s create_batch/send_batch/close; up, down or slow.
 
-    def __init__(self, *, max_size_in_bytes: int | None = None) -> None:
+    ``send_seconds``: how long a send takes; past the ``timeout`` it is given, it gives up
+    then with the SDK's ``OperationTimeoutError``, as the real client does."""
+
+    def __init__(self, *, max_size_in_bytes: int | None = None, send_seconds: float = 0) -> None:
         self.max_size_in_bytes = max_size_in_bytes  # None: the SDK's default (1 MB)
+        self.send_seconds = send_seconds
+        self.delays: list[float] = []  # the next sends' own durations, before send_seconds
+        self.timeouts: list[float] = []  # the timeout each send was given
         self.down = False
         self.error_message = "Failed to initiate the connection: [Errno 111] Connection refused"
         self.batches: list[RecordingBatch] = []
@@ -90,6 +100,12 @@ class FakeHub:
     def send_batch(self, event_data_batch: EventDataBatch, *, timeout: float | None = None) -> None:
         self._check()
         assert isinstance(event_data_batch, RecordingBatch) and timeout
+        self.timeouts.append(timeout)
+        seconds = self.delays.pop(0) if self.delays else self.send_seconds
+        if seconds:
+            time.sleep(min(seconds, timeout))
+            if seconds > timeout:
+                raise OperationTimeoutError("Send operation timed out")
         self.batches.append(event_data_batch)
         self.delivered.set()
 
@@ -134,10 +150,18 @@ def prediction_table(n: int, *, batch_id: int = 0, image_ids: list[str] | None =
 
 
 def publisher_for(
-    root: Path, hub: FakeHub, *, lake: DeltaRsLake | None = None, **kwargs: Any
+    root: Path,
+    hub: FakeHub,
+    *,
+    lake: DeltaRsLake | None = None,
+    timeout_s: float = 5.0,
+    **kwargs: Any,
 ) -> EventHubsPublisher:
+    """A publisher at the fake hub; ``backfill`` by default: these tests append rows first,
+    then publish them (the start-at-the-head default has tests of its own)."""
     lake = lake or DeltaRsLake(str(root))
-    target = HubTarget(name="predictions", connection_string=FAKE_CONN, timeout_s=5.0)
+    target = HubTarget(name="predictions", connection_string=FAKE_CONN, timeout_s=timeout_s)
+    kwargs.setdefault("backfill", True)
     return EventHubsPublisher(lake, target, client_factory=hub.factory, **kwargs)
 
 
@@ -231,10 +255,11 @@ def test_the_retry_thread_delivers_what_an_outage_left_in_the_outbox(tmp_path: P
     failed = publisher.publish_pending()
     assert (failed.published, failed.pending, failed.cursor) == (0, 4, -1)
     assert logged == [
+        "Event Hubs backfill: the 4 predictions already in the table are published first",
         "Event Hubs unavailable: ConnectError: Failed to initiate the connection: [Errno 111] "
-        "Connection refused; 4 events wait in the outbox (Delta version 0..1)"
+        "Connection refused; 4 events wait in the outbox (Delta version 0..1)",
     ]
-    assert hub.events == [] and pending_events(lake, publisher.app_id)[0] == 4
+    assert hub.events == [] and pending_events(lake, publisher.app_id, backfill=True)[0] == 4
 
     publisher.start()  # retries every 50 ms while the stream runs
     hub.down = False
@@ -292,6 +317,7 @@ def test_secrets_never_reach_logs_errors_or_tables(
         lake,
         HubTarget(name="predictions", connection_string=emulator, timeout_s=3.0),
         client_factory=sdk_producer,
+        backfill=True,
     )
     lake.append_arrow(prediction_table(1, batch_id=1), PREDICTIONS)
     refused = real.publish_pending()
@@ -366,6 +392,240 @@ def test_enabled_without_a_connection_string_or_namespace_says_which_variable(
     assert SECRET not in str(malformed.value)
 
 
+# --- a lake with history, the pass's deadline, the pending count ------------------------------
+
+
+def _append(lake: DeltaRsLake, batches: range, *, rows: int = 2) -> None:
+    """One commit per batch, as the stream's micro-batches make them."""
+    for batch in batches:
+        assert lake.append_arrow(prediction_table(rows, batch_id=batch), PREDICTIONS)
+
+
+def _stored(lake: DeltaRsLake) -> set[str]:
+    """The data files in the predictions folder, referenced or not."""
+    return {p.name for p in Path(lake.path(PREDICTIONS)).glob("*.parquet")}
+
+
+def _hub_config(make_config: Callable[..., Config], root: Path, **env: str) -> Config:
+    """Event Hubs on, vacuum at once (retention 0): what a vacuum could break, it does."""
+    return make_config(
+        root,
+        FRUITS__EVENTHUB__ENABLED="true",
+        FRUITS__MAINTENANCE__VACUUM_RETENTION_HOURS="0",
+        FRUITS__MAINTENANCE__LOG_RETENTION_HOURS="3",
+        **env,
+    )
+
+
+def test_enabling_event_hubs_on_a_lake_with_50_batches_publishes_only_the_next_ones(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = _hub_config(make_config, tmp_path)
+    lake = DeltaRsLake(config.path("lake"))
+    _append(lake, range(50))
+    history = lake.version(PREDICTIONS)  # 50 commits, after the table's creation
+    hub, logged = FakeHub(), []
+    publisher = EventHubsPublisher.from_config(
+        config,
+        lake=lake,
+        environ={"EVENTHUB_CONNECTION_STR": FAKE_CONN},
+        client_factory=hub.factory,
+        log=logged.append,
+    )
+    publisher.start()
+    try:
+        assert publisher.flush(timeout_s=60)
+        assert hub.events == [] and outbox_cursor(lake, publisher.app_id) == history == 50
+        assert pending_events(lake, publisher.app_id) == (0, 50, 50)
+        assert logged[0].startswith(
+            "Event Hubs outbox starts at predictions version 50: the 100 predictions"
+        )
+        # Maintenance between enabling and the next batches, retention 0: the history's
+        # files are compacted and vacuumed (the outbox will never read them).
+        results = {r.table: r for r in maintain_lake(config, lake=lake)}
+        assert results[PREDICTIONS].files_compacted == 50
+        assert len(_stored(lake)) == 1
+        _append(lake, range(50, 53))
+        publisher.after_batch()
+        assert publisher.flush(timeout_s=60)
+    finally:
+        publisher.close()
+    new = lake.read_arrow(PREDICTIONS).filter(pc.field("batch_id") >= 50)
+    assert new.num_rows == 6 and lake.read_arrow(PREDICTIONS).num_rows == 106
+    assert sorted(hub.event_ids()) == sorted(e["event_id"] for e in prediction_events(new))
+    head = lake.version(PREDICTIONS)  # the batches' commits and the maintenance's
+    assert pending_events(lake, publisher.app_id) == (0, head, head)
+    assert not any("unavailable" in line or "failed" in line for line in logged)
+
+
+def test_backfill_publishes_the_history_once_though_a_vacuum_ran_before_its_first_pass(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = _hub_config(make_config, tmp_path, FRUITS__EVENTHUB__BACKFILL="true")
+    assert config.eventhub.backfill
+    lake = DeltaRsLake(config.path("lake"))
+    _append(lake, range(20))
+    history = _stored(lake)
+    # No cursor yet: the maintenance keeps every commit from the first on...
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == 0
+    result = {r.table: r for r in maintain_lake(config, lake=lake)}[PREDICTIONS]
+    assert result.files_compacted == 20 and result.files_vacuumed == 0
+    assert history < _stored(lake)
+    hub = FakeHub()
+    publisher = EventHubsPublisher.from_config(
+        config,
+        lake=lake,
+        environ={"EVENTHUB_CONNECTION_STR": FAKE_CONN},
+        client_factory=hub.factory,
+    )
+    # ...which the backfill reads, commit by commit (3 chunks of 8 versions).
+    first = publisher.publish_pending()
+    assert (first.published, first.pending, first.error) == (40, 0, None)
+    assert publisher.publish_pending().published == 0  # once, and the compaction is no row
+    publisher.close()
+    rows = lake.read_arrow(PREDICTIONS)
+    assert sorted(hub.event_ids()) == sorted(e["event_id"] for e in prediction_events(rows))
+    assert len(hub.event_ids()) == len(set(hub.event_ids())) == 40
+    # Published: the next pass vacuums the history's files.
+    maintain_lake(config, lake=lake)
+    assert not history & _stored(lake) and len(_stored(lake)) == 1
+
+
+def test_fruits_maintain_with_event_hubs_on_keeps_the_files_not_published_yet(
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bundle's job: `fruits maintain` in a process of its own, from the configuration
+    alone, while Event Hubs has been down since the stream enabled it."""
+    from fruits.cli import main
+
+    env = {
+        "FRUITS__EVENTHUB__ENABLED": "true",
+        "FRUITS__MAINTENANCE__VACUUM_RETENTION_HOURS": "0",
+        "FRUITS__MAINTENANCE__LOG_RETENTION_HOURS": "3",
+    }
+    config = make_config(tmp_path, **env)
+    lake = DeltaRsLake(config.path("lake"))
+    _append(lake, range(3))  # the history
+    hub = FakeHub()
+    hub.down = True
+    publisher = EventHubsPublisher.from_config(
+        config,
+        lake=lake,
+        environ={"EVENTHUB_CONNECTION_STR": FAKE_CONN},
+        client_factory=hub.factory,
+    )
+    publisher.start()  # the stream: the outbox starts at version 3
+    publisher.close()
+    _append(lake, range(3, 7))  # four batches predicted while Event Hubs is down
+    assert publisher.publish_pending().error
+    waiting = _stored(lake)
+    for name, value in {
+        "FRUITS_ROOT": str(tmp_path),
+        "FRUITS_WEIGHTS": str(WEIGHTS),
+        **env,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["maintain"]) == 0
+
+    tables = {t["table"]: t for t in json.loads(capsys.readouterr().out.splitlines()[-1])["tables"]}
+    summary = tables[PREDICTIONS]
+    assert summary["files_compacted"] == 7 and summary["files_after"] == 1
+    assert summary["files_vacuumed"] == 0 and summary["vacuum_retention_hours"] >= 1
+    assert summary["full_vacuum"]
+    assert waiting < _stored(lake)  # every removed file kept, beside the compacted one
+    hub.down = False
+    assert publisher.publish_pending().published == 8
+    publisher.close()
+    unpublished = lake.read_arrow(PREDICTIONS).filter(pc.field("batch_id") >= 3)
+    assert sorted(hub.event_ids()) == sorted(e["event_id"] for e in prediction_events(unpublished))
+
+
+def test_a_pass_during_an_outage_counts_what_waits_from_the_log_not_the_data_files(
+    tmp_path: Path,
+) -> None:
+    lake = DeltaRsLake(str(tmp_path))
+    _append(lake, range(2))
+    hub, logged = FakeHub(), []
+    publisher = publisher_for(tmp_path, hub, log=logged.append)
+    assert publisher.publish_pending().published == 4
+    cursor = outbox_cursor(lake, publisher.app_id)
+    _append(lake, range(2, 20))  # 18 batches, 36 events wait
+    head = lake.version(PREDICTIONS)
+    # Delete the data files of every pending commit past the first chunk (8 versions, read to
+    # be sent): a count that opened them would fail.
+    folder = Path(lake.path(PREDICTIONS))
+    for version in range(cursor + 9, head + 1):
+        for action in lake._commit_actions(PREDICTIONS, version):
+            if "add" in action:
+                (folder / unquote(action["add"]["path"])).unlink()
+    hub.down = True
+    for _ in range(2):  # the second pass counts the commits it already read from memory
+        failed = publisher.publish_pending()
+        assert (failed.published, failed.pending, failed.cursor) == (0, 36, cursor)
+        assert failed.error and logged[-1].endswith(
+            f"36 events wait in the outbox (Delta version {cursor + 1}..{head})"
+        )
+    # `fruits status`: the same count, from a fresh lake (no memory of earlier passes).
+    assert pending_events(DeltaRsLake(str(tmp_path)), publisher.app_id) == (36, cursor, head)
+
+
+def test_a_pass_ends_at_its_timeout_inside_the_send_loop_even_when_a_send_blocks(
+    tmp_path: Path,
+) -> None:
+    lake = DeltaRsLake(str(tmp_path))
+    lake.append_arrow(prediction_table(20), PREDICTIONS)  # one micro-batch, 20 photos: 20 sends
+    hub, logged = FakeHub(send_seconds=0.4), []
+    publisher = publisher_for(tmp_path, hub, timeout_s=2.0, log=logged.append)
+
+    started = time.monotonic()
+    slow = publisher.publish_pending()  # 20 sends of 0.4 s would take 8 s
+    assert time.monotonic() - started < 3.5
+    assert slow.timed_out and (slow.published, slow.pending, slow.cursor) == (0, 20, -1)
+    assert slow.error is None and 3 <= len(hub.batches) <= 6
+    assert "stopped at eventhub.publish_timeout_s (2 s): 0 events published, 20 wait" in logged[-1]
+
+    # Two sends take 0.8 s each, then one blocks: it is given what is left of the pass.
+    hub.batches.clear()
+    hub.timeouts.clear()
+    hub.delays = [0.8, 0.8, 60.0]
+    started = time.monotonic()
+    blocked = publisher.publish_pending()
+    assert time.monotonic() - started < 3.0  # with a full 2 s for the blocked send: 3.6 s
+    assert blocked.timed_out and blocked.error is None and blocked.cursor == -1
+    assert hub.timeouts[2] < 0.6 and len(hub.batches) == 2
+    # A hub that acknowledges nothing in a pass is down: an outage, retried later.
+    hub.delays = [60.0]
+    down = publisher.publish_pending()
+    assert down.error and "OperationTimeoutError" in down.error and not down.timed_out
+
+    hub.send_seconds = 0  # fast again: the whole micro-batch goes, the cursor moves
+    done = publisher.publish_pending()
+    assert (done.published, done.pending, done.cursor, done.timed_out) == (20, 0, 1, False)
+    expected = {e["event_id"] for e in prediction_events(lake.read_arrow(PREDICTIONS))}
+    assert set(hub.event_ids()) == expected  # the chunk's earlier sends went again: same ids
+
+
+def test_the_batch_hook_only_wakes_the_publishing_thread(tmp_path: Path) -> None:
+    lake = DeltaRsLake(str(tmp_path))
+    hub = FakeHub(send_seconds=1.0)
+    publisher = publisher_for(tmp_path, hub, lake=lake, backfill=False, retry_interval_s=60)
+    publisher.start()  # no table yet: the outbox starts at -1, before the first batch
+    try:
+        lake.append_arrow(prediction_table(3), PREDICTIONS)  # a micro-batch commits...
+        started = time.monotonic()
+        publisher.after_batch()  # ...and its hook returns at once: 3 sends of 1 s elsewhere
+        assert time.monotonic() - started < 0.5
+        assert publisher.flush(timeout_s=30)
+        assert len(hub.events) == 3
+    finally:
+        publisher.close()
+    assert pending_events(lake, publisher.app_id) == (0, 1, 1)
+
+
 # --- through the real streaming query ---------------------------------------------------------
 
 
@@ -382,6 +642,7 @@ def publisher(stream_config: Config, hub: FakeHub) -> Iterator[EventHubsPublishe
     publisher = EventHubsPublisher.from_config(
         config, environ={"EVENTHUB_CONNECTION_STR": FAKE_CONN}, client_factory=hub.factory
     )
+    publisher.start()  # before the query, as run_stream does
     yield publisher
     publisher.close()
 
@@ -413,6 +674,7 @@ def test_an_event_hubs_outage_commits_predictions_and_delivers_every_event_after
     hub.down = True
     feed.add(_photo_rows("Kiwi", 2, skip=1))
     query.processAllAvailable()
+    assert publisher.flush(timeout_s=60)  # the batch woke the publisher's thread
 
     assert lake.read_arrow(PREDICTIONS).num_rows == 2  # Delta committed regardless
     assert hub.events == []
@@ -425,6 +687,7 @@ def test_an_event_hubs_outage_commits_predictions_and_delivers_every_event_after
     hub.down = False  # recovery: the next micro-batch's hook publishes both batches
     feed.add(_photo_rows("Banana", 1, skip=2))
     query.processAllAvailable()
+    assert publisher.flush(timeout_s=60)
 
     rows = lake.read_arrow(PREDICTIONS)
     assert rows.num_rows == 3 and query.isActive

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,8 +188,8 @@ def test_maintain_lake_maintains_every_table_and_protects_the_outbox(
     config = make_config(tmp_path, FRUITS__EVENTHUB__ENABLED="true")
     lake = DeltaRsLake(config.path("lake"))
     _append_batches(lake, range(2))
-    # No event published yet: the outbox will read the latest snapshot, nothing to keep.
-    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version is None
+    # No cursor yet: a publisher starting now starts at the head (or later), nothing older.
+    assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == 3
     cursor = publisher_for(tmp_path, FakeHub(), lake=lake).publish_pending().cursor
     _append_batches(lake, range(2, 4))
     assert maintenance_policy(config, lake, PREDICTIONS).keep_from_version == cursor + 1
@@ -227,6 +229,76 @@ def test_fruits_maintain_prints_a_json_summary_and_sets_the_table_properties(
     assert main(["maintain", "--table", "predictions"]) == 0  # properties already set
     again = json.loads(capsys.readouterr().out.splitlines()[-1])["tables"][0]
     assert again["properties_set"] == {} and again["files_compacted"] == 0
+
+
+def _orphan(lake: Lake, table: str, *, hours_old: float) -> Path:
+    """A data file in the table's folder that no commit references (a crashed writer's)."""
+    import pyarrow.parquet as pq
+
+    path = Path(lake.path(table)) / f"part-00000-orphan-{hours_old:g}h.snappy.parquet"
+    pq.write_table(sample_predictions(["crashed/writer.jpg"], 99), path)
+    stamp = time.time() - hours_old * 3600
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_a_full_vacuum_deletes_orphaned_files_older_than_an_hour_and_keeps_live_ones(
+    lake: Lake,
+) -> None:
+    _append_batches(lake, range(3))
+    old, new = _orphan(lake, PREDICTIONS, hours_old=2), _orphan(lake, PREDICTIONS, hours_old=0)
+    rows = _sorted_rows(lake)
+    lite = lake.maintain(PREDICTIONS, NOW_POLICY)  # most passes: tombstones only
+    assert old.exists() and new.exists() and not lite.full_vacuum
+    live = _stored_files(lake, PREDICTIONS) - {old.name, new.name}
+
+    full = lake.maintain(PREDICTIONS, dataclasses.replace(NOW_POLICY, full_vacuum=True))
+
+    assert full.full_vacuum and full.files_vacuumed >= 1
+    assert not old.exists()  # no log entry references it, and it is older than an hour
+    assert new.exists()  # it may be a commit in progress: kept
+    assert _stored_files(lake, PREDICTIONS) == live | {new.name}
+    assert _sorted_rows(lake) == rows
+
+
+def test_every_nth_maintenance_pass_of_a_process_is_a_full_vacuum(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    lake = DeltaRsLake(str(tmp_path / "lake"))
+    _append_batches(lake, range(2))
+    config = make_config(tmp_path, FRUITS__MAINTENANCE__FULL_VACUUM_EVERY="0")
+    orphan = _orphan(lake, PREDICTIONS, hours_old=200)  # past the 168 h retention
+    maintain_lake(config, lake=lake, tables=[PREDICTIONS])  # 0: never
+    assert orphan.exists()
+    config = make_config(tmp_path, FRUITS__MAINTENANCE__FULL_VACUUM_EVERY="3")
+    (result,) = maintain_lake(config, lake=lake, tables=[PREDICTIONS])  # `fruits maintain`
+    assert result.full_vacuum and not orphan.exists()
+    worker = BackgroundMaintenance(config, lake=lake)  # the stream: passes 1, 4, 7, ...
+    fulls = []
+    for _ in range(4):
+        worker._run_once()
+        fulls.append({r.table: r for r in worker.last}[PREDICTIONS].full_vacuum)
+    assert fulls == [True, False, False, True] and worker.failures == 0
+
+
+@pytest.mark.spark
+def test_on_databricks_the_spark_writer_leaves_checkpoints_to_delta(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Databricks' Delta is not the open-source build: no call to its DeltaLog class there,
+    its own checkpoints every delta.checkpointInterval commits instead."""
+    lake = SparkDeltaLake(str(tmp_path / "lake"), spark)
+    _append_batches(lake, range(3))
+    log = Path(lake.path(PREDICTIONS)) / "_delta_log"
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")
+    assert lake._checkpoint(PREDICTIONS, clean_logs=True) == (None, False)
+    assert not list(log.glob("*.checkpoint*.parquet"))  # nothing written through the JVM
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")
+    head = lake.version(PREDICTIONS)
+    assert lake._checkpoint(PREDICTIONS, clean_logs=True) == (head, False)  # here: DeltaLog
+    assert list(log.glob(f"{head:020d}.checkpoint*.parquet"))
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")  # the log's own checkpoint, read
+    assert lake._checkpoint(PREDICTIONS, clean_logs=True) == (head, False)
 
 
 def test_bad_maintenance_config_fails_with_one_line(make_config: Callable[..., Config]) -> None:

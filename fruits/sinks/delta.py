@@ -59,6 +59,10 @@ class MaintenancePolicy:
     # differ: a metadata commit, which makes a concurrent append fail, so `fruits maintain`
     # does it and the stream's background maintenance does not.
     set_properties: bool = False
+    # Also delete orphaned data files (in the table's folder, referenced by no log entry: a
+    # crashed writer's), older than the retention and at least an hour (a writer still
+    # committing). It lists the whole folder, so maintenance does it now and then.
+    full_vacuum: bool = False
 
     def table_properties(self) -> dict[str, str]:
         """The policy's table properties, as Delta writes them (both writers read these)."""
@@ -100,7 +104,7 @@ class MaintenanceResult:
     bytes_after: int
     files_compacted: int  # small files rewritten (removed) by the compaction
     files_written: int  # files the compaction wrote
-    files_vacuumed: int  # removed files deleted from storage
+    files_vacuumed: int  # removed files deleted from storage (and orphans, when full)
     vacuum_retention_hours: float  # the retention used (the policy's, or longer for a reader)
     checkpoint_version: int | None  # the log's latest checkpoint after maintenance
     # Expired log entries were cleaned up by this call (never while a reader needs them;
@@ -108,6 +112,7 @@ class MaintenanceResult:
     log_cleaned: bool
     properties_set: dict[str, str]
     seconds: float
+    full_vacuum: bool = False  # this pass also deleted orphaned files (MaintenancePolicy)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +130,8 @@ class Lake(ABC):
         self.storage_options = storage_options
         # Properties a table gets when this lake creates it (delta_table_properties).
         self.table_properties = table_properties or {}
+        # Rows each commit appended, per table (appended_rows): a commit never changes.
+        self._commit_rows: dict[str, dict[int, int]] = {}
 
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"
@@ -213,6 +220,33 @@ class Lake(ABC):
             return self._read_version(table, until, columns), until
         return self._read_added(table, after_version, until, columns), until
 
+    def appended_rows(
+        self, table: str, after_version: int, *, until_version: int | None = None
+    ) -> int:
+        """How many rows :meth:`read_appended` would return, from the log alone: the
+        ``numRecords`` statistics of the commits' added files, no data file opened (the Event
+        Hubs outbox counts what waits at every pass, an outage's backlog included). A file
+        written without statistics is counted by reading it."""
+        head = self.version(table)
+        until = head if until_version is None else min(until_version, head)
+        if until <= after_version:
+            return 0
+        if after_version < 0 and until == head:
+            return self.count(table)  # the latest snapshot's statistics
+        counted = self._appended_rows(table, max(after_version, -1), until)
+        if counted is None:
+            rows, _ = self.read_appended(
+                table, after_version, until_version=until, columns=[SCHEMAS[table].names[0]]
+            )
+            return int(rows.num_rows)
+        return counted
+
+    @abstractmethod
+    def _appended_rows(self, table: str, after_version: int, until_version: int) -> int | None:
+        """The ``numRecords`` of the files that the commits ``after_version + 1 ..
+        until_version`` added as new data (``dataChange``), from their log entries; None when
+        one of those files has no statistics."""
+
     @abstractmethod
     def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
         """The table as of ``version`` (time travel), cast to the contract schema."""
@@ -256,9 +290,17 @@ class Lake(ABC):
             )
         files_before, bytes_before = self._live_files(table)
         properties = self._set_properties(table, policy) if policy.set_properties else {}
+        start = self.version(table)
         compacted, written = self._compact(table, policy.target_file_size)
-        retention, clean_logs = self._retention(table, policy)
+        # The compaction's own commit, when nothing else committed since `start`: it was
+        # built on `start`, so it removed only files that versions up to `start` added.
+        own = start + 1 if compacted and self.version(table) == start + 1 else None
+        retention, clean_logs = self._retention(table, policy, own_commit=own)
         vacuumed = self._vacuum(table, retention)
+        if policy.full_vacuum:
+            # Orphans are judged by their age alone: at least an hour, so a file that a
+            # writer is still committing is never one of them.
+            vacuumed += self._vacuum(table, max(retention, 1.0), full=True)
         checkpoint, cleaned = self._checkpoint(table, clean_logs=clean_logs)
         files_after, bytes_after = self._live_files(table)
         return MaintenanceResult(
@@ -277,16 +319,23 @@ class Lake(ABC):
             log_cleaned=cleaned,
             properties_set=properties,
             seconds=round(time.perf_counter() - started, 3),
+            full_vacuum=policy.full_vacuum,
         )
 
-    def _retention(self, table: str, policy: MaintenancePolicy) -> tuple[float, bool]:
+    def _retention(
+        self, table: str, policy: MaintenancePolicy, *, own_commit: int | None = None
+    ) -> tuple[float, bool]:
         """(vacuum retention in hours, whether expired log entries may be cleaned up).
 
         A file that a protected commit (``keep_from_version`` or later) added was removed
         after that commit was made; a retention longer than that commit's age keeps it, and
-        the log entries it is read from are kept while it is older than the log retention."""
+        the log entries it is read from are kept while it is older than the log retention.
+        ``own_commit``, this pass's compaction built on the version before it, removed only
+        files of older commits: as the first protected commit, it protects nothing."""
         retention = float(policy.vacuum_retention_hours)
         keep = policy.keep_from_version
+        if keep is not None and keep == own_commit:
+            keep += 1
         if keep is None or keep > self.version(table):
             return retention, True
         made_at = self._commit_timestamp(table, keep)
@@ -312,8 +361,9 @@ class Lake(ABC):
         ``dataChange=false`` actions); (files removed, files added)."""
 
     @abstractmethod
-    def _vacuum(self, table: str, retention_hours: float) -> int:
-        """Delete files removed from the table more than ``retention_hours`` ago; how many."""
+    def _vacuum(self, table: str, retention_hours: float, *, full: bool = False) -> int:
+        """Delete files removed from the table more than ``retention_hours`` ago (with
+        ``full``, also the files no log entry references, older than that); how many."""
 
     @abstractmethod
     def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:

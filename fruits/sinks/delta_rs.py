@@ -222,6 +222,28 @@ class DeltaRsLake(Lake):
         del dataset  # free delta-rs' threads now (see read_arrow)
         return self.conform(appended, table, partial=columns is not None)
 
+    def _appended_rows(self, table: str, after_version: int, until_version: int) -> int | None:
+        # A commit never changes: its count is kept (an outage's backlog is counted at every
+        # pass, each commit's log entry read once), and forgotten once the outbox moved past.
+        cache = self._commit_rows.setdefault(table, {})
+        for version in [v for v in cache if v <= after_version]:
+            del cache[version]
+        total = 0
+        for version in range(after_version + 1, until_version + 1):
+            if version not in cache:
+                rows = 0
+                for action in self._commit_actions(table, version):
+                    add = action.get("add")
+                    if add is None or not add.get("dataChange", True):
+                        continue
+                    records = json.loads(add.get("stats") or "{}").get("numRecords")
+                    if records is None:  # written without statistics: read it instead
+                        return None
+                    rows += int(records)
+                cache[version] = rows
+            total += cache[version]
+        return total
+
     def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
         dataset = self._at(table, version).to_pyarrow_dataset()
         data = dataset.to_table(columns=columns)
@@ -265,13 +287,15 @@ class DeltaRsLake(Lake):
         metrics = self._table(table).optimize.compact(target_size=target_file_size)
         return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
 
-    def _vacuum(self, table: str, retention_hours: float) -> int:
-        # Not "full": only files the log removed (tombstones), never a file a writer is
-        # still committing (a full vacuum would judge those by their age alone).
+    def _vacuum(self, table: str, retention_hours: float, *, full: bool = False) -> int:
+        # Not "full" at every pass: it lists the whole folder and judges the files no log
+        # entry references by their age alone (Lake.maintain gives it at least an hour, so a
+        # file a writer is still committing is kept). The others delete tombstones only.
         deleted = self._table(table).vacuum(
             retention_hours=math.ceil(retention_hours),
             dry_run=False,
             enforce_retention_duration=False,  # the policy's retention is the one that counts
+            full=full,
         )
         return len(deleted)
 

@@ -160,6 +160,28 @@ class SparkDeltaLake(Lake):
         data = self.spark.read.parquet(*files).select(*wanted).toArrow()
         return self.conform(data, table, partial=columns is not None)
 
+    def _appended_rows(self, table: str, after_version: int, until_version: int) -> int | None:
+        """The commits' log entries in one read; each added file's ``numRecords`` parsed from
+        its statistics (Spark's writer collects them unless told not to)."""
+        from pyspark.sql import functions as F
+
+        root = self.path(table)
+        commits = [
+            f"{root}/_delta_log/{version:020d}.json"
+            for version in range(after_version + 1, until_version + 1)
+        ]
+        actions = self.spark.read.json(commits)
+        if "add" not in actions.columns:
+            return 0
+        added = actions.where(F.col("add").isNotNull() & F.col("add.dataChange"))
+        records = F.get_json_object(F.col("add.stats"), "$.numRecords").cast("long")
+        row = added.agg(
+            F.sum(records).alias("rows"), F.count(F.lit(1)).alias("files"), F.count(records)
+        ).first()
+        if row is None or row[1] == 0:
+            return 0
+        return None if row[2] < row[1] else int(row[0])
+
     def _read_version(self, table: str, version: int, columns: list[str] | None) -> pa.Table:
         df = self.spark.read.format("delta").option("versionAsOf", version).load(self.path(table))
         wanted = columns or SCHEMAS[table].names
@@ -265,12 +287,15 @@ class SparkDeltaLake(Lake):
         metrics = self._delta(table).optimize().executeCompaction().first()["metrics"]
         return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
 
-    def _vacuum(self, table: str, retention_hours: float) -> int:
-        # LITE: only the files the log removed, never a file a writer is still committing
-        # (FULL judges files it finds in storage by their age alone). The retention below
-        # Delta's 7-day check is the policy's decision (Lake._retention), so the check is off.
+    def _vacuum(self, table: str, retention_hours: float, *, full: bool = False) -> int:
+        # LITE at most passes: only the files the log removed, never a file a writer is still
+        # committing. FULL (the policy's full_vacuum, now and then) lists the folder and
+        # deletes unreferenced files by their age: at least an hour (Lake.maintain). The
+        # retention below Delta's 7-day check is the policy's decision, so the check is off.
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         hours = math.ceil(retention_hours)
+        if full:
+            return self._vacuum_command(table, "FULL", max(hours, 1))
         try:
             return self._vacuum_command(table, "LITE", hours)
         except Exception as exc:
@@ -288,13 +313,20 @@ class SparkDeltaLake(Lake):
         return deleted
 
     def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:
-        """A checkpoint of the latest version, through Delta's own ``DeltaLog`` (no public
+        """On Databricks: its Delta checkpoints by itself every delta.checkpointInterval
+        commits (the table property the policy sets), and its classes are not the open-source
+        ones, so nothing is called; the latest checkpoint is read from the log. Elsewhere: a
+        checkpoint of the latest version, through Delta's own ``DeltaLog`` (no public
         Python call exists; the JVM of a classic session, as this writer needs anyway). Spark's
         Delta drops the log entries older than delta.logRetentionDuration at its checkpoints by
         itself, so ``clean_logs`` cannot hold them back here: the log retention must outlast
         any Event Hubs outage (RELIABILITY.md). Where ``DeltaLog`` is not reachable (another
         Delta build), Delta's automatic checkpoints every delta.checkpointInterval commits
         remain, and None is reported."""
+        from fruits.spark import on_databricks
+
+        if on_databricks():
+            return self._last_checkpoint(table), False
         try:
             jvm: Any = self.spark._jvm
             session: Any = self.spark._jsparkSession
@@ -304,6 +336,17 @@ class SparkDeltaLake(Lake):
             return int(snapshot.version()), False
         except Exception:  # py4j's errors: no such class or method in this Delta build
             return None, False
+
+    def _last_checkpoint(self, table: str) -> int | None:
+        """The version of the log's latest checkpoint (``_last_checkpoint``); None if none."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            lines = self.spark.read.text(f"{self.path(table)}/_delta_log/_last_checkpoint")
+            first = lines.first()
+        except AnalysisException:  # no checkpoint yet
+            return None
+        return None if first is None else int(json.loads(first[0])["version"])
 
     def _commit_timestamp(self, table: str, version: int) -> dt.datetime | None:
         from pyspark.errors import AnalysisException

@@ -4,8 +4,15 @@ Delta stays the system of record: a micro-batch commits its predictions first, t
 publishes them as events. The outbox is the ``predictions`` table itself, read by Delta version:
 the cursor (the version up to which events are confirmed by Event Hubs) lives in the small
 ``eventhub_outbox`` Delta table, and the rows of versions ``(cursor, head]`` are what is pending.
-If Event Hubs is down, nothing is lost: the cursor stays, and the next pass (after the next
-micro-batch, or the retry thread every ``eventhub.retry_interval_s``) publishes them.
+If Event Hubs is down, nothing is lost: the cursor stays, and the next pass (woken after the
+next micro-batch, or every ``eventhub.retry_interval_s``) publishes them.
+
+Publishing runs in the publisher's own thread, never in the micro-batch: ``after_batch`` only
+wakes it. A pass sends for about ``eventhub.publish_timeout_s`` from its first send: the
+deadline is checked before each send, and each send is given what is left of it. Enabled on a lake with history and no cursor
+yet, the outbox starts at the current ``predictions`` version (``eventhub.backfill: true``
+publishes the history instead). The pending count comes from the log (the added files'
+``numRecords``), not from reading the rows.
 
 Delivery is at least once. A crash between the send and the cursor commit publishes that
 chunk again, with the same ``event_id`` (sha256 of path, upload time and image id), which
@@ -18,9 +25,11 @@ Options (``eventhub`` section of the config):
     fully_qualified_namespace: with no connection string in the environment, connect to this
         namespace as the managed identity (``DefaultAzureCredential``).
     name: the event hub (``EntityPath`` of the connection string, when it has one, must match).
-    publish_timeout_s: a pass starts no new chunk after this, and each send gives up after it:
-        a micro-batch waits at most about this long for Event Hubs.
-    retry_interval_s: how often the retry thread publishes while the stream runs.
+    publish_timeout_s: how long a pass may send (from its first send); no send starts after
+        it, and a send is given what is left of it.
+    retry_interval_s: how often the thread publishes when no micro-batch wakes it.
+    backfill: with no cursor yet, publish the rows already in ``predictions`` (default: start
+        at its current version).
 
 Example::
 
@@ -68,6 +77,7 @@ __all__ = [
     "pending_events",
     "prediction_events",
     "sdk_producer",
+    "stored_cursor",
 ]
 
 CONTENT_TYPE = "application/json"
@@ -75,6 +85,8 @@ EVENT_TYPE = "fruits.prediction"
 # Delta versions (micro-batches, each at most stream.max_files_per_trigger rows) per chunk: the
 # cursor advances per chunk, so a chunk is also what a crash may publish twice.
 _CHUNK_VERSIONS = 8
+# A send is not started with less than this left of the pass (it would time out at once).
+_MIN_SEND_S = 0.05
 
 
 # --- events (pure) ---------------------------------------------------------------------------
@@ -250,33 +262,47 @@ class PublishResult:
     cursor: int  # the predictions version published up to
     error: str | None = None  # the redacted reason, when Event Hubs was unavailable
     busy: bool = False  # another pass was running: this one did nothing
+    timed_out: bool = False  # the pass reached publish_timeout_s with events left
 
 
 def outbox_id(config_name: str) -> str:
     return f"eventhub/{config_name}"
 
 
-def outbox_cursor(lake: Lake, app_id: str) -> int:
-    """The predictions version up to which events are published; -1 before the first."""
+def stored_cursor(lake: Lake, app_id: str) -> int | None:
+    """The predictions version up to which events are published (-1: from the first); None
+    while the outbox has no cursor for ``app_id`` (the publisher never started)."""
     rows = lake.read_arrow(
         EVENTHUB_OUTBOX, columns=["predictions_version"], equals={"app_id": app_id}
     )
     versions = rows.column("predictions_version").to_pylist()
-    return max(versions) if versions else -1
+    return max(versions) if versions else None
 
 
-def pending_events(lake: Lake, app_id: str) -> tuple[int, int, int]:
-    """(events pending, cursor, head version) of the outbox: for logs and ``fruits status``."""
-    cursor = outbox_cursor(lake, app_id)
-    rows, head = lake.read_appended(PREDICTIONS, cursor, columns=["image_id"])
-    return rows.num_rows, cursor, head
+def outbox_cursor(lake: Lake, app_id: str) -> int:
+    """The predictions version up to which events are published; -1 before the first."""
+    cursor = stored_cursor(lake, app_id)
+    return -1 if cursor is None else cursor
+
+
+def pending_events(lake: Lake, app_id: str, *, backfill: bool = False) -> tuple[int, int, int]:
+    """(events pending, cursor, head version) of the outbox: for logs and ``fruits status``.
+
+    Counted from the log (each pending commit's added ``numRecords``): no data file is read,
+    however long the backlog. With no cursor yet, nothing is pending unless ``backfill``."""
+    cursor = stored_cursor(lake, app_id)
+    head = lake.version(PREDICTIONS)
+    if cursor is None and not backfill:
+        return 0, -1, head
+    cursor = -1 if cursor is None else cursor
+    return lake.appended_rows(PREDICTIONS, cursor, until_version=head), cursor, head
 
 
 class EventHubsPublisher:
     """Publishes what the outbox holds; one pass at a time (a lock), never raising an outage.
 
-    ``after_batch`` is the stream's ``on_batch`` hook; ``start()`` runs the retry thread,
-    ``close()`` stops it, makes a last pass and closes the client."""
+    ``start()`` runs the publishing thread, ``after_batch`` (the stream's ``on_batch`` hook)
+    wakes it, ``close()`` stops it, publishes what is left and closes the client."""
 
     def __init__(
         self,
@@ -285,6 +311,7 @@ class EventHubsPublisher:
         *,
         client_factory: Callable[[HubTarget], Producer] = sdk_producer,
         retry_interval_s: float = 30.0,
+        backfill: bool = False,
         log: Callable[[str], None] = console_log,
     ) -> None:
         self._lake = lake
@@ -293,12 +320,21 @@ class EventHubsPublisher:
         self._client_factory = client_factory
         self._client: Producer | None = None
         self._retry_interval_s = retry_interval_s
+        self._backfill = backfill
         self._log = log
         self._lock = threading.Lock()
         self._wanted = threading.Event()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        self._has_cursor = False
+        self._start_head: int | None = None  # the predictions version when start() ran
+        self._chunk_versions = _CHUNK_VERSIONS
+        self._sent_in_pass = False  # a send of this pass was acknowledged
+        self._passes = threading.Condition()
+        self._started = 0  # passes started, and finished (flush)
+        self._finished = 0
 
     @classmethod
     def from_config(
@@ -315,6 +351,7 @@ class EventHubsPublisher:
             hub_target(config, environ=environ),
             client_factory=client_factory or sdk_producer,
             retry_interval_s=config.eventhub.retry_interval_s,
+            backfill=config.eventhub.backfill,
             log=log,
         )
         publisher._producer()  # a malformed connection string fails now; nothing connects yet
@@ -323,41 +360,99 @@ class EventHubsPublisher:
     # -- passes --
 
     def publish_pending(self) -> PublishResult:
-        """Publish everything pending, chunk by chunk, for about ``publish_timeout_s``.
+        """Publish what is pending, chunk by chunk, for about ``publish_timeout_s``.
 
         An unavailable Event Hubs is logged as one redacted line and returned as
         ``PublishResult.error``; the events stay in the outbox for the next pass."""
         # A pass that finds another running asks it for one more round (``_wanted``), so a
-        # batch committed during that pass is not left for the retry thread.
+        # batch committed during that pass is not left for the next wake-up.
         self._wanted.set()
         result = PublishResult(published=0, pending=-1, cursor=-1, busy=True)
         while self._wanted.is_set() and self._lock.acquire(blocking=False):
+            with self._passes:
+                self._started += 1
             try:
                 self._wanted.clear()
-                result = self._publish(deadline=time.monotonic() + self.target.timeout_s)
+                result = self._publish()
             finally:
                 self._lock.release()
-            if result.error is not None:
+                with self._passes:
+                    self._finished += 1
+                    self._passes.notify_all()
+            if result.error is not None or result.timed_out:
                 break
         return result
 
-    def _publish(self, *, deadline: float) -> PublishResult:
+    def _cursor(self) -> int:
+        """The outbox cursor. With none yet, where this publisher starts: at the head it found
+        at ``start()``, committed as the cursor (the history is not published), or, with
+        ``backfill``, -1: from the first commit (the maintenance keeps them meanwhile)."""
+        if self._has_cursor:
+            return outbox_cursor(self._lake, self.app_id)
+        cursor = stored_cursor(self._lake, self.app_id)
+        if cursor is None and self._backfill:
+            self._log(
+                f"Event Hubs backfill: the {self._lake.count(PREDICTIONS)} predictions already "
+                "in the table are published first"
+            )
+            self._has_cursor = True  # no row until the first chunk is confirmed
+            return -1
+        if cursor is None:
+            head = self._lake.version(PREDICTIONS) if self._start_head is None else self._start_head
+            self._commit_cursor(head, 0)
+            if head >= 0:
+                self._log(
+                    f"Event Hubs outbox starts at predictions version {head}: the "
+                    f"{self._lake.count(PREDICTIONS)} predictions already in the table are not "
+                    "published (eventhub.backfill: true would)"
+                )
+            cursor = head
+        self._has_cursor = True
+        return cursor
+
+    def _publish(self) -> PublishResult:
         # Delta errors propagate (storage is not Event Hubs); only the sends are an outage.
-        cursor = outbox_cursor(self._lake, self.app_id)
+        cursor = self._cursor()
         head = self._lake.version(PREDICTIONS)
         published = 0
-        while cursor < head and time.monotonic() < deadline:
+        timed_out = False
+        self._sent_in_pass = False
+        # The pass's time runs from its first send: a slow read of the first chunk (Spark's
+        # writer on a busy driver) never leaves it without time to send, so every pass can
+        # move the cursor; later chunks are read only while time is left.
+        deadline: float | None = None
+        while cursor < head:
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
             rows, until = self._lake.read_appended(
-                PREDICTIONS, cursor, until_version=min(head, cursor + _CHUNK_VERSIONS)
+                PREDICTIONS, cursor, until_version=min(head, cursor + self._chunk_versions)
             )
             events = prediction_events(rows)
+            if deadline is None:
+                deadline = time.monotonic() + self.target.timeout_s
             try:
-                self._send(events)
+                complete = self._send(events, deadline=deadline)
             except _outage_errors() as exc:
+                self._chunk_versions = max(1, self._chunk_versions // 2)
                 return self._unavailable(exc, published=published, cursor=cursor)
+            if not complete:
+                # The deadline came inside the chunk: its sent events go again next pass
+                # (same ids), in a smaller chunk, so a slow hub still moves the cursor. One
+                # micro-batch is the least a pass must send to move it.
+                if until - cursor <= 1:
+                    self._log(
+                        f"Event Hubs: the {len(events)} events of predictions version {until} "
+                        f"take longer than eventhub.publish_timeout_s "
+                        f"({self.target.timeout_s:g} s) to send: raise it"
+                    )
+                self._chunk_versions = max(1, self._chunk_versions // 2)
+                timed_out = True
+                break
             # Only now, confirmed by Event Hubs, does the cursor move (a crash before this
             # line publishes the chunk again: same event ids).
             self._commit_cursor(until, len(events))
+            self._chunk_versions = min(_CHUNK_VERSIONS, self._chunk_versions * 2)
             published += len(events)
             cursor = until
             if cursor >= head:  # batches committed during this pass are taken too
@@ -365,14 +460,27 @@ class EventHubsPublisher:
         if self._last_error is not None and published:
             self._log(f"Event Hubs available again: {published} events published from the outbox")
             self._last_error = None
-        pending = 0 if cursor >= head else pending_events(self._lake, self.app_id)[0]
-        return PublishResult(published=published, pending=pending, cursor=cursor)
+        pending = 0 if cursor >= head else self._pending(cursor, head)
+        if timed_out:
+            self._log(
+                f"Event Hubs pass stopped at eventhub.publish_timeout_s "
+                f"({self.target.timeout_s:g} s): {published} events published, {pending} wait "
+                f"in the outbox (Delta version {cursor + 1}..{head})"
+            )
+        return PublishResult(
+            published=published, pending=pending, cursor=cursor, timed_out=timed_out
+        )
+
+    def _pending(self, cursor: int, head: int) -> int:
+        """Events of versions ``(cursor, head]``, from the log's statistics (no data read)."""
+        return self._lake.appended_rows(PREDICTIONS, cursor, until_version=head)
 
     def _unavailable(self, exc: BaseException, *, published: int, cursor: int) -> PublishResult:
         """One redacted line; the events stay in the outbox for the next pass."""
         self._drop_client()
         reason = _reason(exc, self.target)
-        pending, _, head = pending_events(self._lake, self.app_id)
+        head = self._lake.version(PREDICTIONS)
+        pending = self._pending(cursor, head)
         self._log(
             f"Event Hubs unavailable: {reason}; {pending} events wait in the outbox "
             f"(Delta version {cursor + 1}..{head})"
@@ -380,7 +488,10 @@ class EventHubsPublisher:
         self._last_error = reason
         return PublishResult(published=published, pending=pending, cursor=cursor, error=reason)
 
-    def _send(self, events: list[dict[str, Any]]) -> None:
+    def _send(self, events: list[dict[str, Any]], *, deadline: float) -> bool:
+        """Send ``events``; False when ``deadline`` came first (some may be sent: they go
+        again with their chunk, with the same ids). No send starts past the deadline, and
+        each gets what is left of it as the SDK's timeout: a pass ends about on time."""
         # Partition key = image_id, and an EventDataBatch carries ONE partition key, so events
         # are grouped per key and each group is packed into batches up to the hub's size limit
         # (create_batch() asks the service for it). Non-buffered mode on purpose: send_batch()
@@ -389,12 +500,30 @@ class EventHubsPublisher:
         # about one round trip per distinct image in a chunk. If that ever bounds throughput,
         # buffered_mode=True (the SDK hashes keys to partitions and batches per partition)
         # with on_success counting confirmed events is the next step.
+        from azure.eventhub.exceptions import OperationTimeoutError
+
         if not events:
-            return
+            return True
         client = self._producer()
         groups: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             groups.setdefault(event["image_id"], []).append(event)
+
+        def send(batch: EventDataBatch) -> bool:
+            left = deadline - time.monotonic()
+            if left < _MIN_SEND_S:
+                return False
+            try:
+                client.send_batch(batch, timeout=left)
+            except OperationTimeoutError:
+                # Cut short by the pass's deadline while the hub acknowledges this pass's
+                # other sends: the deadline, not an outage (the next pass goes on at once).
+                if self._sent_in_pass:
+                    return False
+                raise
+            self._sent_in_pass = True
+            return True
+
         for key, group in groups.items():
             batch = client.create_batch(partition_key=key)
             for event in group:
@@ -404,10 +533,13 @@ class EventHubsPublisher:
                 except ValueError:  # full: send it, start the next one
                     if len(batch) == 0:
                         raise  # one event over the hub's limit: a bug, not an outage
-                    client.send_batch(batch, timeout=self.target.timeout_s)
+                    if not send(batch):
+                        return False
                     batch = client.create_batch(partition_key=key)
                     batch.add(data)
-            client.send_batch(batch, timeout=self.target.timeout_s)
+            if not send(batch):
+                return False
+        return True
 
     def _commit_cursor(self, version: int, events: int) -> None:
         """The cursor is one row per hub, replaced in one commit (an overwrite): the table
@@ -445,36 +577,72 @@ class EventHubsPublisher:
     # -- the stream's hooks --
 
     def after_batch(self, outcome: object = None) -> None:
-        """``on_batch`` hook: publish after each micro-batch commit. Never fails the batch: the
-        predictions are committed, and an error here only delays their events."""
-        self._guarded(self.publish_pending)
+        """``on_batch`` hook: wake the publishing thread and return at once (a micro-batch
+        never waits for Event Hubs). Without ``start()`` (no thread), the pass runs here."""
+        if self._thread is not None:
+            self._wanted.set()  # a pass running now goes round once more
+            self._wake.set()
+        else:
+            self._guarded(self.publish_pending)
 
-    def _guarded(self, action: Callable[[], object]) -> None:
+    def _guarded(self, action: Callable[[], object]) -> object:
         try:
-            action()
+            return action()
         except Exception as exc:  # not an outage (those are handled): say so, keep streaming
             reason = _reason(exc, self.target)
             self._log(f"event publishing failed: {reason}; the events stay in the outbox")
+            return None
 
     def start(self) -> None:
-        """Publish what a previous run left, then retry every ``retry_interval_s``."""
+        """Fix where the outbox starts (before the stream's first batch: with no cursor yet,
+        at the current version), then run the thread: a pass at once (what a previous run
+        left), one after each wake-up, and one every ``retry_interval_s``."""
         if self._thread is not None:
             return
         self._stop.clear()
+        try:
+            self._start_head = self._lake.version(PREDICTIONS)
+            with self._lock:
+                self._cursor()
+        except Exception as exc:  # storage: the thread's first pass tries again
+            self._log(f"event publishing failed: {_reason(exc, self.target)}; retried")
 
         def loop() -> None:
             while not self._stop.is_set():
-                self._guarded(self.publish_pending)
-                self._stop.wait(self._retry_interval_s)
+                result = self._guarded(self.publish_pending)
+                if isinstance(result, PublishResult) and result.timed_out:
+                    continue  # a backlog and Event Hubs up: go on at once
+                self._wake.wait(self._retry_interval_s)
+                self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="fruits-eventhubs-outbox", daemon=True)
         self._thread.start()
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wake the thread and wait until a pass that started after this call has finished
+        (tests); False on timeout. Without a thread, run one here."""
+        if self._thread is None:
+            self._guarded(self.publish_pending)
+            return True
+        with self._passes:
+            wanted = self._started + 1
+        self._wanted.set()
+        self._wake.set()
+        with self._passes:
+            return self._passes.wait_for(lambda: self._finished >= wanted, timeout=timeout_s)
+
     def close(self) -> None:
-        """Stop the retry thread, make a last pass (``--once`` runs), close the client."""
+        """Stop the thread, publish what is left (``--once``: pass after pass while each
+        one stops at its deadline having published some), close the client."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.target.timeout_s * 2)
             self._thread = None
-        self._guarded(self.publish_pending)
+        while True:
+            result = self._guarded(self.publish_pending)
+            if not isinstance(result, PublishResult) or not result.timed_out:
+                break
+            if result.published == 0:
+                break
         self._drop_client()

@@ -13,7 +13,13 @@ enough ago and checkpoints the log; this module decides its policy per table and
 
 What maintenance must not remove: the files and log entries of ``predictions`` that the Event
 Hubs outbox has not published yet (it reads them by Delta version, files since compacted
-included), whatever their age.
+included), whatever their age. Every process that vacuums knows it from the same two sources:
+the configuration (``eventhub.enabled``, ``eventhub.backfill``) and the ``eventhub_outbox``
+table, so the stream, ``fruits maintain`` and the bundle's job protect the same commits.
+
+Now and then (``maintenance.full_vacuum_every``: a process's first pass and every Nth after
+it, so each run of ``fruits maintain``) the vacuum is a full one, which also deletes orphaned
+data files: files in a table's folder that no log entry references (a crashed writer's).
 """
 
 from __future__ import annotations
@@ -33,19 +39,19 @@ _MB = 1024 * 1024
 
 
 def maintenance_policy(
-    config: Config, lake: Lake, table: str, *, set_properties: bool = False
+    config: Config,
+    lake: Lake,
+    table: str,
+    *,
+    set_properties: bool = False,
+    full_vacuum: bool = False,
 ) -> MaintenancePolicy:
     """The configured policy for ``table``; for ``predictions`` with Event Hubs on, the first
-    version the outbox has not published yet (once it has published one) is protected from
-    vacuum and log clean-up."""
+    version the outbox has not published yet is protected from vacuum and log clean-up."""
     settings = config.maintenance
     keep_from = None
     if table == PREDICTIONS and config.eventhub.enabled:
-        from fruits.sinks.eventhubs import outbox_cursor, outbox_id
-
-        cursor = outbox_cursor(lake, outbox_id(config.eventhub.name))
-        # Before the first event (-1) the outbox reads the latest snapshot, not old commits.
-        keep_from = cursor + 1 if cursor >= 0 else None
+        keep_from = _first_unpublished(config, lake)
     return MaintenancePolicy(
         target_file_size=settings.target_file_size_mb * _MB,
         vacuum_retention_hours=settings.vacuum_retention_hours,
@@ -53,7 +59,20 @@ def maintenance_policy(
         checkpoint_interval=settings.checkpoint_interval,
         keep_from_version=keep_from,
         set_properties=set_properties,
+        full_vacuum=full_vacuum,
     )
+
+
+def _first_unpublished(config: Config, lake: Lake) -> int:
+    """The first ``predictions`` version the outbox still has to read. With no cursor yet, the
+    publisher (when it starts) either backfills from the first commit (``eventhub.backfill``)
+    or starts at the version it then finds, which is at least the head seen here."""
+    from fruits.sinks.eventhubs import outbox_id, stored_cursor
+
+    cursor = stored_cursor(lake, outbox_id(config.eventhub.name))
+    if cursor is not None:
+        return cursor + 1
+    return 0 if config.eventhub.backfill else lake.version(PREDICTIONS) + 1
 
 
 def maintain_lake(
@@ -62,14 +81,22 @@ def maintain_lake(
     lake: Lake | None = None,
     tables: Iterable[str] | None = None,
     set_properties: bool = False,
+    full_vacuum: bool | None = None,
 ) -> list[MaintenanceResult]:
-    """Maintain ``tables`` (default: every table of the contract) one after the other."""
+    """Maintain ``tables`` (default: every table of the contract) one after the other.
+
+    ``full_vacuum`` None: as a process's first pass (``fruits maintain``), full unless
+    ``maintenance.full_vacuum_every`` is 0."""
     lake = lake or open_lake(config)
+    if full_vacuum is None:
+        full_vacuum = config.maintenance.full_vacuum_every > 0
     results = []
     for table in tables or SCHEMAS:
         if table not in SCHEMAS:
             raise ValueError(f"no table {table!r}: one of {', '.join(SCHEMAS)}")
-        policy = maintenance_policy(config, lake, table, set_properties=set_properties)
+        policy = maintenance_policy(
+            config, lake, table, set_properties=set_properties, full_vacuum=full_vacuum
+        )
         results.append(lake.maintain(table, policy))
     return results
 
@@ -141,7 +168,9 @@ class BackgroundMaintenance:
         started = time.perf_counter()
         try:
             self._lake = self._lake or open_lake(self._config)
-            self.last = maintain_lake(self._config, lake=self._lake)
+            every = self._config.maintenance.full_vacuum_every
+            full = every > 0 and self.runs % every == 0  # the first pass, then every Nth
+            self.last = maintain_lake(self._config, lake=self._lake, full_vacuum=full)
         except Exception as exc:  # a maintenance failure must never stop the stream
             self.failures += 1
             reason = " ".join(str(exc).split())[:300]
@@ -152,9 +181,10 @@ class BackgroundMaintenance:
             files = ", ".join(
                 f"{r.table} {r.files_after}" for r in self.last if r.version_after >= 0
             )
+            full = " (full: orphaned files too)" if any(r.full_vacuum for r in self.last) else ""
             self._log(
-                f"Delta maintenance: {compacted} small files compacted, {vacuumed} vacuumed, "
-                f"files now: {files} ({time.perf_counter() - started:.1f} s)"
+                f"Delta maintenance: {compacted} small files compacted, {vacuumed} vacuumed"
+                f"{full}, files now: {files} ({time.perf_counter() - started:.1f} s)"
             )
         with self._done:
             self.runs += 1
