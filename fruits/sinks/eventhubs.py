@@ -9,10 +9,10 @@ next micro-batch, or every ``eventhub.retry_interval_s``) publishes them.
 
 Publishing runs in the publisher's own thread, never in the micro-batch: ``after_batch`` only
 wakes it. A pass sends for about ``eventhub.publish_timeout_s`` from its first send: the
-deadline is checked before each send, and each send is given what is left of it. Enabled on a lake with history and no cursor
-yet, the outbox starts at the current ``predictions`` version (``eventhub.backfill: true``
-publishes the history instead). The pending count comes from the log (the added files'
-``numRecords``), not from reading the rows.
+deadline is checked before each send, and each send is given what is left of it. Enabled on
+a lake with history and no cursor yet, the outbox starts at the current ``predictions``
+version (``eventhub.backfill: true`` publishes the history instead). The pending count comes
+from the log (the added files' ``numRecords``), not from reading the rows.
 
 Delivery is at least once. A crash between the send and the cursor commit publishes that
 chunk again, with the same ``event_id`` (sha256 of path, upload time and image id), which
