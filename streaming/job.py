@@ -28,7 +28,7 @@ from fruits.errors import FruitsError
 from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import Lake, open_lake
-from fruits.sources.landing import batch_files, landing_source
+from fruits.sources.landing import landing_source
 from fruits.spark import get_spark, is_connect, stream_process, ui_address
 from streaming.decisions import DecisionJournal
 from streaming.step import BatchOutcome, OutcomeFolder, PredictionStep
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
 
     from fruits.sinks.eventhubs import HubTarget, Producer
-    from fruits.sources.landing import BatchFiles
 
 __all__ = ["CheckpointInUseError", "run_stream", "start_query"]
 
@@ -103,7 +102,6 @@ def run_stream(
             served=served,
             once=once,
             on_batch=None if remote else on_batch,
-            batch_files=batch_files(config, checkpoint),
         )
         reports = _Reports(step, folder, remote=remote)
         totals = _Totals()
@@ -219,12 +217,10 @@ def start_query(
     checkpoint: str | None = None,
     on_batch: Callable[[BatchOutcome], None] | None = None,
     lake: Lake | None = None,
-    batch_files: BatchFiles | None = None,
 ) -> tuple[StreamingQuery, PredictionStep]:
     """Start the prediction query over any source with the binaryFile schema (tests use this
     with the memory source). ``on_batch`` runs after each batch's Delta commit; ``lake``
-    replaces the configured one (fault-injection tests); ``batch_files`` lists a batch's files
-    for a source that may give no row for some (:func:`fruits.sources.landing.batch_files`)."""
+    replaces the configured one (fault-injection tests)."""
     checkpoint = checkpoint or checkpoint_path(config)
     remote = is_connect(spark)
     step = PredictionStep(
@@ -235,7 +231,7 @@ def start_query(
         on_batch=on_batch,
         report_to=_outcome_folder(checkpoint) if remote else None,
         journal=DecisionJournal(f"{checkpoint.rstrip('/')}/decisions"),
-        batch_files=batch_files,
+        max_bytes=config.images.max_bytes,
     )
     writer = (
         source.writeStream.foreachBatch(step)

@@ -14,7 +14,6 @@ through objects in this process.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import tempfile
@@ -41,9 +40,6 @@ from streaming.decisions import Decision, DecisionJournal
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-    from fruits.sources.files import ListedFile
-    from fruits.sources.landing import BatchFiles
 
 __all__ = ["BatchOutcome", "BatchTimeoutError", "OutcomeFolder", "PredictionStep"]
 
@@ -112,7 +108,7 @@ class PredictionStep:
         on_batch: Callable[[BatchOutcome], None] | None = None,
         report_to: OutcomeFolder | None = None,
         journal: DecisionJournal | None = None,
-        batch_files: BatchFiles | None = None,
+        max_bytes: int = 20_000_000,
     ) -> None:
         self._lake = lake
         self._served = served
@@ -126,8 +122,8 @@ class PredictionStep:
         # tests): bounded, a stream runs for weeks. foreachBatch calls run one after another
         # and deque appends are atomic, so no lock is needed.
         self.outcomes: deque[BatchOutcome] = deque(maxlen=OUTCOMES_KEPT)
-        # The source's own list of a batch's files, where it may give no row for some.
-        self._batch_files = batch_files
+        # images.max_bytes: a file over it by its listed size is quarantined without reading it.
+        self._max_bytes = max_bytes
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
@@ -176,13 +172,11 @@ class PredictionStep:
         # The version's ONNX export to the executors (once per session and file).
         ship_backend(batch.sparkSession, serving.spec)
         with _deadline(batch, batch_id, self._timeout_s):
+            photos = _photos_through(batch, serving.udf, max_bytes=self._max_bytes)
             if serving.scorer is not None:
-                predictions, quarantine = _answer_in_one_job(batch, serving)
+                predictions, quarantine = _answer_in_one_job(photos)
             else:
-                predictions, quarantine = _answer_with_spark_ml(batch, serving)
-        if self._batch_files is not None:
-            listed = self._batch_files(batch.sparkSession, batch_id)
-            quarantine = _with_files_without_rows(quarantine, predictions, listed)
+                predictions, quarantine = _answer_with_spark_ml(photos, serving)
 
         predicted_at = dt.datetime.now(dt.UTC)
         return Decision(
@@ -199,42 +193,80 @@ class PredictionStep:
         )
 
 
-def _photos_through(batch: DataFrame, udf: Any) -> DataFrame:
+def _photos_through(batch: DataFrame, udf: Any, *, max_bytes: int) -> DataFrame:
     """The batch's photos (path, uploaded_at, size_bytes) with the columns of ``udf``'s struct
-    result on ``content`` (image_id first), in one task per task slot (the file source packs
-    ~32 photos per task: :func:`~fruits.spark.one_task_per_slot`)."""
+    result on ``content`` (image_id first), in one task per task slot (a source may pack
+    ~32 photos per task: :func:`~fruits.spark.one_task_per_slot`).
+
+    A file the source did not read (``unread_reason``: too large by its listed size, or
+    unreadable) keeps that reason. A source without that column (Auto Loader, the tests' memory
+    source) has its files over ``max_bytes`` by their listed size split off before the read:
+    ``binaryFile`` prunes ``content`` from that branch and pushes the ``length`` filter down, so
+    a 2 GB upload is never read (Spark would fail the batch on it)."""
     from pyspark.sql import functions as F
 
+    if "unread_reason" not in batch.columns:
+        too_large = F.col("length") > F.lit(max_bytes)
+        detail = F.concat(
+            F.col("length").cast("string"),
+            F.lit(f" bytes > {max_bytes} (by its listed size; not read)"),
+        )
+        batch = (
+            batch.where(~too_large)
+            .select(
+                "path",
+                "modificationTime",
+                "length",
+                "content",
+                F.lit(None).cast("string").alias("unread_reason"),
+                F.lit(None).cast("string").alias("unread_detail"),
+            )
+            .unionByName(
+                batch.where(too_large).select(
+                    "path",
+                    "modificationTime",
+                    "length",
+                    F.lit(None).cast("binary").alias("content"),
+                    F.lit("too_large_bytes").alias("unread_reason"),
+                    detail.alias("unread_detail"),
+                )
+            )
+        )
+    unread = F.col("unread_reason").isNotNull()
     return (
         one_task_per_slot(batch)
         .select(
             "path",
             F.col("modificationTime").alias("uploaded_at"),
             F.col("length").alias("size_bytes"),
+            "unread_reason",
+            "unread_detail",
             udf("content").alias("result"),
         )
-        .select("path", "uploaded_at", "size_bytes", "result.*")
+        .select("path", "uploaded_at", "size_bytes", "unread_reason", "unread_detail", "result.*")
+        .withColumn("reason", F.when(unread, F.col("unread_reason")).otherwise(F.col("reason")))
+        .withColumn("detail", F.when(unread, F.col("unread_detail")).otherwise(F.col("detail")))
+        .drop("unread_reason", "unread_detail")
     )
 
 
-def _answer_in_one_job(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
+def _answer_in_one_job(photos: DataFrame) -> tuple[pa.Table, pa.Table]:
     """A linear model: features and answers in the same pandas UDF, so the micro-batch is one
     Spark job, and only the answers (not 768-2048 floats a photo) come back to the driver."""
-    assert serving.scorer is not None
-    rows = _photos_through(batch, serving.udf).toArrow()
+    rows = photos.toArrow()
     usable = pc.is_null(rows.column("reason"))
     predictions = rows.filter(usable).drop_columns(["reason", "detail", "size_bytes"])
     quarantine = rows.filter(pc.invert(usable)).drop_columns(list(PREDICTION_COLUMNS))
     return predictions, quarantine
 
 
-def _answer_with_spark_ml(batch: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
+def _answer_with_spark_ml(photos: DataFrame, serving: Serving) -> tuple[pa.Table, pa.Table]:
     """Any other model (the trees): features from the UDF, answers from Spark ML."""
     from pyspark.sql import functions as F
 
     assert serving.model is not None
     # Decoded once and kept for both outputs; the decoder applies the byte/pixel limits.
-    featurized = _photos_through(batch, serving.udf).persist()
+    featurized = photos.persist()
     try:
         quarantine = featurized.where(F.col("reason").isNotNull()).drop("features").toArrow()
         scored = serving.model.predict(featurized.where(F.col("reason").isNull())).drop(
@@ -285,35 +317,6 @@ def _deadline(batch: DataFrame, batch_id: int, seconds: float | None) -> Iterato
     finally:
         timer.cancel()
         spark.removeTag(tag)
-
-
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-def _with_files_without_rows(
-    quarantine: pa.Table, predictions: pa.Table, listed: list[ListedFile]
-) -> pa.Table:
-    """The quarantine rows plus one for each file the source listed in the batch but gave no
-    row for. Spark's ``binaryFile`` gives no row for a zero-length file, so these are recorded
-    as what the decoder says of no bytes: ``empty``. A file deleted between its listing and the
-    batch's read gets no row either (Spark skips a missing listed path), so it is recorded the
-    same way: not lost, though under the reason of an empty file."""
-    seen = set(quarantine.column("path").to_pylist()) | set(predictions.column("path").to_pylist())
-    missing = [f for f in listed if f.path not in seen]
-    if not missing:
-        return quarantine
-    rows = pa.table(
-        {
-            "path": [f.path for f in missing],
-            "uploaded_at": pa.array([f.modified for f in missing], _TS),
-            "size_bytes": pa.array([0] * len(missing), pa.int64()),
-            "image_id": [_EMPTY_SHA256] * len(missing),
-            "reason": ["empty"] * len(missing),
-            "detail": ["0 bytes"] * len(missing),
-        }
-    )
-    columns = quarantine.schema.names
-    return pa.concat_tables([quarantine, rows.select(columns).cast(quarantine.schema)])
 
 
 def _constant(value: object, n: int, kind: pa.DataType) -> pa.Array:

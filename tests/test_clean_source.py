@@ -1,7 +1,7 @@
 """Landing clean-up (``stream.clean_source``, Auto Loader's cleanSource): the files of committed
 micro-batches are archived or deleted, those of a batch that crashed before its checkpoint
-commit are not, and the replay still finds them. On a real folder (Spark's file source) and on
-Azurite (the Blob source)."""
+commit are not, and the replay still finds them; an archive never overwrites an earlier upload
+of the same name. On a real folder and on Azurite, through the same source."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from fruits.model.serving import ServedModel
 from fruits.sinks.delta import open_lake
 from fruits.sinks.tables import PREDICTIONS
 from fruits.sources.autoloader import autoloader_options
-from fruits.sources.landing import batch_files, landing_source
+from fruits.sources.landing import landing_source
 from streaming.job import checkpoint_path, run_stream, start_query
 
-from .conftest import KNOWN_CLASSES, PROJECT, copy_registry, real_photos
+from .conftest import DATABRICKS_ENV, KNOWN_CLASSES, PROJECT, copy_registry, real_photos
 
 
 def _cleaning(config: Config, mode: str, retention: str | None = None) -> Config:
@@ -71,7 +71,6 @@ def _crash_in_batch(config: Config, spark: Any, batch_id: int) -> None:
         served=ServedModel(config, log=log),
         once=True,
         on_batch=crash,
-        batch_files=batch_files(config, checkpoint),
     )
     with pytest.raises(Exception, match="crash after the Delta commits"):
         query.awaitTermination()
@@ -101,20 +100,25 @@ def test_folder_landing_archives_committed_batches_only(
     archived = {p.name for p in archive.rglob("*.jpg")}
     left = {p.name for p in landing.glob("*.jpg")}
     assert len(archived) == 2 and left == set(photos) - archived  # batch 0 only
-    # Archived under the archive + the file's full path, bytes intact.
-    for path in archive.rglob("*.jpg"):
-        assert path.read_bytes() == photos[path.name]
-        assert str(path).endswith(str(landing / path.name))
 
-    # The replay finds batch 1's files, and Delta skips what it already holds.
+    # The replay finds batch 1's files, Delta skips what it already holds, and the run's end
+    # commits them: archived under their names in the landing, bytes intact.
     run_stream(config, once=True)
     assert [p.rsplit("/", 1)[-1] for p in _rows(config)] == sorted(photos)
-    # A later batch commits batch 1 in Spark's source: its files go to the archive then.
-    (landing / "later.jpg").write_bytes(real_photos("Test", "Kiwi", 1, skip=5)[0].read_bytes())
+    assert {p.name for p in archive.iterdir()} == set(photos)
+    for name, data in photos.items():
+        assert (archive / name).read_bytes() == data
+    assert list(landing.glob("*.jpg")) == []
+
+    # The same name uploaded again, with other bytes: a new arrival, archived beside the first.
+    first = sorted(photos)[0]
+    other = real_photos("Test", "Kiwi", 1, skip=5)[0].read_bytes()
+    (landing / first).write_bytes(other)
     run_stream(config, once=True)
-    assert {p.name for p in archive.rglob("*.jpg")} == set(photos)
-    assert [p.name for p in landing.glob("*.jpg")] == ["later.jpg"]
     assert len(_rows(config)) == 5
+    kept = sorted(archive.glob(f"{first.rsplit('.', 1)[0]}*"))
+    assert [p.read_bytes() for p in kept if p.name == first] == [photos[first]]
+    assert [p.read_bytes() for p in kept if p.name != first] == [other]
 
 
 @pytest.mark.spark
@@ -144,10 +148,20 @@ def test_blob_landing_cleans_committed_batches_only(
     run_stream(config, once=True)  # the replay finds them; the run's end commits them
     assert [p.rsplit("/", 1)[-1] for p in _rows(config)] == sorted(photos)
     assert names(location) == set()
-    if mode == "archive":
+    if mode == "archive":  # a server-side copy: the same bytes, content type and metadata
         assert names(archive) == set(photos)
         for name, data in photos.items():
             assert container.download_blob(archive.child(name)).readall() == data
+        # The same name again, with other bytes: a new arrival, archived beside the first.
+        first = sorted(photos)[0]
+        other = real_photos("Test", "Kiwi", 1, skip=5)[0].read_bytes()
+        container.upload_blob(location.child(first), other)
+        run_stream(config, once=True)
+        assert len(_rows(config)) == 5
+        again = sorted(names(archive) - set(photos))
+        assert len(again) == 1 and again[0].endswith(".jpg")
+        assert container.download_blob(archive.child(again[0])).readall() == other
+        assert container.download_blob(archive.child(first)).readall() == photos[first]
 
 
 @pytest.mark.spark
@@ -164,7 +178,8 @@ def test_blob_clean_up_waits_for_its_retention(spark: Any, azure_config: Config)
 
 def test_clean_source_settings_are_checked_and_map_to_auto_loader() -> None:
     def config(name: str, **env: str) -> Config:
-        return load_config(PROJECT / "conf" / f"{name}.yaml", environ={"FRUITS_ROOT": "/r", **env})
+        environ = {"FRUITS_ROOT": "/r", **DATABRICKS_ENV, **env}
+        return load_config(PROJECT / "conf" / f"{name}.yaml", environ=environ)
 
     assert config("local").stream.clean_source == "off"  # off by default
     assert config("local", FRUITS__STREAM__CLEAN_SOURCE="off").stream.clean_source == "off"
@@ -172,12 +187,14 @@ def test_clean_source_settings_are_checked_and_map_to_auto_loader() -> None:
         config(
             "local", FRUITS__STREAM__CLEAN_SOURCE="archive", FRUITS__PATHS__ARCHIVE="/r/landing/a"
         )
-    with pytest.raises(ConfigError, match=r"'stream\.clean_source_retention' must be null"):
-        config(
-            "local",
-            FRUITS__STREAM__CLEAN_SOURCE="delete",
-            FRUITS__STREAM__CLEAN_SOURCE_RETENTION="1 day",
-        )
+    # A retention means the same on a folder as on Blob (one source for both).
+    assert config(
+        "local",
+        FRUITS__STREAM__CLEAN_SOURCE="delete",
+        FRUITS__STREAM__CLEAN_SOURCE_RETENTION="1 day",
+    )
+    with pytest.raises(ConfigError, match=r"'paths\.archive' .* must be on the landing's storage"):
+        config("local", FRUITS__STREAM__CLEAN_SOURCE="archive", FRUITS__PATHS__ARCHIVE="az://a/b")
     assert config(
         "azurite",
         FRUITS__STREAM__CLEAN_SOURCE="delete",

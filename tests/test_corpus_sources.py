@@ -1,7 +1,9 @@
-"""The whole bad-input corpus and a set of odd names through every landing source: Spark's file
-source on a real folder, the Blob source on Azurite in listing and in notification mode, and
-the memory source. Each uploaded file ends in exactly one table (predictions, or quarantine
-with the reason RELIABILITY.md documents), or, for a hidden name, in neither."""
+"""The whole bad-input corpus, a set of odd names and files too large to read through every
+landing source: the project's source on a real folder, and on Azurite in listing and in
+notification mode, and the memory source (which stands for Auto Loader: a source of the
+``binaryFile`` schema only). Each uploaded file ends in exactly one table (predictions, or
+quarantine with the reason RELIABILITY.md documents), or, for a hidden name, in neither; and
+the stream goes on: each run ends normally."""
 
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from fruits.model.serving import ServedModel
 from fruits.sinks.delta import open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 from fruits.sources.events import blob_created_message
-from fruits.sources.files import listed_files
 from streaming.job import run_stream, start_query
 
 from .bad_inputs import NOT_DISCOVERED, PREDICTED, corpus, name_cases
@@ -29,7 +30,13 @@ from .conftest import copy_registry, real_photos
 
 pytestmark = pytest.mark.spark
 
-SOURCES = ("file", "blob-listing", "blob-notification", "memory")
+SOURCES = ("folder", "blob-listing", "blob-notification", "memory")
+
+# Files over images.max_bytes (20 MB): quarantined by their listed size, never read. The 2.2 GB
+# one is over Spark's binaryFile limit (2 GB) and Arrow's; on a folder it is sparse (no disk).
+LARGE = {"large/30MB.jpg": 30_000_000, "large/2.2GB.jpg": 2_200_000_000}
+_JPEG_START = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+_BLOCK = 100 * 1024 * 1024
 
 
 def _uploads() -> dict[str, tuple[bytes, str]]:
@@ -40,13 +47,30 @@ def _uploads() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def _through_file_source(config: Config, files: dict[str, tuple[bytes, str]]) -> str:
+def _through_folder_source(config: Config, files: dict[str, tuple[bytes, str]]) -> str:
     landing = Path(config.path("landing"))
     for name, (data, _) in files.items():
         (landing / name).parent.mkdir(parents=True, exist_ok=True)
         (landing / name).write_bytes(data)
+    for name, size in LARGE.items():
+        (landing / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(landing / name, "wb") as out:
+            out.write(_JPEG_START)
+            out.truncate(size)  # sparse: the size a listing reports, no data on disk
     run_stream(config, once=True)
     return f"file:{landing.resolve()}/"
+
+
+def _upload_large_blob(container: Any, name: str, size: int) -> None:
+    """A blob of ``size`` bytes from blocks of zeros staged one by one (never all in memory)."""
+    blob = container.get_blob_client(name)
+    zeros = bytes(_BLOCK)
+    ids = []
+    for index, offset in enumerate(range(0, size, _BLOCK)):
+        block_id = f"{index:08d}"
+        blob.stage_block(block_id, zeros[: min(_BLOCK, size - offset)])
+        ids.append(block_id)
+    blob.commit_block_list(ids)
 
 
 def _through_blob_source(config: Config, files: dict[str, tuple[bytes, str]]) -> str:
@@ -58,12 +82,19 @@ def _through_blob_source(config: Config, files: dict[str, tuple[bytes, str]]) ->
         assert run_stream(config, once=True)["rows_in"] == 0
     container = storage.container(location.container, create=True)
     queue = storage.queue(config.stream.queue, create=True)
+    for name, size in LARGE.items():
+        _upload_large_blob(container, location.child(name), size)
+    uploads = {
+        name: (container.get_blob_client(location.child(name)), size)
+        for name, size in LARGE.items()
+    }
     for name, (data, _) in files.items():
-        blob = container.upload_blob(location.child(name), data)
-        if notified:
+        uploads[name] = (container.upload_blob(location.child(name), data), len(data))
+    if notified:
+        for name, (blob, size) in uploads.items():
             etag = blob.get_blob_properties().etag
             message = blob_created_message(
-                "devstoreaccount1", location.container, location.child(name), etag, len(data)
+                "devstoreaccount1", location.container, location.child(name), etag, size
             )
             queue.send_message(message)
     run_stream(config, once=True)
@@ -81,7 +112,10 @@ def _through_memory_source(
     register(spark)
     feed = MemoryFeed(tmp_path / "feed")
     now = dt.datetime.now(dt.UTC)
-    feed.add([(f"landing/{n}", d, now) for n, (d, e) in files.items() if e != NOT_DISCOVERED])
+    rows = [(f"landing/{n}", d, now) for n, (d, e) in files.items() if e != NOT_DISCOVERED]
+    # The memory source carries its bytes in Parquet: the 30 MB file only.
+    rows.append(("landing/large/30MB.jpg", _JPEG_START.ljust(LARGE["large/30MB.jpg"], b"\0"), now))
+    feed.add(rows)
     source = spark.readStream.format("fruits_memory").option("feed", str(feed.folder)).load()
     query, _ = start_query(
         spark,
@@ -119,8 +153,8 @@ def test_every_upload_ends_in_exactly_one_table_through_every_source(
     else:
         copy_registry(trained[0], tmp_path)
         config = make_config(tmp_path)
-        if source == "file":
-            prefix = _through_file_source(config, files)
+        if source == "folder":
+            prefix = _through_folder_source(config, files)
         else:
             prefix = _through_memory_source(spark, config, files, tmp_path)
 
@@ -144,43 +178,10 @@ def test_every_upload_ends_in_exactly_one_table_through_every_source(
         for name, (data, decision) in files.items()
         if decision not in (PREDICTED, NOT_DISCOVERED)
     }
-    assert sum(predicted.values()) + sum(quarantined.values()) == sum(
+    large = {n: s for n, s in LARGE.items() if source != "memory" or s < 2**31}
+    assert {n: reasons.get(prefix + n) for n in large} == {
+        n: ("too_large_bytes", s) for n, s in large.items()
+    }
+    assert sum(predicted.values()) + sum(quarantined.values()) == len(large) + sum(
         1 for _, e in files.values() if e != NOT_DISCOVERED
     )
-
-
-def test_a_batchs_files_come_from_the_file_sources_log_spelt_as_binary_file_spells_them(
-    tmp_path: Path,
-) -> None:
-    """Spark's log keeps URIs (``%20``, ``%25``...); rows carry decoded Hadoop paths. A batch's
-    range of source log entries comes from the query's offset log: query batch 9 is source
-    entry 9 (in the compact file, which also holds entry 8); query batch 10, after a restart,
-    spans entries 10 and 11 (one logged before the crash)."""
-    log_folder = tmp_path / "sources" / "0"
-    log_folder.mkdir(parents=True)
-    entries = [
-        ("file:///l/a%20b%25zz.jpg", 8),
-        ("file:///l/%5Bab%5D%23%3F.jpg", 9),
-        ("abfs://c@acct.dfs.core.windows.net/p/%C3%BC%20x.jpg", 9),
-    ]
-    lines = [f'{{"path":"{p}","timestamp":1796121407643,"batchId":{b}}}' for p, b in entries]
-    (log_folder / "9.compact").write_text("\n".join(["v1", *lines]) + "\n")
-    for log_id in (10, 11):
-        entry = f'{{"path":"file:///l/{log_id}.jpg","timestamp":1796121407643,"batchId":{log_id}}}'
-        (log_folder / str(log_id)).write_text(f"v1\n{entry}\n")
-    offsets = tmp_path / "offsets"
-    offsets.mkdir()
-    for batch, log_offset in ((8, 8), (9, 9), (10, 11)):
-        (offsets / str(batch)).write_text(
-            f'v1\n{{"batchWatermarkMs":0}}\n{{"logOffset":{log_offset}}}\n'
-        )
-    files = listed_files(None, 9, checkpoint=str(tmp_path))  # type: ignore[arg-type]
-    assert [f.path for f in files] == [
-        "file:/l/[ab]#?.jpg",
-        "abfs://c@acct.dfs.core.windows.net/p/ü x.jpg",
-    ]
-    assert files[0].modified == dt.datetime(2026, 12, 1, 10, 36, 47, 643000, tzinfo=dt.UTC)
-    after_restart = listed_files(None, 10, checkpoint=str(tmp_path))  # type: ignore[arg-type]
-    assert [f.path for f in after_restart] == ["file:/l/10.jpg", "file:/l/11.jpg"]
-    with pytest.raises(RuntimeError, match="no entry for micro-batch 11"):
-        listed_files(None, 11, checkpoint=str(tmp_path))  # type: ignore[arg-type]

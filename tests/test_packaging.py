@@ -37,7 +37,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = set(zipfile.ZipFile(built).namelist())
     for packaged in ("local", "azurite", "databricks"):
         assert f"fruits/conf/{packaged}.yaml" in names
-    assert "fruits/sources/blob.py" in names and "bench/throughput.py" in names
+    assert "fruits/sources/uploads.py" in names and "bench/throughput.py" in names
     assert not any(name.startswith("tests/") for name in names)  # test helpers stay out
     return built
 

@@ -19,7 +19,7 @@ from fruits.model.registry import ModelRegistry
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import Txn, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
-from fruits.sources.files import file_source
+from fruits.sources.landing import landing_source
 from streaming.decisions import DecisionJournal
 from streaming.job import checkpoint_path, run_stream, start_query
 
@@ -63,7 +63,7 @@ def _crash_between_the_commits(spark: Any, config: Config, monkeypatch: Any) -> 
     query, _ = start_query(
         spark,
         config,
-        file_source(spark, config, checkpoint),
+        landing_source(spark, config, checkpoint),
         served=ServedModel(config, log=log),
         once=True,
         lake=lake,

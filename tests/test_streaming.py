@@ -19,7 +19,7 @@ from fruits.model.registry import CHAMPION, ModelRegistry
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
-from fruits.sources.files import file_source
+from fruits.sources.landing import landing_source
 from fruits.status import collect_status, format_status
 from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import (
@@ -134,12 +134,12 @@ def test_a_served_version_builds_its_udf_once(stream_config: Config) -> None:
     assert served.refresh() is first and served.refresh().udf is first.udf
 
 
-def test_file_source_end_to_end_with_crash_replay(spark: Any, stream_config: Config) -> None:
+def test_folder_landing_end_to_end_with_crash_replay(spark: Any, stream_config: Config) -> None:
     config = stream_config
     served = ServedModel(config, log=log)
     checkpoint = checkpoint_path(config)
     query, _ = start_query(
-        spark, config, file_source(spark, config, checkpoint), served=served, once=False
+        spark, config, landing_source(spark, config, checkpoint), served=served, once=False
     )
     try:
         # Photos dropped while the query runs, through the uploader (hidden name, then rename).

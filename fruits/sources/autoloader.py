@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from fruits.sources.names import extension_glob
+from fruits.sources.names import extension_glob, extension_regex
 from fruits.sources.schema import BINARY_FILE_SCHEMA
 
 if TYPE_CHECKING:
@@ -39,8 +39,13 @@ def autoloader_options(
         "cloudFiles.maxFilesPerTrigger": str(stream.max_files_per_trigger),
         "cloudFiles.maxFileAge": stream.max_file_age,
         "cloudFiles.schemaLocation": f"{checkpoint.rstrip('/')}/schema",
+        # path_glob narrows the names on top of the extensions, as on every source: Auto
+        # Loader takes one glob, so the extension rule is then applied to its rows
+        # (autoloader_source).
         "pathGlobFilter": stream.path_glob or extension_glob(config.images.extensions),
         "recursiveFileLookup": "true",
+        # A new upload under an existing name is a new arrival, as on the other sources.
+        "cloudFiles.allowOverwrites": "true",
     }
     if stream.max_bytes_per_trigger:
         options["cloudFiles.maxBytesPerTrigger"] = str(stream.max_bytes_per_trigger)
@@ -73,4 +78,9 @@ def autoloader_source(spark: SparkSession, config: Config, checkpoint: str) -> D
     reader = spark.readStream.format("cloudFiles").schema(BINARY_FILE_SCHEMA)
     for key, value in autoloader_options(config, checkpoint).items():
         reader = reader.option(key, value)
-    return reader.load(config.path("landing"))
+    df = reader.load(config.path("landing"))
+    if config.stream.path_glob:
+        from pyspark.sql import functions as F
+
+        df = df.where(F.col("path").rlike(extension_regex(config.images.extensions)))
+    return df

@@ -61,6 +61,11 @@ def parse_blob_events(text: str) -> list[BlobCreated] | None:
         if not match:
             return None
         data = event.get("data") or {}
+        if data.get("api") == "CreateFile":
+            # An account with a hierarchical namespace (ADLS Gen2) raises BlobCreated twice for
+            # a DFS upload: at CreateFile, of an empty file, and at FlushWithClose, with its
+            # content. Only the second is the upload.
+            continue
         size = data.get("contentLength")
         found.append(
             BlobCreated(

@@ -1,7 +1,8 @@
 """Which files are photos: by extension (either case), an optional glob, never hidden ones.
 
-One rule for every source: Spark's file source gets it as a Hadoop glob
-(:func:`extension_glob`), the Blob source and the uploader as a predicate (:class:`NameFilter`).
+One rule for every source: the project's source (folder and Blob) and the uploader get it as a
+predicate (:class:`NameFilter`), Spark's ``binaryFile`` (training folders, Auto Loader) as a Hadoop
+glob (:func:`extension_glob`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def extension_glob(extensions: Sequence[str]) -> str:
     return "*.{" + ",".join(variants) + "}"
 
 
+def extension_regex(extensions: Sequence[str]) -> str:
+    """The extension rule as a Java regular expression on a path (case-insensitive)."""
+    alternatives = "|".join(sorted({re.escape(_bare(ext)) for ext in extensions}))
+    return f"(?i)\\.({alternatives})$"
+
+
 def has_extension(name: str, extensions: Sequence[str]) -> bool:
     """Whether ``name`` ends with one of ``extensions``, in any case (``extension_glob``'s rule)."""
     return name.lower().endswith(tuple(f".{_bare(e)}" for e in extensions))
@@ -49,10 +56,10 @@ def _either_case(extension: str) -> str:
 
 
 class NameFilter:
-    """Which blob names are photos: extension (either case) and an optional glob on the file
-    name; names starting with ``.`` or ``_`` are hidden, as for Spark's file source, and so is
-    everything in a hidden folder below ``under`` (the landing's prefix), which Spark's
-    recursive listing does not enter either."""
+    """Which file names are photos: extension (either case) and, when given, a glob on the
+    file's name (``stream.path_glob``: both must match); names starting with ``.`` or ``_`` are
+    hidden, as for Spark's file source, and so is everything in a hidden folder below ``under``
+    (the landing's prefix), which Spark's recursive listing does not enter either."""
 
     def __init__(
         self, extensions: Sequence[str], glob: str | None = None, *, under: str = ""

@@ -51,9 +51,9 @@ def read_labelled(
     from pyspark.sql import functions as F
 
     if location.startswith("az://"):
-        from fruits.sources.blob import read_blobs
+        from fruits.sources.uploads import read_uploads
 
-        df = read_blobs(spark, location, images, azure)
+        df = read_uploads(spark, location, images, azure)
     else:
         df = (
             spark.read.format("binaryFile")
@@ -85,7 +85,7 @@ def list_labelled(
     """The photos of ``<location>/<Class>/*`` (the files :func:`read_labelled` reads), sorted
     by path, with their sizes and modification times, without reading them: a local folder is
     walked by the driver (no Spark job), ``az://`` is listed through the Blob API (as the
-    ``fruits_blob`` source lists it), any other URL by Spark's ``binaryFile`` source with its
+    ``fruits_uploads`` source lists it), any other URL by Spark's ``binaryFile`` source with its
     ``content`` column pruned (so not read)."""
     if location.startswith("az://"):
         photos = _list_blobs(location, images, azure)
@@ -137,7 +137,7 @@ def _list_blobs(location: str, images: ImagesConfig, azure: AzureConfig | None) 
     )
     photos = []
     for blob in blobs:
-        path = where.url(blob.name)  # as the fruits_blob source names it
+        path = where.url(blob.name)  # as the fruits_uploads source names it
         modified_us = int(blob.last_modified.timestamp() * 1_000_000)
         photos.append(PhotoFile(path, path.split("/")[-2], blob.size, modified_us))
     return photos
@@ -172,9 +172,9 @@ def read_image_files(
     if paths and paths[0].startswith("az://"):
         container = paths[0].split("/", 3)[2]
         names = tuple(p.split("/", 3)[3] for p in paths)
-        from fruits.sources.blob import read_blobs
+        from fruits.sources.uploads import read_uploads
 
-        return read_blobs(spark, f"az://{container}", images, azure, names=names)
+        return read_uploads(spark, f"az://{container}", images, azure, names=names)
     key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
     if paths and not is_url(paths[0]) and int(spark.conf.get(key, "32") or 32) < len(paths):
         spark.conf.set(key, str(len(paths)))

@@ -1,25 +1,34 @@
-"""``format("fruits_blob")``: photos in a Blob container as a Spark source, batch or streaming.
+"""``format("fruits_uploads")``: photos uploaded to a landing, a folder or a Blob container, as a
+Spark source, batch or streaming.
 
-Rows have the ``binaryFile`` schema (path, modificationTime, length, content), so the jobs
-cannot tell it from Spark's file source. This is the emulated-Azure path of DESIGN.md: on
-Databricks, Auto Loader (``cloudFiles``) does the same job with Spark's own Azure connector.
+Rows have the ``binaryFile`` schema (path, modificationTime, length, content) plus ``error``
+(why a listed file could not be read, else null), so the jobs treat every source alike. It is the
+landing of every environment but Databricks, where Auto Loader (``cloudFiles``) does the same job
+(:mod:`fruits.sources.autoloader`). The landing's storage is a
+:class:`~fruits.sources.stores.LandingStore`: a folder (the embedded default) or Blob (``az://``,
+``abfs[s]://``, through the Blob SDK).
 
 * batch (``spark.read``): every photo under the location, e.g. ``fruits train --data az://``;
 * streaming (``spark.readStream``), Auto Loader-style, in one of two discovery modes:
 
-  - ``listing``: each trigger lists the prefix and offers blobs it has not offered before;
-  - ``notification``: each trigger reads ``Microsoft.Storage.BlobCreated`` events (Event Grid's
-    schema) from a Storage Queue, so its cost grows with the new photos, not the container;
-    a listing pass every ``backfill_interval`` catches events that were lost. A message is
-    deleted only once the micro-batch holding its blob is committed.
+  - ``listing``: each trigger lists the landing and offers files it has not offered before;
+  - ``notification`` (Blob): each trigger reads ``Microsoft.Storage.BlobCreated`` events (Event
+    Grid's schema) from a Storage Queue, so its cost grows with the new photos, not the
+    container; a listing pass every ``backfill_interval`` catches events that were lost. A
+    message is deleted only once the micro-batch holding its blob is committed.
 
-  With ``clean_source`` (Auto Loader's ``cleanSource``), the blobs of a committed micro-batch
-  are archived (copied under ``archive``, then deleted) or deleted once ``clean_retention_s``
-  has passed since that commit; only the version that was read (its ETag), never a rewrite.
+  With ``clean_source`` (Auto Loader's ``cleanSource``), the files of a committed micro-batch
+  are archived (moved under ``archive``; on Blob a server-side copy, then a delete) or deleted
+  once ``clean_retention_s`` has passed since that commit; only the version that was read,
+  never a rewrite.
+
+No upload can fail a micro-batch: names are data (never a Hadoop ``Path`` or URI), a file over
+``max_photo_bytes`` by its listed size is not read at all (``content`` null, the step
+quarantines it as too large), and a file that cannot be read has its error in ``error``.
 
 The streaming offset is a sequence number in a :class:`~fruits.sources.discovery.DiscoveryState`
 kept in the query's checkpoint (``state`` option), so a replayed micro-batch reads exactly the
-same blobs and a blob is offered once. ``SupportsTriggerAvailableNow`` gives ``--once``.
+same files and a file version is offered once. ``SupportsTriggerAvailableNow`` gives ``--once``.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +62,8 @@ from fruits.errors import ConfigError
 from fruits.sources.discovery import Arrival, DiscoveryState, utc
 from fruits.sources.events import parse_blob_events
 from fruits.sources.names import NameFilter
-from fruits.sources.schema import BINARY_FILE_SCHEMA
+from fruits.sources.schema import UPLOAD_SCHEMA
+from fruits.sources.stores import LandingStore, ReadFailed, landing_store
 from fruits.spark import task_slots
 
 if TYPE_CHECKING:
@@ -60,7 +71,13 @@ if TYPE_CHECKING:
 
     from fruits.config import Config, ImagesConfig
 
-__all__ = ["BlobDataSource", "BlobSourceOptions", "read_blobs", "register", "stream_blobs"]
+__all__ = [
+    "UploadSourceOptions",
+    "UploadsDataSource",
+    "read_uploads",
+    "register",
+    "stream_uploads",
+]
 
 # A received event stays invisible this long; a batch is normally committed well before, and if
 # not, the message comes back, is recognised as already offered, and deleted then.
@@ -68,16 +85,20 @@ _VISIBILITY_TIMEOUT_S = 900
 _MESSAGES_PER_TRIGGER = 1000
 
 
+# Archive copies and deletes of a trigger's clean-up run this many at a time (each one request).
+_CLEANERS = 8
+
+
 @dataclass(frozen=True)
-class BlobSourceOptions:
+class UploadSourceOptions:
     """Everything the source needs, passed through Spark as one JSON option (no secrets)."""
 
-    location: str
+    location: str  # the landing: a folder, az:// or abfs[s]://
     azure: AzureConfig
     extensions: tuple[str, ...]
     glob: str | None = None
     max_photo_bytes: int = 20_000_000
-    names: tuple[str, ...] | None = None  # batch: exactly these blobs instead of a listing
+    names: tuple[str, ...] | None = None  # batch: exactly these files instead of a listing
     # streaming only: the query's checkpoint (local or mounted); the discovery state lives in
     # it, so deleting the checkpoint resets both together
     checkpoint: str = ""
@@ -90,14 +111,14 @@ class BlobSourceOptions:
     backfill_interval_s: float | None = 3600.0
     parallelism: int = 2
     clean_source: str = "off"  # "off", "archive" (to ``archive``) or "delete"
-    clean_retention_s: float = 0.0  # after the commit of the blob's batch
-    archive: str = ""  # az:// location of archived blobs (their names relative to the landing)
+    clean_retention_s: float = 0.0  # after the commit of the file's batch
+    archive: str = ""  # where archived files go (their names relative to the landing)
 
     def to_option(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> BlobSourceOptions:
+    def from_options(cls, options: Mapping[str, str]) -> UploadSourceOptions:
         raw = json.loads(options["fruits"])
         raw["azure"] = AzureConfig(**raw["azure"])
         raw["extensions"] = tuple(raw["extensions"])
@@ -105,80 +126,82 @@ class BlobSourceOptions:
         return cls(**raw)
 
 
-# (name, etag or None for "whatever is there", size, modified epoch seconds)
-_Blob = tuple[str, str | None, int, float]
+# (name, etag or None for "whatever is there", size or None when not listed, modified epoch s)
+_File = tuple[str, str | None, int | None, float]
 
 
-class _Blobs(InputPartition):
-    """Blobs one Spark task downloads."""
+class _Files(InputPartition):
+    """Files one Spark task reads."""
 
-    def __init__(self, blobs: list[_Blob]) -> None:
-        self.blobs = blobs
-
-
-def _split(blobs: Sequence[_Blob], parts: int) -> list[_Blobs]:
-    parts = max(1, min(parts, len(blobs)))
-    return [_Blobs(list(blobs[i::parts])) for i in range(parts)] if blobs else []
+    def __init__(self, files: list[_File]) -> None:
+        self.files = files
 
 
-def _download(options: BlobSourceOptions, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
-    """Rows for the blobs of one partition. A blob deleted or rewritten since it was
-    discovered gives ``content = None`` (the step quarantines it as ``missing``); one larger
-    than the photo limit is read only far enough for the decoder to reject it."""
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+def _split(files: Sequence[_File], parts: int) -> list[_Files]:
+    parts = max(1, min(parts, len(files)))
+    return [_Files(list(files[i::parts])) for i in range(parts)] if files else []
 
-    assert isinstance(partition, _Blobs)
-    location = BlobLocation.parse(options.location)
-    container = AzureStorage(options.azure).container(location.container)
-    for name, etag, size, modified in partition.blobs:
-        length = options.max_photo_bytes + 1 if size > options.max_photo_bytes else None
-        content: bytes | None
+
+def _read(
+    options: UploadSourceOptions, partition: InputPartition, *, streaming: bool
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for the files of one partition; none of them raises for one file's sake.
+
+    * gone or rewritten since it was discovered: ``content`` null (quarantined as ``missing``);
+    * over the photo limit by its listed size: not read at all in a stream (``unread_reason``
+      ``too_large_bytes``); a batch read takes one byte over the limit, for the decoder;
+    * unreadable (permissions, an I/O error, a 4xx from storage): ``unread_reason``
+      ``unreadable`` and the error.
+
+    A failure of the storage itself (connection refused, 5xx after the SDK's retries) raises:
+    the micro-batch fails and its replay reads the same files once storage is back."""
+    assert isinstance(partition, _Files)
+    store = landing_store(options.location, options.azure)
+    limit = options.max_photo_bytes + 1
+    for name, etag, size, modified in partition.files:
+        url = store.url(name)
+        when = utc(modified)
+        if streaming and size is not None and size > options.max_photo_bytes:
+            detail = f"{size} bytes > {options.max_photo_bytes} (by its listed size; not read)"
+            yield (url, when, size, None, "too_large_bytes", detail)
+            continue
         try:
-            if etag is None:  # a batch read of named blobs: whatever is there now
-                download = container.download_blob(name, length=length)
-            else:  # exactly the version discovered, not a rewrite that came after it
-                download = container.download_blob(
-                    name,
-                    length=length,
-                    etag=f'"{etag}"',
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            content = download.readall()
-        except (ResourceNotFoundError, ResourceModifiedError):
-            content = None
-        yield (location.url(name), utc(modified), size, content)
+            content = store.read(name, etag, limit)
+        except ReadFailed as exc:
+            yield (url, when, size or 0, None, "unreadable", str(exc))
+            continue
+        yield (url, when, size if size is not None else len(content or b""), content, None, None)
 
 
-class BlobBatchReader(DataSourceReader):
-    def __init__(self, options: BlobSourceOptions) -> None:
+class UploadsBatchReader(DataSourceReader):
+    def __init__(self, options: UploadSourceOptions) -> None:
         self.options = options
 
     def partitions(self) -> Sequence[InputPartition]:
-        blobs: list[_Blob]
+        files: list[_File]
         if self.options.names is not None:
-            blobs = [(name, None, 0, 0.0) for name in self.options.names]
+            files = [(name, None, None, 0.0) for name in self.options.names]
         else:
-            location = BlobLocation.parse(self.options.location)
-            accept = NameFilter(self.options.extensions, self.options.glob, under=location.prefix)
-            listing = AzureStorage(self.options.azure).list_blobs(location, accept)
-            blobs = [(b.name, b.etag, b.size, b.last_modified.timestamp()) for b in listing]
-        # About 64 photos per task: enough tasks to spread the downloads over the cluster.
-        return _split(blobs, max(1, len(blobs) // 64))
+            store = landing_store(self.options.location, self.options.azure)
+            accept = NameFilter(self.options.extensions, self.options.glob, under=store.prefix)
+            files = [
+                (f.name, f.etag, f.size, f.last_modified.timestamp()) for f in store.list(accept)
+            ]
+        # About 64 photos per task: enough tasks to spread the reads over the cluster.
+        return _split(files, max(1, len(files) // 64))
 
     def read(self, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
-        return _download(self.options, partition)
+        return _read(self.options, partition, streaming=False)
 
 
-class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+class UploadsStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Runs in Spark's source-planning Python process (discovery, offsets, commits); only
     :meth:`read` runs in the executors, on a pickled copy without clients or state."""
 
-    def __init__(self, options: BlobSourceOptions) -> None:
+    def __init__(self, options: UploadSourceOptions) -> None:
         self.options = options
-        self._storage = AzureStorage(options.azure)
-        self._location = BlobLocation.parse(options.location)
-        self._accept = NameFilter(options.extensions, options.glob, under=self._location.prefix)
+        self._store: LandingStore = landing_store(options.location, options.azure)
+        self._accept = NameFilter(options.extensions, options.glob, under=self._store.prefix)
         self._checkpoint = Path(options.checkpoint)
         self._state_path = self._checkpoint / "discovery" / "state.sqlite"
         self._state = DiscoveryState.open(self._state_path, max_file_age_s=options.max_file_age_s)
@@ -224,11 +247,11 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 f"discovery state {self._state_path} lacks arrivals {start['seq']}..{end['seq']}"
                 " (the state and the checkpoint do not belong together)"
             )
-        blobs = [(a.name, a.etag, a.size, a.modified) for a in arrivals]
-        return _split(blobs, self.options.parallelism)
+        files: list[_File] = [(a.name, a.etag, a.size, a.modified) for a in arrivals]
+        return _split(files, self.options.parallelism)
 
     def read(self, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
-        return _download(self.options, partition)
+        return _read(self.options, partition, streaming=True)
 
     def commit(self, end: dict[str, int]) -> None:
         if end["seq"] <= self._state.committed:
@@ -264,28 +287,24 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- landing clean-up --------------------------------------------------------------------
 
     def _clean_due(self) -> None:
-        """Archive or delete the blobs whose clean-up is due (committed batches only). A
-        storage error fails the trigger, and what was not done stays due for the restart."""
+        """Archive or delete the files whose clean-up is due (committed batches only), a few at
+        a time. A storage error fails the trigger, and what was not done stays due."""
         if self.options.clean_source == "off":
             return
         due = self._state.cleanup_due(time.time())
         if not due:
             return
-        container = self._storage.container(self._location.container)
-        archive = (
-            BlobLocation.parse(self.options.archive)
-            if self.options.clean_source == "archive"
-            else None
-        )
-        for name, etag in due:
-            _clean_blob(self._storage, container, self._location, name, etag, archive=archive)
+        archive = self.options.archive if self.options.clean_source == "archive" else None
+        with ThreadPoolExecutor(_CLEANERS) as pool:
+            # list(): the first error (storage down) is raised here, failing the trigger.
+            list(pool.map(lambda key: self._store.clean(key[0], key[1], archive), due))
         self._state.cleaned(due)
         self._state.save()
 
     # -- discovery ---------------------------------------------------------------------------
 
     def _discover(self) -> None:
-        """Find new blobs; the state is written only when this changed it (listing mode runs
+        """Find new files; the state is written only when this changed it (listing mode runs
         every trigger, and the state holds every key of the retention window)."""
         now = time.time()
         first = self._state.last_listing == 0.0
@@ -305,12 +324,13 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return interval is not None and now - self._state.last_listing >= interval
 
     def _listing(self, now: float, *, offer: bool) -> None:
-        self._state.add(self._storage.list_blobs(self._location, self._accept), offer=offer)
+        self._state.add(self._store.list(self._accept), offer=offer)
         self._state.last_listing = now
 
     def _queue_client(self) -> Any:
         if self._queue is None:
-            self._queue = self._storage.queue(self.options.queue, create=True)
+            storage = AzureStorage(self.options.azure)
+            self._queue = storage.queue(self.options.queue, create=True)
         return self._queue
 
     def _receive_events(self) -> None:
@@ -340,16 +360,17 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         blob already offered and committed, or one that no longer exists."""
         events = parse_blob_events(text)
         holder: Arrival | None = None
+        container = BlobLocation.parse(self.options.location).container
         for event in events or []:
-            if event.container != self._location.container:
+            if event.container != container:
                 continue
-            if not event.name.startswith(self._location.prefix) or not self._accept(event.name):
+            if not event.name.startswith(self._store.prefix) or not self._accept(event.name):
                 continue
             if event.etag and self._state.is_seen(event.name, event.etag):
                 holder = self._state.arrival(event.name, event.etag) or holder
                 continue
             # The blob's current properties: it may be gone, or rewritten since the event.
-            info = self._storage.blob_info(event.container, event.name)
+            info = self._store.info(event.name)
             if info is None:
                 continue
             new = self._state.add([info])
@@ -369,101 +390,70 @@ class BlobStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 queue.delete_message(message_id, pop_receipt)
 
 
-def _clean_blob(
-    storage: AzureStorage,
-    container: Any,
-    landing: BlobLocation,
-    name: str,
-    etag: str,
-    *,
-    archive: BlobLocation | None,
-) -> None:
-    """Archive (download, upload under ``archive`` with the same content settings and
-    metadata, then delete) or delete one blob, only as the version the stream read: a blob
-    rewritten since is a new arrival, cleaned in its own turn, and one already gone is done."""
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
-    same_version = {"etag": f'"{etag}"', "match_condition": MatchConditions.IfNotModified}
-    if archive is not None:
-        try:
-            download = container.download_blob(name, **same_version)
-            content = download.readall()
-        except (ResourceNotFoundError, ResourceModifiedError):
-            return
-        # A failure here (the archive container missing, storage down) fails the trigger.
-        target = storage.container(archive.container).get_blob_client(
-            archive.child(name.removeprefix(landing.prefix))
-        )
-        target.upload_blob(
-            content,
-            overwrite=True,
-            content_settings=download.properties.content_settings,
-            metadata=download.properties.metadata,
-        )
-    with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
-        container.delete_blob(name, **same_version)
-
-
-class BlobDataSource(DataSource):
-    """``format("fruits_blob")``, option ``fruits``: :meth:`BlobSourceOptions.to_option`."""
+class UploadsDataSource(DataSource):
+    """``format("fruits_uploads")``, option ``fruits``: :meth:`UploadSourceOptions.to_option`."""
 
     @classmethod
     def name(cls) -> str:
-        return "fruits_blob"
+        return "fruits_uploads"
 
     def schema(self) -> str:
-        return BINARY_FILE_SCHEMA
+        return UPLOAD_SCHEMA
 
     def reader(self, schema: Any) -> DataSourceReader:
-        return BlobBatchReader(BlobSourceOptions.from_options(self.options))
+        return UploadsBatchReader(UploadSourceOptions.from_options(self.options))
 
     def streamReader(self, schema: Any) -> DataSourceStreamReader:
-        return BlobStreamReader(BlobSourceOptions.from_options(self.options))
+        return UploadsStreamReader(UploadSourceOptions.from_options(self.options))
 
 
 def register(spark: SparkSession) -> None:
-    spark.dataSource.register(BlobDataSource)
+    spark.dataSource.register(UploadsDataSource)
 
 
-def read_blobs(
+def read_uploads(
     spark: SparkSession,
     location: str,
     images: ImagesConfig,
     azure: AzureConfig | None,
     names: tuple[str, ...] | None = None,
 ) -> DataFrame:
-    """Every photo under an ``az://`` location (or exactly ``names``), as a batch DataFrame.
-    Databricks reads ``abfss://`` with ``binaryFile`` instead."""
+    """Every photo under a location (or exactly ``names``), as a batch DataFrame of the
+    ``binaryFile`` schema. Databricks reads ``abfss://`` with ``binaryFile`` instead."""
     register(spark)
-    options = BlobSourceOptions(
+    options = UploadSourceOptions(
         location=location,
         azure=azure or AzureConfig(),
         extensions=images.extensions,
         max_photo_bytes=images.max_bytes,
         names=names,
     )
-    return spark.read.format("fruits_blob").option("fruits", options.to_option()).load()
+    df = spark.read.format("fruits_uploads").option("fruits", options.to_option()).load()
+    return df.select("path", "modificationTime", "length", "content")
 
 
-def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
-    """New blobs under an ``az://`` landing, discovered by listing or by queued events."""
+def stream_uploads(spark: SparkSession, config: Config, checkpoint: str) -> DataFrame:
+    """New photos in ``paths.landing`` (a folder or Blob), by listing or by queued events."""
     if is_url(checkpoint):
         raise ConfigError(
-            "an az:// landing keeps its discovery state beside the checkpoint, which must be a "
+            "the landing's discovery state is kept beside the checkpoint, which must be a "
             f"local or mounted folder (paths.checkpoints is {checkpoint})"
         )
-    # As for a landing folder: the container exists from the start, empty until uploads come.
-    landing = BlobLocation.parse(config.path("landing"))
-    AzureStorage(config.azure).container(landing.container, create=True)
-    if config.stream.clean_source == "archive":
-        archive = BlobLocation.parse(config.path("archive"))
-        AzureStorage(config.azure).container(archive.container, create=True)
+    landing = config.path("landing")
     stream = config.stream
+    blob = is_url(landing)
+    # As for a landing folder: the container exists from the start, empty until uploads come.
+    if blob:
+        storage = AzureStorage(config.azure)
+        storage.container(BlobLocation.parse(landing).container, create=True)
+        if stream.clean_source == "archive":
+            storage.container(BlobLocation.parse(config.path("archive")).container, create=True)
+    else:
+        Path(landing).mkdir(parents=True, exist_ok=True)
     backfill = stream.backfill_interval
     retention = stream.clean_source_retention
-    options = BlobSourceOptions(
-        location=config.path("landing"),
+    options = UploadSourceOptions(
+        location=landing,
         azure=config.azure,
         extensions=config.images.extensions,
         glob=stream.path_glob,
@@ -482,4 +472,4 @@ def stream_blobs(spark: SparkSession, config: Config, checkpoint: str) -> DataFr
         archive=config.path("archive"),
     )
     register(spark)
-    return spark.readStream.format("fruits_blob").option("fruits", options.to_option()).load()
+    return spark.readStream.format("fruits_uploads").option("fruits", options.to_option()).load()
