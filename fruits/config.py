@@ -1,7 +1,8 @@
 """Typed configuration: one YAML per environment, overridden by environment variables.
 
-The YAML is validated once, at start: an unknown key, a value of the wrong type or a missing
-weights file fails with a :class:`ConfigError` whose one-line message names the key.
+The YAML is validated once, at start: an unknown key, a value of the wrong type, a missing
+weights file, an unset ``${NAME}`` environment variable a value refers to or a ``<placeholder>``
+left in a value fails with a :class:`ConfigError` whose one-line message names the key.
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {file} must hold a mapping of sections")
     _apply_environment(raw, environ)
+    _resolve_references(raw, environ, prefix="", source=str(file))
     config: Config = _build(Config, raw, prefix="", source=str(file))
     config = dataclasses.replace(config, source=str(file))
     _validate(config)
@@ -332,6 +334,51 @@ def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -
                 raise ConfigError(f"environment override of '{'.'.join(keys)}': not a section")
         # YAML parsing gives "8" -> 8 and "[a, b]" -> list, as in the file.
         node[keys[-1]] = yaml.safe_load(value) if value.strip() else value
+
+
+# ``${NAME}`` in a value is the environment variable NAME: what only a deployment knows (the
+# storage account, the Unity Catalog schema) is given by the job that runs the packaged file
+# (databricks.yml), and an unset one stops the job at start, naming the key.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A template's `<account>` left in a value: refused, never used as a path or a name.
+_PLACEHOLDER = re.compile(r"<[A-Za-z][A-Za-z0-9_.\- ]*>")
+
+
+def _resolve_references(
+    node: dict[str, Any], environ: typing.Mapping[str, str], *, prefix: str, source: str
+) -> None:
+    """Replace each ``${NAME}`` by its variable, and refuse a ``<placeholder>``, in place."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _resolve_references(value, environ, prefix=f"{name}.", source=source)
+        elif isinstance(value, list):
+            node[key] = [_resolve_value(v, environ, key=name, source=source) for v in value]
+        else:
+            node[key] = _resolve_value(value, environ, key=name, source=source)
+
+
+def _resolve_value(value: Any, environ: typing.Mapping[str, str], *, key: str, source: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    override = "FRUITS__" + key.upper().replace(".", "__")
+
+    def variable(match: re.Match[str]) -> str:
+        if not environ.get(match[1]):
+            raise ConfigError(
+                f"config key '{key}' needs the environment variable {match[1]}, which is not set "
+                f"({source}; or set {override})"
+            )
+        return environ[match[1]]
+
+    value = _ENV_REFERENCE.sub(variable, value)
+    placeholder = _PLACEHOLDER.search(value)
+    if placeholder:
+        raise ConfigError(
+            f"config key '{key}' still holds the placeholder {placeholder[0]} ({source}): "
+            f"write the value there, or set {override}"
+        )
+    return value
 
 
 def _build(cls: type[Any], raw: Any, *, prefix: str, source: str) -> Any:

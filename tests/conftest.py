@@ -23,6 +23,12 @@ WEIGHTS = Path(
 # Visually distinct classes, so a handful of photos per class is enough to learn them.
 KNOWN_CLASSES = ("Banana", "Kiwi", "Strawberry", "Pineapple")
 UNKNOWN_CLASSES = ("Eggplant", "Cauliflower")
+# What the bundle's jobs give conf/databricks.yaml (it refuses to load without them).
+DATABRICKS_ENV = {
+    "FRUITS_STORAGE_ACCOUNT": "acct",
+    "FRUITS_CATALOG": "main",
+    "FRUITS_SCHEMA": "fruits",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -27,7 +27,14 @@ from fruits.sources.training import read_labelled
 from fruits.upload import plan_upload, upload
 from streaming.job import checkpoint_path, run_stream, start_query
 
-from .conftest import KNOWN_CLASSES, PROJECT, copy_tree, hadoop_landing, real_photos
+from .conftest import (
+    DATABRICKS_ENV,
+    KNOWN_CLASSES,
+    PROJECT,
+    copy_tree,
+    hadoop_landing,
+    real_photos,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -244,7 +251,7 @@ def test_spark_reads_blob_through_hadoop_and_its_delta_writer_keeps_the_lake_on_
 
 
 def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> None:
-    config = load_config(PROJECT / "conf" / "databricks.yaml", environ={})
+    config = load_config(PROJECT / "conf" / "databricks.yaml", environ=DATABRICKS_ENV)
     assert config.stream.autoloader and config.spark.delta_writer == "spark"
     assert config.path("landing").startswith("abfss://")
     options = autoloader_options(config, "abfss://lake@acct.dfs.core.windows.net/ck/predictions")
@@ -257,7 +264,7 @@ def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> N
     queue = autoloader_options(
         load_config(
             PROJECT / "conf" / "databricks.yaml",
-            environ={"FRUITS__STREAM__AUTOLOADER_NOTIFICATIONS": "queue"},
+            environ={**DATABRICKS_ENV, "FRUITS__STREAM__AUTOLOADER_NOTIFICATIONS": "queue"},
         ),
         "/ck",
         environ={"AUTOLOADER_QUEUE_CONNECTION_STRING": "AccountName=a;AccountKey=k"},
@@ -274,7 +281,8 @@ def test_databricks_config_switches_to_auto_loader_with_the_same_settings() -> N
     assert "[hH][eE][iI][cC]" in options["pathGlobFilter"]
     listing = autoloader_options(
         load_config(
-            PROJECT / "conf" / "databricks.yaml", environ={"FRUITS__STREAM__DISCOVERY": "listing"}
+            PROJECT / "conf" / "databricks.yaml",
+            environ={**DATABRICKS_ENV, "FRUITS__STREAM__DISCOVERY": "listing"},
         ),
         "/ck",
     )

@@ -8,7 +8,7 @@ from fruits.cli import main
 from fruits.config import load_config
 from fruits.errors import ConfigError
 
-from .conftest import PROJECT, WEIGHTS
+from .conftest import DATABRICKS_ENV, PROJECT, WEIGHTS
 
 LOCAL = PROJECT / "conf" / "local.yaml"
 
@@ -99,7 +99,7 @@ def test_the_default_configuration_ships_in_the_package_and_is_the_checkouts(
 def test_a_packaged_configuration_is_chosen_by_name_or_by_fruits_config(tmp_path: Path) -> None:
     assert load_config("azurite", environ={}).azure.use_emulator
     # Databricks: the workspace's MLflow, the model in Unity Catalog (catalog.schema.model).
-    databricks = load_config("databricks", environ={}).mlflow
+    databricks = load_config("databricks", environ=DATABRICKS_ENV).mlflow
     assert (databricks.tracking_uri, databricks.registry_uri) == ("databricks", "databricks-uc")
     assert databricks.model_name.count(".") == 2 and databricks.artifact_location is None
     chosen = load_config(environ={"FRUITS_CONFIG": "azurite"})

@@ -17,6 +17,8 @@ from fruits.sources.discovery import DiscoveryState
 from fruits.sources.events import parse_blob_events
 from fruits.sources.names import NameFilter, content_type, extension_glob, has_extension
 
+from .conftest import DATABRICKS_ENV
+
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 
 
@@ -194,7 +196,7 @@ PHONE_NAMES = ("IMG_0001.HEIC", "IMG_0002.heic", "IMG_0003.Heic", "a.HEIF", "b.a
 
 @pytest.mark.parametrize("name", ["local", "azurite", "databricks"])
 def test_every_config_discovers_phone_formats_in_any_case(name: str) -> None:
-    extensions = load_config(name, environ={}).images.extensions
+    extensions = load_config(name, environ=DATABRICKS_ENV).images.extensions
     assert {"heic", "heif", "avif", "jpg"} <= set(extensions)
     accept = NameFilter(extensions)
     alternatives = re.fullmatch(r"\*\.\{(.*)\}", extension_glob(extensions))
