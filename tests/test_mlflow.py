@@ -1,5 +1,6 @@
-"""MLflow on real photos: the training run, the registered pyfunc, `mlflow models serve`, and
-`mlflow.pyfunc.spark_udf`, each giving the stream's answers."""
+"""MLflow on real photos: the training run, the registered pyfunc, `mlflow models serve`,
+`mlflow.pyfunc.spark_udf` and the pyfunc in a fresh virtual environment, each giving the
+stream's answers."""
 
 from __future__ import annotations
 
@@ -234,3 +235,91 @@ def test_mlflow_models_serve_answers_a_posted_photo_with_its_class(
         assert status == 400 and body["message"]
         with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
             assert response.status == 200
+
+
+# Run by the fresh environment's Python: the registered model, loaded and asked about photos
+# (their paths in argv) the way another team would, with nothing of the project installed.
+_FRESH_LOAD = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("fruits") is None, "fruits is installed here"
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import fruits
+photos = [open(path, "rb").read() for path in sys.argv[2:]]
+answers = model.predict(pd.DataFrame({"content": photos}))
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pyspark", "tensorflow", "deltalake"})
+print(json.dumps({"fruits": fruits.__file__, "heavy": heavy,
+                  "answers": answers[["label", "confidence", "reason"]].to_dict("records")}))
+"""
+
+
+@pytest.mark.slow
+def test_the_registered_pyfunc_answers_from_a_fresh_virtual_environment(
+    trained: tuple[Config, dict[str, Any]], tmp_path: Path
+) -> None:
+    """What Model Serving and `mlflow models serve --env-manager virtualenv` do: a new venv,
+    the model's own requirements.txt installed with pip, then the model loaded there (PyPI
+    and pip's cache; measured: about 90 s on 2 busy cores, nearly all of it pip)."""
+    import mlflow
+
+    config, summary = trained
+    version = summary["model_version"]
+    uri = f"models:/fruits/{version}"
+    tracking = str(config.mlflow_uri("tracking_uri"))
+    ModelRegistry(config).use()
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri))
+    wanted = {line.split("==")[0] for line in requirements.read_text().split()}
+    # What loading and answering import, and nothing of training, Spark, Delta or Azure.
+    assert wanted == {
+        "mlflow", "cloudpickle", "onnxruntime", "numpy", "pandas", "pillow", "pillow-heif",
+        "pyyaml",
+    }  # fmt: skip
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    started = time.monotonic()
+    pip = [python, "-m", "pip", "install", "--prefer-binary", "--disable-pip-version-check"]
+    install = subprocess.run(
+        [*pip, "--quiet", "--requirement", str(requirements)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    print(f"pip install of the model's requirements: {time.monotonic() - started:.0f} s")
+
+    photos = [real_photos("Test", label, 1, skip=3)[0] for label in KNOWN_CLASSES]
+    elsewhere = tmp_path / "elsewhere"  # not the project: nothing of it on sys.path
+    elsewhere.mkdir()
+    env = {
+        "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": os.environ.get("HOME", str(elsewhere)),
+        "MLFLOW_TRACKING_URI": tracking,
+    }
+    loaded = subprocess.run(
+        [python, "-c", _FRESH_LOAD, uri, *map(str, photos)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    fresh = json.loads(loaded.stdout.strip().splitlines()[-1])
+    # fruits came with the model (its code_paths), and nothing heavy was imported.
+    model_code = Path(fresh["fruits"]).resolve().parents[1]
+    assert model_code.name == "code" and (model_code.parent / "MLmodel").is_file()
+    assert fresh["heavy"] == []
+
+    here = mlflow.pyfunc.load_model(uri).predict(
+        pd.DataFrame({"content": [p.read_bytes() for p in photos]})
+    )
+    assert [a["label"] for a in fresh["answers"]] == here["label"].tolist()
+    assert [a["confidence"] for a in fresh["answers"]] == pytest.approx(
+        here["confidence"].tolist(), rel=1e-5
+    )
+    assert [a["reason"] for a in fresh["answers"]] == [""] * len(photos)
+    assert (
+        sum(a["label"] == p.parent.name for a, p in zip(fresh["answers"], photos, strict=True)) >= 3
+    )

@@ -18,6 +18,11 @@ The model needs only its own files (``fruits.model.registry.write_model_files``)
 featurizer and the folded linear scorer are used as the stream uses them
 (:func:`fruits.model.scoring.predict_frame`, the same code, so the same answers); a tree model
 is scored by Spark ML in a local SparkSession (so not inside ``spark_udf`` workers).
+
+It loads outside the project too (Model Serving, ``mlflow models serve`` with the virtualenv
+environment manager, a fresh venv): the model carries the ``fruits`` package as ``code_paths``
+and its requirements list what loading and answering import (:func:`requirements`), nothing of
+Spark, TensorFlow or Azure unless it is a tree model (pyspark then).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
     from fruits.model.classifier import FruitModel
     from fruits.model.scoring import LinearScorer
 
-__all__ = ["ANSWER_COLUMNS", "FruitsPyfunc", "log_pyfunc", "signature"]
+__all__ = ["ANSWER_COLUMNS", "FruitsPyfunc", "log_pyfunc", "requirements", "signature"]
 
 ANSWER_COLUMNS = ("image_id", "label", "confidence", "top_k", "is_unknown", "reason", "detail")
 
@@ -183,38 +188,55 @@ def _as_bytes(value: Any) -> bytes | None:
 
 
 def log_pyfunc(folder: Path, *, example: bytes | None) -> ModelInfo:
-    """Log the pyfunc whose files are ``folder`` into the active run, with its signature and
-    (``example``: one photo's bytes) an input example."""
+    """Log the pyfunc whose files are ``folder`` into the active run, with its signature, (
+    ``example``: one photo's bytes) an input example, and what it needs to load anywhere: the
+    ``fruits`` package's code and the requirements of serving it."""
     import mlflow.pyfunc
 
+    import fruits
+
+    meta = json.loads((folder / "model.json").read_text())
     info: ModelInfo = mlflow.pyfunc.log_model(
         name="model",
         python_model=FruitsPyfunc(),
         artifacts={ARTIFACT_KEY: str(folder)},
+        # The package folder, copied into the model's code/ (without __pycache__), which MLflow
+        # puts first on sys.path before unpickling the model: loading it needs fruits.*, and a
+        # fresh environment (Model Serving, `mlflow models serve`) has no fruits installed.
+        # Not the project's wheel as a requirement: pip would install its dependencies too
+        # (Spark's, Delta's, Azure's, tf2onnx), none of which serving uses.
+        code_paths=[str(Path(fruits.__file__).parent)],
         signature=signature(),
         input_example=pd.DataFrame({"content": [example]}) if example is not None else None,
-        pip_requirements=_requirements(),
+        pip_requirements=requirements(spark_ml=meta.get("scorer") == "spark_ml"),
     )
     return info
 
 
-def _requirements() -> list[str]:
-    """What the pyfunc imports, at the versions it was logged with (inferring them would load
-    the model in a child process at every training)."""
+# What loading and answering import (fruits.model.pyfunc and the fruits modules it pulls in:
+# config, decode, features.featurizer, model.registry/scoring/unknown), as distributions.
+# cloudpickle unpickles the model object; pyarrow and TensorFlow are not imported on that path
+# (the featurizer is the model's ONNX file), and Spark only for a tree model.
+_SERVING = (
+    "mlflow",
+    "cloudpickle",
+    "onnxruntime",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pillow-heif",
+    "pyyaml",
+)
+
+
+def requirements(*, spark_ml: bool = False) -> list[str]:
+    """The pyfunc's pip requirements, at the versions it is logged with (inferring them would
+    load the model in a child process at every training); ``spark_ml``: a tree model, which
+    Spark ML scores, so pyspark too (and a Java runtime, which pip cannot install)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = (
-        "mlflow",
-        "onnxruntime",
-        "numpy",
-        "pandas",
-        "pillow",
-        "pillow-heif",
-        "pyarrow",
-        "pyyaml",
-    )
     pinned = []
-    for name in names:
+    for name in (*_SERVING, "pyspark") if spark_ml else _SERVING:
         try:
             pinned.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
