@@ -52,7 +52,7 @@ BUNDLE_KEYS = {
 }  # fmt: skip
 TARGET_KEYS = {
     "mode", "default", "variables", "run_as", "workspace", "resources", "presets",
-    "permissions", "artifacts", "bundle", "git", "sync", "cluster_id",
+    "permissions", "artifacts", "bundle", "git", "sync", "cluster_id", "compute_id",
 }  # fmt: skip
 VARIABLE_KEYS = {"description", "default", "type", "lookup"}
 
