@@ -2,7 +2,7 @@
 in the landing container, in the two discovery modes (Auto Loader's names), by simulation.
 
 * listing: every trigger lists the whole container and diffs it against the files seen
-  (Spark's file source keeps them in its checkpoint log): O(files in the container);
+  (the discovery state keeps them): O(files in the landing);
 * notification: a queue of Blob-created events; every trigger reads only the new files'
   events: O(new files), whatever the container holds.
 

@@ -130,9 +130,7 @@ def run_soak(
         **accounted,
         "trends": _trends(samples, warm_up_s),
         "landing": config.path("landing"),
-        "discovery": "Spark's file source"
-        if not is_url(config.path("landing"))
-        else config.stream.discovery,
+        "discovery": config.stream.discovery,
         "clean_source": config.stream.clean_source,
         "maintenance": _maintenance_policy(config),
         "model": model_from,

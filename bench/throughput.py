@@ -70,8 +70,8 @@ def run_throughput(
     config = bench_config(config, root, backend=backend, image_size=image_size, layer=layer)
     slots = spark_cores(config.spark.master)
     batch = config.spark.arrow_batch_size
-    # Enough photos for the file source to make at least one task per slot (it packs ~32 per
-    # task), so every Python worker has loaded its model before the timed pass.
+    # Enough photos for at least one task per slot, so every Python worker has loaded its
+    # model before the timed pass.
     warm_n = 64 * slots
     photos = pick_photos(images, _WARM_UP_PASSES * warm_n + n)
     # Both sets spread over all classes: every k-th photo is timed, the others warm up.

@@ -149,13 +149,16 @@ class StreamConfig:
     include_existing_files: bool = True
     query_name: str = "predictions"
     batch_timeout_s: float | None = 600.0
-    # Blob landing (az://): "listing" lists the container each trigger; "notification" reads
-    # BlobCreated events from a Storage Queue (cost grows with new photos, not the container).
+    # "listing" lists the landing each trigger (a folder or Blob); "notification" (Blob only)
+    # reads BlobCreated events from a Storage Queue (cost grows with new photos, not the
+    # container).
     discovery: Literal["listing", "notification"] = "listing"
     queue: str = "landing-events"
     backfill_interval: str | None = "1 hour"  # notification mode: a listing pass this often
-    max_file_age: str = "7 days"  # discovery state keeps blob keys this long (bounded state)
-    path_glob: str | None = None  # optional glob on the file name, e.g. "IMG_*"
+    max_file_age: str = "7 days"  # discovery state keeps file keys this long (bounded state)
+    # An optional glob on the file's name (not its folders), on top of images.extensions, on
+    # every source alike, e.g. "IMG_*": a file must match both to be discovered.
+    path_glob: str | None = None
     # Databricks: Auto Loader (cloudFiles) instead of the Python sources; needs its runtime.
     autoloader: bool = False
     # Auto Loader's notification mode: "file_events" (a Unity Catalog external location with
@@ -166,8 +169,8 @@ class StreamConfig:
     # Landing clean-up (Auto Loader's cleanSource): files of committed micro-batches are moved
     # to paths.archive ("archive") or deleted ("delete"), never before both tables hold them.
     clean_source: Literal["off", "archive", "delete"] = "off"
-    # How long after its batch's commit a file waits; None: at the commit. Spark's file source
-    # cleans only at the commit; Auto Loader needs more than 7 days to delete.
+    # How long after its batch's commit a file waits; None: at the commit (Auto Loader: its
+    # own default of 30 days). Auto Loader needs more than 7 days to delete.
     clean_source_retention: str | None = None
 
 
@@ -489,6 +492,15 @@ def _validate(config: Config) -> None:
             f"'2 seconds' (got {config.stream.trigger_interval!r})"
         )
     _validate_clean_source(config)
+    if (
+        config.stream.discovery == "notification"
+        and not config.stream.autoloader
+        and not is_url(config.path("landing"))
+    ):
+        raise ConfigError(
+            "config key 'stream.discovery' must be 'listing' for a folder landing: "
+            "notifications come from Blob storage's Event Grid"
+        )
     for name in ("max_file_age", "backfill_interval", "clean_source_retention"):
         value = getattr(config.stream, name)
         if value is not None and not _is_interval(value):
@@ -523,7 +535,7 @@ def _validate(config: Config) -> None:
 
 
 def _validate_clean_source(config: Config) -> None:
-    """The clean-up settings against the landing's source (fruits/sources/cleanup.py)."""
+    """The clean-up settings against the landing's source (fruits/sources/uploads.py)."""
     stream = config.stream
     if stream.clean_source == "off":
         return
@@ -536,11 +548,10 @@ def _validate_clean_source(config: Config) -> None:
             "files would be discovered again"
         )
     retention = stream.clean_source_retention
-    spark_file_source = not stream.autoloader and not landing.startswith("az://")
-    if spark_file_source and retention is not None:
+    if not stream.autoloader and is_url(landing) != is_url(archive):
         raise ConfigError(
-            "config key 'stream.clean_source_retention' must be null with Spark's file source "
-            "(a folder or abfs:// landing), which cleans a batch's files when it is committed"
+            f"config key 'paths.archive' ({archive}) must be on the landing's storage "
+            f"({landing}): a folder beside a folder, a Blob location beside a Blob landing"
         )
     if (
         stream.autoloader

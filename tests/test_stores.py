@@ -148,3 +148,14 @@ def test_an_hns_create_file_event_is_not_an_upload() -> None:
     assert created.name == "photos/a.jpg"
     location = BlobLocation.parse("az://landing/photos")
     assert created.container == location.container
+
+
+def test_a_photo_copied_with_its_old_time_is_dated_by_its_arrival(tmp_path: Path) -> None:
+    """``cp -p`` keeps a photo's mtime of years ago; the discovery would take it for older than
+    ``stream.max_file_age`` and never offer it."""
+    import time
+
+    (tmp_path / "old.jpg").write_bytes(b"x")
+    os.utime(tmp_path / "old.jpg", (0, 0))  # 1970, as an archive's time could be
+    (info,) = FolderStore(str(tmp_path)).list(NameFilter(EXTENSIONS))
+    assert abs(info.last_modified.timestamp() - time.time()) < 60

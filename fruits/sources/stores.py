@@ -179,7 +179,11 @@ def _etag(stat: os.stat_result) -> str:
 
 
 def _file_info(name: str, stat: os.stat_result) -> BlobInfo:
-    modified = dt.datetime.fromtimestamp(stat.st_mtime_ns / 1e9, dt.UTC)
+    # When it landed: a copy that keeps its original time (cp -p, rsync -a, an unzipped
+    # archive) has an old mtime, but its ctime is set when it is written or renamed into the
+    # landing. The later of the two, as Blob's server-set Last-Modified: an old photo is not
+    # taken for one past stream.max_file_age, and its latency counts from its arrival.
+    modified = dt.datetime.fromtimestamp(max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9, dt.UTC)
     return BlobInfo(name=name, etag=_etag(stat), size=stat.st_size, last_modified=modified)
 
 
