@@ -609,6 +609,24 @@ def test_a_pass_ends_at_its_timeout_inside_the_send_loop_even_when_a_send_blocks
     assert set(hub.event_ids()) == expected  # the chunk's earlier sends went again: same ids
 
 
+def test_a_micro_batch_longer_to_send_than_a_pass_goes_whole_in_the_next_one(
+    tmp_path: Path,
+) -> None:
+    lake = DeltaRsLake(str(tmp_path))
+    _append(lake, range(1))
+    hub, logged = FakeHub(), []
+    publisher = publisher_for(tmp_path, hub, timeout_s=1.0, log=logged.append)
+    assert publisher.publish_pending().cursor == 1
+    lake.append_arrow(prediction_table(8, batch_id=1), PREDICTIONS)  # 8 sends of 0.3 s: 2.4 s
+    hub.send_seconds = 0.3
+    cut = publisher.publish_pending()
+    assert cut.timed_out and cut.cursor == 1 and "sends them whole" in logged[-2]
+    whole = publisher.publish_pending()  # each send still bounded by the 1 s timeout
+    assert (whole.published, whole.pending, whole.cursor) == (8, 0, 2)
+    sent = hub.event_ids()[2:]
+    assert len(set(sent)) == 8 and len(sent) <= 8 + 4  # what the cut pass sent goes once more
+
+
 def test_the_batch_hook_only_wakes_the_publishing_thread(tmp_path: Path) -> None:
     lake = DeltaRsLake(str(tmp_path))
     hub = FakeHub(send_seconds=1.0)

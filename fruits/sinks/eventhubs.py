@@ -332,6 +332,7 @@ class EventHubsPublisher:
         self._start_head: int | None = None  # the predictions version when start() ran
         self._chunk_versions = _CHUNK_VERSIONS
         self._sent_in_pass = False  # a send of this pass was acknowledged
+        self._oversize = False  # a micro-batch did not fit in a pass: the next sends it whole
         self._passes = threading.Condition()
         self._started = 0  # passes started, and finished (flush)
         self._finished = 0
@@ -421,15 +422,19 @@ class EventHubsPublisher:
         # writer on a busy driver) never leaves it without time to send, so every pass can
         # move the cursor; later chunks are read only while time is left.
         deadline: float | None = None
+        # One micro-batch that did not fit in a pass goes whole in the next one (each send
+        # still bounded by the timeout), or it would be cut, and partly sent again, forever.
+        whole = self._oversize
         while cursor < head:
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 break
+            chunk = 1 if whole else self._chunk_versions
             rows, until = self._lake.read_appended(
-                PREDICTIONS, cursor, until_version=min(head, cursor + self._chunk_versions)
+                PREDICTIONS, cursor, until_version=min(head, cursor + chunk)
             )
             events = prediction_events(rows)
-            if deadline is None:
+            if deadline is None and not whole:
                 deadline = time.monotonic() + self.target.timeout_s
             try:
                 complete = self._send(events, deadline=deadline)
@@ -441,10 +446,12 @@ class EventHubsPublisher:
                 # (same ids), in a smaller chunk, so a slow hub still moves the cursor. One
                 # micro-batch is the least a pass must send to move it.
                 if until - cursor <= 1:
+                    self._oversize = True
                     self._log(
                         f"Event Hubs: the {len(events)} events of predictions version {until} "
                         f"take longer than eventhub.publish_timeout_s "
-                        f"({self.target.timeout_s:g} s) to send: raise it"
+                        f"({self.target.timeout_s:g} s) to send: the next pass sends them whole; "
+                        "raise the timeout"
                     )
                 self._chunk_versions = max(1, self._chunk_versions // 2)
                 timed_out = True
@@ -452,7 +459,11 @@ class EventHubsPublisher:
             # Only now, confirmed by Event Hubs, does the cursor move (a crash before this
             # line publishes the chunk again: same event ids).
             self._commit_cursor(until, len(events))
-            self._chunk_versions = min(_CHUNK_VERSIONS, self._chunk_versions * 2)
+            if whole:  # sent: the pass's deadline runs from now on
+                whole = self._oversize = False
+                deadline = time.monotonic() + self.target.timeout_s
+            else:
+                self._chunk_versions = min(_CHUNK_VERSIONS, self._chunk_versions * 2)
             published += len(events)
             cursor = until
             if cursor >= head:  # batches committed during this pass are taken too
@@ -488,10 +499,11 @@ class EventHubsPublisher:
         self._last_error = reason
         return PublishResult(published=published, pending=pending, cursor=cursor, error=reason)
 
-    def _send(self, events: list[dict[str, Any]], *, deadline: float) -> bool:
+    def _send(self, events: list[dict[str, Any]], *, deadline: float | None) -> bool:
         """Send ``events``; False when ``deadline`` came first (some may be sent: they go
         again with their chunk, with the same ids). No send starts past the deadline, and
-        each gets what is left of it as the SDK's timeout: a pass ends about on time."""
+        each gets what is left of it as the SDK's timeout: a pass ends about on time. With
+        no deadline, each send gets the whole timeout."""
         # Partition key = image_id, and an EventDataBatch carries ONE partition key, so events
         # are grouped per key and each group is packed into batches up to the hub's size limit
         # (create_batch() asks the service for it). Non-buffered mode on purpose: send_batch()
@@ -510,15 +522,18 @@ class EventHubsPublisher:
             groups.setdefault(event["image_id"], []).append(event)
 
         def send(batch: EventDataBatch) -> bool:
-            left = deadline - time.monotonic()
-            if left < _MIN_SEND_S:
-                return False
+            if deadline is None:
+                left = self.target.timeout_s
+            else:
+                left = deadline - time.monotonic()
+                if left < _MIN_SEND_S:
+                    return False
             try:
                 client.send_batch(batch, timeout=left)
             except OperationTimeoutError:
                 # Cut short by the pass's deadline while the hub acknowledges this pass's
                 # other sends: the deadline, not an outage (the next pass goes on at once).
-                if self._sent_in_pass:
+                if deadline is not None and self._sent_in_pass:
                     return False
                 raise
             self._sent_in_pass = True

@@ -181,10 +181,10 @@ class BackgroundMaintenance:
             files = ", ".join(
                 f"{r.table} {r.files_after}" for r in self.last if r.version_after >= 0
             )
-            full = " (full: orphaned files too)" if any(r.full_vacuum for r in self.last) else ""
+            orphans = " (full: orphans too)" if any(r.full_vacuum for r in self.last) else ""
             self._log(
                 f"Delta maintenance: {compacted} small files compacted, {vacuumed} vacuumed"
-                f"{full}, files now: {files} ({time.perf_counter() - started:.1f} s)"
+                f"{orphans}, files now: {files} ({time.perf_counter() - started:.1f} s)"
             )
         with self._done:
             self.runs += 1
