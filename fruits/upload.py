@@ -1,7 +1,7 @@
 """Putting photos into the landing area so the stream sees each one exactly when complete.
 
 * Local folders: copy to a hidden temporary name, then rename (atomic on one filesystem); the
-  stream's file source ignores hidden names, so it never reads a half-written photo.
+  stream's source ignores hidden names, so it never reads a half-written photo.
 * Blob (``az://``): a block blob becomes visible only when its upload is committed, whole, so
   no temporary name is needed. The photo's sha256 goes into the blob's metadata, which is how
   a re-upload of the same content is recognised and skipped without downloading anything.
@@ -169,7 +169,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _safe_name(name: str) -> str:
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    # A leading dot or underscore would hide the photo from Spark's file source.
+    # A leading dot or underscore would hide the photo from the stream's source.
     parts = [p.lstrip("._") or "photo" for p in parts]
     return "/".join(parts)
 

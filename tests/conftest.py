@@ -252,7 +252,7 @@ def azure_config(
 
 
 def hadoop_landing(config: Config) -> str:
-    """The config's ``az://`` landing as Hadoop's ABFS URL: Spark's own file source reads it."""
+    """The config's ``az://`` landing as Hadoop's ABFS URL (the same container to the stream)."""
     from fruits.azure import AzureStorage
 
     return AzureStorage(config.azure).hadoop_url(config.path("landing"))

@@ -67,8 +67,8 @@ def test_an_account_key_in_the_environment_leaves_no_trace(
     """Upload, stream, status, and a failing run with a wrong key: the key (the emulator's
     account key, taken from the SDK, real for Azurite) is in no output, file or table.
 
-    With Spark's writer the whole path goes through Hadoop's ABFS driver with that key: the
-    landing read by Spark's file source, the lake written by Spark's Delta."""
+    With Spark's writer the lake goes through Hadoop's ABFS driver with that key (written by
+    Spark's Delta), and the landing is named by its abfs:// URL (read through the Blob SDK)."""
     from azure.storage.blob._shared.parser import DEVSTORE_ACCOUNT_KEY as KEY
 
     photos = _unique_photos(tmp_path / "photos", 3)

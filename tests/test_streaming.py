@@ -1,4 +1,4 @@
-"""The streaming job on real photos: exact batches, quarantine, hot-swap, file source, replay."""
+"""The streaming job on real photos: exact batches, quarantine, hot-swap, folder landing, replay."""
 
 from __future__ import annotations
 
