@@ -52,7 +52,9 @@ def test_published_events_can_be_read_back_with_their_event_ids(tmp_path: Path) 
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)  # clock skew margin
 
     publisher = EventHubsPublisher(
-        lake, HubTarget(name=_hub_name(), connection_string=CONNECTION, timeout_s=30.0)
+        lake,
+        HubTarget(name=_hub_name(), connection_string=CONNECTION, timeout_s=30.0),
+        backfill=True,  # the rows appended above, before the publisher's first pass
     )
     result = publisher.publish_pending()
     publisher.close()
