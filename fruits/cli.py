@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fruits.config import CONFIG_ENV, DEFAULT_CONFIG, PACKAGED_CONFIGS, Config, load_config
-from fruits.errors import ConfigError, FruitsError
+from fruits.errors import ConfigError, FruitsError, RegistryError
 from fruits.features.inception import LAYERS, is_layer
 from fruits.secrets import redact
 from fruits.sinks.tables import SCHEMAS
@@ -87,7 +87,11 @@ def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from streaming.job import run_stream
 
     stream_process()  # a first model trained below starts the JVM: with the stream's flags
-    if ModelRegistry(config).champion() is None:
+    try:
+        untrained = ModelRegistry(config).champion() is None
+    except RegistryError:  # unreadable now: the stream waits for it, retrying (or --once fails)
+        untrained = False
+    if untrained:
         data = args.train_data or config.training.data
         if not data:
             raise ConfigError(
