@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from fruits.config import Config
@@ -123,16 +124,23 @@ def test_a_model_promoted_before_the_replay_does_not_change_the_answers(
     files, model = registry.load(1)
     second = registry.register(model, ExtractorSpec.for_model(stream_config, files.meta))
     registry.promote(second.version)
-    # And the half-uploaded photo is whole now: deciding again would predict it, leaving it in
-    # both tables.
+    # And the half-uploaded photo is whole now: deciding the batch again would predict it,
+    # leaving that upload in both tables. The whole one is a new version of the name: a new
+    # arrival, answered in a batch of its own after the replay.
     whole = real_photos("Test", KNOWN_CLASSES[1], 1)[0]
     shutil.copyfile(whole, landing / "half-uploaded.jpg")
 
     run_stream(stream_config, once=True)
 
-    predictions, reason = _each_photo_once(stream_config, names)
-    assert reason == "truncated"
-    assert {r["model_version"] for r in predictions} == {1}  # as decided before the crash
+    lake = open_lake(stream_config)
+    replayed = lake.read_arrow(PREDICTIONS).filter(pc.equal(pc.field("batch_id"), 0))
+    quarantined = lake.read_arrow(QUARANTINE).to_pylist()
+    found = [Path(r["path"]).name for r in replayed.to_pylist() + quarantined]
+    assert sorted(found) == sorted(names)  # the replayed batch: each upload once, as decided
+    assert [r["reason"] for r in quarantined] == ["truncated"]
+    assert set(replayed.column("model_version").to_pylist()) == {1}  # decided before the crash
+    later = lake.read_arrow(PREDICTIONS).filter(pc.greater(pc.field("batch_id"), 0)).to_pylist()
+    assert [(Path(r["path"]).name, r["model_version"]) for r in later] == [("half-uploaded.jpg", 2)]
     # New photos after the replay get the new champion.
     extra = real_photos("Test", KNOWN_CLASSES[0], 1, skip=9)[0]
     shutil.copyfile(extra, landing / "after.jpg")
