@@ -315,7 +315,7 @@ class SparkDeltaLake(Lake):
     def _checkpoint(self, table: str, *, clean_logs: bool) -> tuple[int | None, bool]:
         """On Databricks: its Delta checkpoints by itself every delta.checkpointInterval
         commits (the table property the policy sets), and its classes are not the open-source
-        ones, so nothing is called; the latest checkpoint is read from the log. Elsewhere: a
+        ones, so nothing is called and None is reported. Elsewhere: a
         checkpoint of the latest version, through Delta's own ``DeltaLog`` (no public
         Python call exists; the JVM of a classic session, as this writer needs anyway). Spark's
         Delta drops the log entries older than delta.logRetentionDuration at its checkpoints by
@@ -326,7 +326,7 @@ class SparkDeltaLake(Lake):
         from fruits.spark import on_databricks
 
         if on_databricks():
-            return self._last_checkpoint(table), False
+            return None, False
         try:
             jvm: Any = self.spark._jvm
             session: Any = self.spark._jsparkSession
@@ -336,17 +336,6 @@ class SparkDeltaLake(Lake):
             return int(snapshot.version()), False
         except Exception:  # py4j's errors: no such class or method in this Delta build
             return None, False
-
-    def _last_checkpoint(self, table: str) -> int | None:
-        """The version of the log's latest checkpoint (``_last_checkpoint``); None if none."""
-        from pyspark.errors import AnalysisException
-
-        try:
-            lines = self.spark.read.text(f"{self.path(table)}/_delta_log/_last_checkpoint")
-            first = lines.first()
-        except AnalysisException:  # no checkpoint yet
-            return None
-        return None if first is None else int(json.loads(first[0])["version"])
 
     def _commit_timestamp(self, table: str, version: int) -> dt.datetime | None:
         from pyspark.errors import AnalysisException
