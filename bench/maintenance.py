@@ -25,11 +25,11 @@ import pyarrow as pa
 from bench._harness import machine
 from bench.delta_commit import sample_predictions
 from fruits.config import load_config
+from fruits.observe.status import collect_status
 from fruits.sinks.delta import Txn
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.maintenance import maintain_lake
 from fruits.sinks.tables import PREDICTIONS
-from fruits.status import collect_status
 
 
 def _dated(rows: pa.Table, when: dt.datetime) -> pa.Table:

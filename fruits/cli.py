@@ -110,7 +110,7 @@ def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from fruits.status import collect_status, format_status
+    from fruits.observe.status import collect_status, format_status
 
     status = collect_status(config, last=args.last)
     if not args.json:

@@ -27,6 +27,7 @@ from azure.eventhub.exceptions import ConnectError, OperationTimeoutError
 
 from fruits.config import Config, load_config
 from fruits.errors import ConfigError
+from fruits.observe.status import collect_status
 from fruits.secrets import redact
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.eventhubs import (
@@ -42,7 +43,6 @@ from fruits.sinks.eventhubs import (
 )
 from fruits.sinks.maintenance import maintain_lake, maintenance_policy
 from fruits.sinks.tables import EVENTHUB_OUTBOX, PREDICTIONS, SCHEMAS
-from fruits.status import collect_status
 from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import run_stream
 

@@ -391,8 +391,8 @@ def _aged(rows: pa.Table, when: dt.datetime) -> pa.Table:
 def test_status_reads_only_the_last_hours_files(
     delta_writer: str, make_config: Callable[..., Config], tmp_path: Path, request: Any
 ) -> None:
+    from fruits.observe.status import collect_status, format_status
     from fruits.sinks.delta import open_lake
-    from fruits.status import collect_status, format_status
 
     if delta_writer == "spark":
         request.getfixturevalue("spark")  # the session the Spark writer's lake takes

@@ -17,10 +17,10 @@ from fruits.console import log
 from fruits.features.featurizer import ExtractorSpec
 from fruits.model.registry import CHAMPION, ModelRegistry
 from fruits.model.serving import ServedModel
+from fruits.observe.status import collect_status, format_status
 from fruits.sinks.delta_rs import DeltaRsLake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 from fruits.sources.landing import landing_source
-from fruits.status import collect_status, format_status
 from fruits.upload import plan_upload, upload_to_folder
 from streaming.job import (
     CheckpointInUseError,

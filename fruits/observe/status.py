@@ -18,7 +18,7 @@ from fruits.model.registry import ModelRegistry
 from fruits.sinks.delta import Lake, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
-__all__ = ["collect_status", "format_status"]
+__all__ = ["collect_status", "format_status", "recent_rows"]
 
 
 _PREDICTION_FIELDS = ["path", "label", "confidence", "is_unknown", "predicted_at"]
@@ -36,10 +36,10 @@ def collect_status(
     on their time, which skips every file written before it (data skipping)."""
     lake = open_lake(config)
     since = dt.datetime.now(dt.UTC) - window
-    predictions, predictions_files = _recent(
+    predictions, predictions_files = recent_rows(
         lake, PREDICTIONS, "predicted_at", since, [*_PREDICTION_FIELDS, "latency_ms"]
     )
-    quarantine, _ = _recent(lake, QUARANTINE, "detected_at", since, _QUARANTINE_FIELDS)
+    quarantine, _ = recent_rows(lake, QUARANTINE, "detected_at", since, _QUARANTINE_FIELDS)
     recent = predictions.filter(pc.greater_equal(predictions.column("predicted_at"), since))
     recent_bad = quarantine.filter(pc.greater_equal(quarantine.column("detected_at"), since))
     latencies = np.asarray(recent.column("latency_ms").to_pylist() or [], dtype=np.float64)
@@ -81,7 +81,7 @@ def collect_status(
     return status
 
 
-def _recent(
+def recent_rows(
     lake: Lake, table: str, time_column: str, since: dt.datetime, columns: list[str]
 ) -> tuple[pa.Table, int | None]:
     """The rows of ``table`` from ``since`` on, or, when there are none, from the newest row's
