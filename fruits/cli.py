@@ -110,12 +110,32 @@ def _stream(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _status(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    if args.check:
+        return _check(config, args)
     from fruits.observe.status import collect_status, format_status
 
     status = collect_status(config, last=args.last)
     if not args.json:
         print(format_status(status))
     return status
+
+
+def _check(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """``status --check``: exit 1 when a health rule fails (2: the check itself could not run)."""
+    from fruits.observe.health import check_health, format_findings
+
+    findings = check_health(config)
+    if not args.json:
+        print(format_findings(findings))
+    healthy = all(f.ok for f in findings)
+    args.exit_code = 0 if healthy else 1
+    return {"healthy": healthy, "findings": [f.as_dict() for f in findings]}
+
+
+def _dashboard(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from fruits.observe.dashboard import serve_dashboard
+
+    return {"url": serve_dashboard(config, host=args.host, port=args.port)}
 
 
 def _maintain(config: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -293,7 +313,23 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--last", type=int, default=5, help="newest answers shown per table (default: %(default)s)"
     )
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="apply the health rules (config section 'health'): exit 1 when one fails",
+    )
     status.set_defaults(handler=_status)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        parents=[common],
+        help="a local web page over the tables and the registry, refreshing itself (read-only)",
+    )
+    dashboard.add_argument("--host", help="address to listen on (default: dashboard.host)")
+    dashboard.add_argument(
+        "--port", type=int, help="port to listen on, 0 for a free one (default: dashboard.port)"
+    )
+    dashboard.set_defaults(handler=_dashboard)
 
     maintain = sub.add_parser(
         "maintain",
@@ -432,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1
     print(json.dumps(result, default=str))
-    return 0
+    # A handler may set a verdict that is not an error (status --check: 1 when unhealthy).
+    return int(getattr(args, "exit_code", 0))
 
 
 def run() -> None:

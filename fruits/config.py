@@ -27,8 +27,10 @@ __all__ = [
     "CLASSIFIER_NAMES",
     "AzureConfig",
     "Config",
+    "DashboardConfig",
     "EventHubConfig",
     "FeaturizerConfig",
+    "HealthConfig",
     "ImagesConfig",
     "MaintenanceConfig",
     "MlflowConfig",
@@ -249,6 +251,32 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """The rules of ``fruits status --check`` (fruits/observe/health.py): each fails when its
+    figure passes the threshold here; the Docker image's HEALTHCHECK runs it."""
+
+    max_upload_wait_s: float = 300.0  # stream_behind: the oldest photo waiting, at most this old
+    max_batch_gap_s: float = 900.0  # stream_stalled: photos wait and no batch for this long
+    window: str = "1 hour"  # unknown_share and quarantine_share look at this recent stretch
+    min_photos: int = 20  # fewer photos than this in the window: no judgement of the shares
+    max_unknown_share: float = 0.25
+    unknown_vs_last_week: float = 3.0  # ...or more than this times the 7 days before's share
+    min_week_photos: int = 200  # ...when those 7 days had at least this many photos
+    max_quarantine_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """``fruits dashboard`` (fruits/observe/dashboard.py): where the local page listens, how
+    often it refreshes itself and how many recent hours it shows."""
+
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 shows it to the network
+    port: int = 8765
+    refresh_s: float = 5.0
+    window_hours: float = 3.0
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "./fruits-data"
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -261,6 +289,8 @@ class Config:
     eventhub: EventHubConfig = field(default_factory=EventHubConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     source: str = "<defaults>"
 
     def path(self, name: Literal["lake", "checkpoints", "landing", "archive"]) -> str:
@@ -529,6 +559,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"config key 'spark.{name}' must be at least 1")
     _validate_eventhub(config.eventhub)
     _validate_maintenance(config.maintenance)
+    _validate_health(config.health)
+    _validate_dashboard(config.dashboard)
     for name in ("tracking_uri", "model_name", "experiment"):
         if not str(getattr(config.mlflow, name)).strip():
             raise ConfigError(f"config key 'mlflow.{name}' must not be empty")
@@ -601,6 +633,41 @@ def _validate_maintenance(maintenance: MaintenanceConfig) -> None:
             "config key 'maintenance.log_retention_hours' must be at least "
             f"'maintenance.vacuum_retention_hours' + {TOMBSTONE_GRACE_HOURS:g}"
         )
+
+
+def _validate_health(health: HealthConfig) -> None:
+    for name in ("max_upload_wait_s", "max_batch_gap_s"):
+        if getattr(health, name) <= 0:
+            raise ConfigError(f"config key 'health.{name}' must be positive")
+    if not _is_interval(health.window):
+        raise ConfigError(
+            f"config key 'health.window' must look like '1 hour' or '30 minutes' "
+            f"(got {health.window!r})"
+        )
+    for name in ("min_photos", "min_week_photos"):
+        if getattr(health, name) < 1:
+            raise ConfigError(f"config key 'health.{name}' must be at least 1")
+    for name in ("max_unknown_share", "max_quarantine_share"):
+        if not 0.0 < getattr(health, name) <= 1.0:
+            raise ConfigError(f"config key 'health.{name}' must be in (0, 1]")
+    if health.unknown_vs_last_week < 1.0:
+        # below 1, a share equal to last week's would fail
+        raise ConfigError("config key 'health.unknown_vs_last_week' must be at least 1")
+
+
+def _validate_dashboard(dashboard: DashboardConfig) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9.:\-]+", dashboard.host):
+        raise ConfigError(
+            "config key 'dashboard.host' must be a host name or an address such as 127.0.0.1 "
+            f"(got {dashboard.host!r})"
+        )
+    if not 1 <= dashboard.port <= 65535:
+        raise ConfigError("config key 'dashboard.port' must be a port number from 1 to 65535")
+    if dashboard.refresh_s < 0.5:
+        # each refresh reads the window's rows: faster than this only loads the machine
+        raise ConfigError("config key 'dashboard.refresh_s' must be at least 0.5")
+    if not 0.0 < dashboard.window_hours <= 168.0:
+        raise ConfigError("config key 'dashboard.window_hours' must be in (0, 168]")
 
 
 _UNIT_SECONDS = {
