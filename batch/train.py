@@ -141,6 +141,8 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
             "n_images": trained.n_validation,
             "accuracy": chosen.validation_accuracy,
             "known_rejected": trained.validation_rejected,
+            # The answers' distribution: the reference of drift (fruits/observe/drift.py).
+            "answers": trained.validation_answers.as_dict(),
         },
         "test": test_scores,
         "unknown_curve": curve,

@@ -25,6 +25,7 @@ from fruits.model.metrics import (
 )
 from fruits.model.splits import validation_mask
 from fruits.model.unknown import UnknownDetector, calibrate_unknown, fit_detector
+from fruits.observe.drift import AnswerDistribution, answer_distribution
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -151,6 +152,7 @@ class TrainedModel:
     n_train: int
     n_validation: int
     validation_rejected: float  # share of validation photos answered "unknown"
+    validation_answers: AnswerDistribution  # the calibrated held-out model's, for drift
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -223,7 +225,7 @@ def train(
         detector=_fit_detector(train_df, settings),
     )
     scored = held_out_model.predict(validation_df.select("features"), with_scores=True)
-    validation_scores = scored.select("confidence", "unknown_distance").collect()
+    validation_scores = scored.select("label", "confidence", "unknown_distance").collect()
     calibration = calibrate_unknown(
         [r.confidence for r in validation_scores],
         [r.unknown_distance for r in validation_scores],
@@ -231,6 +233,16 @@ def train(
         settings.unknown_detector,
     )
     timings["calibrate"] = time.perf_counter() - started
+    # What the calibrated model answers on photos it never saw: the reference that live answers
+    # are compared with (fruits/observe/drift.py).
+    validation_answers = answer_distribution(
+        [r.label for r in validation_scores],
+        [r.confidence for r in validation_scores],
+        calibration.rejects(
+            np.asarray([r.confidence for r in validation_scores], dtype=np.float64),
+            np.asarray([r.unknown_distance for r in validation_scores], dtype=np.float64),
+        ).tolist(),
+    )
     rule = (
         f"fused score above {calibration.distance:.3f}"
         if settings.unknown_detector == "fused"
@@ -285,6 +297,7 @@ def train(
         n_train=n_train,
         n_validation=n_validation,
         validation_rejected=calibration.rejected_share,
+        validation_answers=validation_answers,
         timings=timings,
     )
 

@@ -188,6 +188,7 @@ class ModelRegistry:
         self.artifact_location = config.mlflow_uri("artifact_location")
         self._client: MlflowClient | None = None
         self._files: dict[int, ModelFiles] = {}
+        self._reports: dict[int, dict[str, Any] | None] = {}
 
     def __repr__(self) -> str:
         return f"model '{self.name}' in {self.registry_uri}"
@@ -355,6 +356,31 @@ class ModelRegistry:
         files = self._files.pop(version, None)
         if files is not None:
             shutil.rmtree(files.folder, ignore_errors=True)
+
+    def training_report(self, version: int) -> dict[str, Any] | None:
+        """The ``metrics.json`` of the training run that registered ``version`` (its report),
+        cached per process; None when the version, its run or the report does not exist (a
+        version registered by hand, or by a release before the report had it)."""
+        if version in self._reports:
+            return self._reports[version]
+        found = next((v for v in self.versions() if v.version == version), None)
+        report = None
+        if found is not None and found.run_id:
+            from mlflow.artifacts import download_artifacts
+
+            try:
+                with tempfile.TemporaryDirectory() as target:
+                    path = download_artifacts(
+                        run_id=found.run_id,
+                        artifact_path="report/metrics.json",
+                        dst_path=target,
+                        tracking_uri=self.tracking_uri,
+                    )
+                    report = json.loads(Path(path).read_text())
+            except Exception:  # no such artifact, or the store's client refused: no report
+                report = None
+        self._reports[version] = report
+        return report
 
     def load(self, version: int | None = None) -> tuple[ModelFiles, FruitModel]:
         """A version's files and its Spark ML model, ready to predict (needs a SparkSession)."""
