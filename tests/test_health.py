@@ -151,6 +151,34 @@ def test_a_stalled_stream_with_photos_waiting_fails_behind_and_stalled(
     assert "ok   unknown_share: no judgement" in shown and shown.endswith("2 rule(s) failed")
 
 
+def test_a_batch_spark_committed_before_the_source_heard_of_it_does_not_wait(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # A running stream: Spark wrote batch 0's commit, and tells the source only when it plans
+    # batch 1, so the discovery state still has both photos pending.
+    config = _config(make_config, tmp_path, monkeypatch)
+    landing = Path(config.path("landing"))
+    store = FolderStore(str(landing))
+    checkpoint = Path(checkpoint_path(config))
+    state = DiscoveryState.open(checkpoint / "discovery" / "state.sqlite", max_file_age_s=86400)
+    for name, skip in (("a.jpg", 0), ("b.jpg", 1)):
+        _photo(landing, name, skip=skip)
+        state.add([_info(store, name)])
+    state.save()
+    _, shown, _ = _check(capsys)
+    assert "ok   stream_behind: 2 photos wait" in shown
+    # Spark's logs, as the source itself reads them (its _sync_commits): "v1", the batch's
+    # metadata, then the source's end offset.
+    for log in ("offsets", "commits"):
+        (checkpoint / log).mkdir()
+    (checkpoint / "offsets" / "0").write_text('v1\n{"batchWatermarkMs":0}\n{"seq":2}')
+    (checkpoint / "commits" / "0").write_text('v1\n{"nextBatchWatermarkMs":0}')
+    _, shown, _ = _check(capsys)
+    assert "ok   stream_behind: no photo waits" in shown
+    assert state.pending() != []  # the state itself was not touched
+    state.close()
+
+
 def test_a_healthy_stream_passes_after_a_real_run_and_a_new_photo_then_waits(
     trained: tuple[Config, dict[str, Any]],
     make_config: MakeConfig,

@@ -280,8 +280,9 @@ def _not_evaluated(rule: str) -> Finding:
     return Finding(
         rule,
         True,
-        "not evaluated with Auto Loader (stream.autoloader): its discovery state is its own, "
-        "not readable here; on Databricks the bundle's SQL alerts watch the stream",
+        "not evaluated with Auto Loader (stream.autoloader): its discovery state is "
+        "Databricks' own (cloud_files_state), not readable here; the bundle's SQL alerts "
+        "(resources/alerts.yml) judge this rule there",
         evaluated=False,
     )
 
