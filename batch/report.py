@@ -150,6 +150,9 @@ def _markdown(metrics: dict[str, Any]) -> str:
         lines.append(
             f"| {row['name']} | {row['validation_accuracy']:.4f} | {row['fit_seconds']:.1f} |"
         )
+    answers = (metrics.get("validation") or {}).get("answers")
+    if answers:
+        lines += _answer_lines(answers)
     lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec:.1f} |" for name, sec in metrics["timings"].items()]
     if metrics.get("rejected_files"):
@@ -223,3 +226,29 @@ def unknown_curve(rows: Sequence[Any], known_classes: Sequence[str], rule: str) 
             round(sum(r.is_unknown for r in unseen) / len(unseen), 4),
         ],
     }
+
+
+def _answer_lines(answers: dict[str, Any]) -> list[str]:
+    """The validation answers' distribution: what drift is measured against."""
+    from fruits.observe.drift import CONFIDENCE_BINS
+
+    width = 1 / CONFIDENCE_BINS
+    return [
+        "",
+        "## Answers on validation (the reference of drift)",
+        "",
+        f"{answers['n']} validation photos, answered by the calibrated held-out model; the "
+        "dashboard and `fruits status --check` compare live answers with these shares "
+        "(fruits/observe/drift.py).",
+        "",
+        "| answer | share |",
+        "|---|---|",
+        *[f"| {label} | {share:.3f} |" for label, share in answers["answers"].items()],
+        "",
+        "| top probability | share |",
+        "|---|---|",
+        *[
+            f"| {i * width:.1f}-{(i + 1) * width:.1f} | {share:.3f} |"
+            for i, share in enumerate(answers["confidence"])
+        ],
+    ]

@@ -74,6 +74,11 @@ def test_report_has_plots_and_per_class_scores(trained: tuple[Config, dict[str, 
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["test"]["per_class"]) == set(KNOWN_CLASSES)
     assert {"features Training", "train", "evaluate"} <= set(metrics["timings"])
+    # The reference of drift: the validation answers' shares, in the JSON and the markdown.
+    answers = metrics["validation"]["answers"]
+    assert answers["n"] == metrics["validation"]["n_images"]
+    assert sum(answers["answers"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert "## Answers on validation" in Path(summary["report"]).read_text()
 
 
 def test_second_training_recomputes_no_features(
