@@ -14,13 +14,18 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup native-blas run test lint clean azurite-start azurite-stop cluster-start \
+.PHONY: setup native-blas browser run test lint clean azurite-start azurite-stop cluster-start \
 	cluster-stop connect-start connect-stop
 setup: $(VENV)/.installed native-blas
 
 # Spark ML on a native BLAS/LAPACK: installed when root with apt-get, else one line says why not.
 native-blas:
 	@scripts/native-blas.sh
+
+# Headless Chromium + chromedriver for the dashboard's browser test (tests/test_dashboard.py):
+# installed when root with apt-get, else checked, with the command to install them.
+browser:
+	@scripts/chromium.sh
 
 # The package with its pinned set (constraints.txt), then the Spark jars pyspark lacks (Delta,
 # Hadoop's Azure driver) from Maven Central into pyspark's jars folder (scripts/spark-jars.sh).

@@ -235,6 +235,17 @@ def _bench(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             models=args.models,
             out=args.out,
         )
+    if args.kind == "dashboard":
+        from bench.dashboard import run_dashboard
+
+        return run_dashboard(
+            config,
+            images=args.images,
+            rows=args.rows,
+            appends=args.appends,
+            requests=args.requests,
+            keep=args.keep,
+        )
     from bench.discovery import run_discovery
 
     return run_discovery(sizes=args.files, new_files=args.new_files, triggers=args.triggers)
@@ -354,7 +365,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         parents=[common],
-        help="benchmarks: throughput, masters, latency, sizes, discovery, soak",
+        help="benchmarks: throughput, masters, latency, sizes, discovery, soak, dashboard",
     )
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     model_options = argparse.ArgumentParser(add_help=False)
@@ -420,6 +431,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     sizes.add_argument(
         "--layers", nargs="+", type=_layer, default=None, help="default: featurizer.layer"
+    )
+    dashboard_bench = bench_kinds.add_parser(
+        "dashboard",
+        parents=[common],
+        help="fruits dashboard's response times with a day of predictions in the lake",
+    )
+    dashboard_bench.add_argument(
+        "--images", required=True, help="a folder of .jpg photos (the newest rows' thumbnails)"
+    )
+    dashboard_bench.add_argument(
+        "--rows", type=int, default=100_000, help="prediction rows (default: %(default)s)"
+    )
+    dashboard_bench.add_argument(
+        "--appends", type=int, default=1000, help="appends writing them (default: %(default)s)"
+    )
+    dashboard_bench.add_argument(
+        "--requests", type=int, default=20, help="timed requests each (default: %(default)s)"
+    )
+    dashboard_bench.add_argument(
+        "--keep", action="store_true", help="keep the throw-away root (its path is printed)"
     )
     discovery = bench_kinds.add_parser(
         "discovery", parents=[common], help="listing vs notification cost, simulated"
