@@ -36,14 +36,26 @@ RESOURCE_FILES = sorted((PROJECT / "resources").glob("*.yml"))
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.\-\[\]]+)\}")
 PLACEHOLDER = re.compile(r"<[A-Za-z][A-Za-z0-9_.\- ]*>")
 # What only a deployer knows: no default may stand in for it.
-REQUIRED = {"storage_account", "catalog", "schema", "service_principal"}
+REQUIRED = {
+    "storage_account", "catalog", "schema", "service_principal", "warehouse_id",
+    "alert_destination_id",
+}  # fmt: skip
 SAMPLE = {
     "storage_account": "fruitsprod",
     "catalog": "main",
     "schema": "fruits",
     "service_principal": "6c1f0b1e-0000-4000-8000-000000000001",
+    "warehouse_id": "1a2b3c4d5e6f7a8b",
+    "alert_destination_id": "0b7c6d5e-0000-4000-8000-000000000002",
 }
 DEPLOYER = "someone@example.com"  # ${workspace.current_user.userName}
+# The workspace references the bundle resolves itself, as they read for DEPLOYER.
+WORKSPACE = {
+    "workspace.current_user.userName": DEPLOYER,
+    "workspace.resource_path": f"/Workspace/Users/{DEPLOYER}/.bundle/fruits/dev/resources",
+}
+# The jobs that run the wheel's `fruits` command (resources/jobs.yml).
+WHEEL_JOBS = {"fruits_stream", "fruits_retrain", "fruits_maintain"}
 # The top-level and per-target keys of a bundle (Databricks' bundle settings reference): the
 # package models resources only, so the rest of databricks.yml is checked against these.
 BUNDLE_KEYS = {
@@ -62,15 +74,21 @@ def _bundle() -> dict[str, Any]:
     return loaded
 
 
-def _jobs() -> dict[str, dict[str, Any]]:
-    jobs: dict[str, dict[str, Any]] = {}
+def _resources(kind: str) -> dict[str, dict[str, Any]]:
+    """Every resource of ``kind`` (jobs, dashboards, alerts) of the bundle's resource files."""
+    found: dict[str, dict[str, Any]] = {}
     for file in RESOURCE_FILES:
         resources = (yaml.safe_load(file.read_text()) or {}).get("resources", {})
-        assert set(resources) <= {"jobs"}, f"{file.name}: only jobs are checked here"
-        for name, job in resources.get("jobs", {}).items():
-            assert name not in jobs, f"job {name} defined twice"
-            jobs[name] = job
-    return jobs
+        # Jobs are checked here, dashboards and alerts in tests/test_lakeview.py.
+        assert set(resources) <= {"jobs", "dashboards", "alerts"}, file.name
+        for name, resource in resources.get(kind, {}).items():
+            assert name not in found, f"{kind}: {name} defined twice"
+            found[name] = resource
+    return found
+
+
+def _jobs() -> dict[str, dict[str, Any]]:
+    return _resources("jobs")
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -105,8 +123,8 @@ def _substitute(node: Any, values: Mapping[str, str]) -> Any:
 
     def resolve(match: re.Match[str]) -> str:
         ref = match[1]
-        if ref == "workspace.current_user.userName":
-            return DEPLOYER
+        if ref in WORKSPACE:
+            return WORKSPACE[ref]
         assert ref.startswith("var."), f"unexpected reference ${{{ref}}}"
         assert ref[4:] in values, f"${{{ref}}} is not a declared variable"
         return values[ref[4:]]
@@ -137,7 +155,7 @@ def _task_config(job: dict[str, Any]) -> Config:
     """The configuration the job's one task starts with: the packaged file its parameters
     name, read with its cluster's environment (and nothing of this process')."""
     (task,) = job["tasks"]
-    parameters = task["python_wheel_task"]["parameters"]
+    parameters = (task.get("python_wheel_task") or task["spark_python_task"])["parameters"]
     assert parameters[parameters.index("--config") + 1] == "databricks"
     return load_config("databricks", environ=task["new_cluster"].get("spark_env_vars", {}))
 
@@ -161,7 +179,7 @@ def test_the_bundle_loads_into_the_databricks_bundles_job_models() -> None:
         assert set(settings) <= TARGET_KEYS, (target, set(settings) - TARGET_KEYS)
         assert set(settings.get("variables", {})) <= set(bundle["variables"]), target
         jobs = _deployed_jobs(target)
-        assert set(jobs) == {"fruits_stream", "fruits_retrain", "fruits_maintain"}
+        assert set(jobs) == WHEEL_JOBS | {"fruits_tables"}
         for name, job in jobs.items():
             model = Job.from_dict(copy.deepcopy(job))  # type: ignore[arg-type]
             # from_dict fails on an unknown key; the round trip also catches a value it
