@@ -14,7 +14,7 @@ export FRUITS_WEIGHTS ?= $(SHARED)/models/inception_v3_notop.weights.h5
 endif
 export FRUITS_SHARED ?= $(SHARED)
 
-.PHONY: setup native-blas browser run test lint clean azurite-start azurite-stop cluster-start \
+.PHONY: setup native-blas browser run test lint docs clean azurite-start azurite-stop cluster-start \
 	cluster-stop connect-start connect-stop
 setup: $(VENV)/.installed native-blas
 
@@ -32,7 +32,7 @@ browser:
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/spark-jars/pom.xml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,spark,tf]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,spark,tf,docs]"
 	scripts/spark-jars.sh $(BIN)/python
 	touch $@
 
@@ -48,6 +48,12 @@ lint: setup
 	$(BIN)/ruff check fruits batch streaming bench tests
 	$(BIN)/ruff format --check fruits batch streaming bench tests
 	$(BIN)/mypy fruits batch streaming bench
+
+# The documentation site into site/ (mkdocs.yml): warnings are errors, so a broken link or
+# anchor fails; the reference pages are generated from the code (docs/gen/). CI runs it after
+# lint.
+docs: setup
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Azurite (Azure Storage emulator, npm): installed into .azurite/ on first use; blob :10000,
 # queue :10001 on 127.0.0.1. conf/azurite.yaml points the system at it.
