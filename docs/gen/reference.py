@@ -53,6 +53,12 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _prose(text: object) -> str:
+    """Free text (a help string, a comment) for a table cell: ``<Class>`` is shown, not taken
+    for an HTML tag."""
+    return _cell(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
     rows = []
     for action in parser._actions:
@@ -79,7 +85,7 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
             details += f" (one of: {', '.join(map(str, action.choices))})"
         if action.nargs == "append" or isinstance(action, argparse._AppendAction):
             details += " (repeatable)"
-        rows.append(f"| {_cell(name)} | {_cell(default)} | {_cell(details)} |")
+        rows.append(f"| {_cell(name)} | {_cell(default)} | {_prose(details)} |")
     return rows
 
 
@@ -88,7 +94,7 @@ def _command_section(
 ) -> list[str]:
     lines = [f"{'#' * level} `{' '.join(path)}`", ""]
     if summary:
-        lines += [summary[0].upper() + summary[1:] + ".", ""]
+        lines += [_prose(summary[0].upper() + summary[1:]) + ".", ""]
     lines += ["```text", parser.format_usage().strip(), "```", ""]
     rows = _option_rows(parser)
     if rows:
@@ -113,7 +119,7 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
     ]
     commands = _subcommands(parser)
     for name, helptext, _ in commands:
-        lines.append(f"| [`fruits {name}`](#fruits-{name}) | {_cell(helptext)} |")
+        lines.append(f"| [`fruits {name}`](#fruits-{name}) | {_prose(helptext)} |")
     lines.append("")
     for name, helptext, child in commands:
         lines += _command_section([parser.prog, name], helptext, child, 2)
@@ -304,7 +310,7 @@ def config_reference(config_cls: type[Any], files: Mapping[str, str]) -> str:
         lines += [f"## `{section}`" if section != "(top level)" else "## Top level", ""]
         intro = intros.get(section, "")
         if intro:
-            lines += [intro, ""]
+            lines += [_prose(intro), ""]
         lines += [header, rule]
         for name in members:
             built_in = _default(config_cls, name)
@@ -318,7 +324,7 @@ def config_reference(config_cls: type[Any], files: Mapping[str, str]) -> str:
             for other in others:
                 value = parsed[other][name].value if name in parsed[other] else None
                 cells.append("" if _same(value, default) else _code(value or "null"))
-            meaning = _cell(_meaning(name, parsed)) or "**(no comment in any packaged YAML)**"
+            meaning = _prose(_meaning(name, parsed)) or "**(no comment in any packaged YAML)**"
             lines.append(f"| `{name}` | {shown} | {meaning} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -403,13 +409,13 @@ def tables_reference(schemas: Mapping[str, Any], source: str) -> str:
         constant, note = constants.get(table, ("", ""))
         lines += [f"## `{table}`", ""]
         if note:
-            lines += [note, ""]
+            lines += [_prose(note), ""]
         lines += ["| column | Arrow type | nullable | note |", "|---|---|---|---|"]
         for column in schema:
             text = comments.get((constant, column.name), "")
             nullable = "yes" if column.nullable else "**no**"
             lines.append(
-                f"| `{column.name}` | `{_cell(column.type)}` | {nullable} | {_cell(text)} |"
+                f"| `{column.name}` | `{_cell(column.type)}` | {nullable} | {_prose(text)} |"
             )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
