@@ -133,6 +133,21 @@ def test_the_alerts_load_into_the_databricks_bundles_model() -> None:
         Alert.from_dict(alert)  # type: ignore[arg-type]
 
 
+def test_the_alerts_thresholds_default_to_the_health_checks() -> None:
+    from fruits.config import HealthConfig
+
+    variables = _bundle()["variables"]
+    health = HealthConfig()
+    for name in [*THRESHOLDS.values(), "min_photos"]:
+        assert float(variables[name]["default"]) == float(getattr(health, name)), name
+    # Both judge the last hour.
+    assert health.window == "1 hour"
+    for alert in _deployed("alerts", "prod").values():
+        assert (
+            "INTERVAL 1 HOUR" in alert["query_text"] or "cloud_files_state" in alert["query_text"]
+        )
+
+
 def test_the_waiting_alerts_read_the_streams_own_checkpoint() -> None:
     from streaming.job import checkpoint_path
 
@@ -252,17 +267,17 @@ STUCK, FRESH = PHOTOS[18], PHOTOS[19]
 
 
 def _busy_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Last hour: 10 answers (4 unknown, versions 1 then 2) and 2 quarantined; 5 answers three
-    hours ago, 2 two days ago, 1 ten days ago; 1 quarantined thirty hours ago."""
+    """Last hour: 20 answers (8 unknown, versions 1 then 2) of 10 photos and 4 quarantined;
+    5 answers three hours ago, 2 two days ago, 1 ten days ago; 1 quarantined 30 hours ago."""
     predictions = [
         _prediction(
-            PHOTOS[i],
-            _ago(minutes=50 - 5 * i),
-            unknown=i in (1, 4, 6, 8),
-            version=1 if i < 5 else 2,
-            latency_ms=100.0 * (i + 1),
+            PHOTOS[i % 10],
+            _ago(minutes=50 - 2.5 * i),
+            unknown=i in (1, 4, 6, 8, 11, 13, 16, 18),
+            version=1 if i < 10 else 2,
+            latency_ms=50.0 * (i + 1),
         )
-        for i in range(10)
+        for i in range(20)
     ]
     predictions += [
         _prediction(PHOTOS[10 + i], _ago(hours=3, minutes=i), unknown=False, version=1,
@@ -279,6 +294,8 @@ def _busy_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     quarantine = [
         _quarantined("/landing/a.jpg", _ago(minutes=30), "not_an_image"),
         _quarantined("/landing/b.jpg", _ago(minutes=20), "truncated"),
+        _quarantined("/landing/d.jpg", _ago(minutes=10), "not_an_image"),
+        _quarantined("/landing/e.jpg", _ago(minutes=40), "too_large_bytes"),
         _quarantined("/landing/c.jpg", _ago(hours=30), "empty"),
     ]
     return predictions, quarantine
@@ -332,7 +349,7 @@ def test_the_job_script_registers_the_tables_once(
     created = spark.table("spark_catalog.lakeview_empty.predictions").schema
     assert [f.name for f in created] == SCHEMAS[PREDICTIONS].names
     assert not created["path"].nullable and created["label"].nullable
-    assert spark.table("spark_catalog.lakeview_busy.predictions").count() == 18
+    assert spark.table("spark_catalog.lakeview_busy.predictions").count() == 28
     # Run again (after a redeploy): left as it is.
     lake = spark.sql("DESCRIBE DETAIL spark_catalog.lakeview_busy.predictions").first()["location"]
     again = _register_tables().register(
@@ -366,25 +383,25 @@ def test_the_dashboards_queries_show_the_rows_of_the_lake(
 ) -> None:
     views = _dashboard(spark, "busy")
     (hour,) = views["last_hour"]
-    assert hour["photos"] == 10 and hour["quarantined"] == 2
+    assert hour["photos"] == 20 and hour["quarantined"] == 4
     assert hour["unknown_share"] == pytest.approx(0.4)
-    assert hour["quarantine_share"] == pytest.approx(2 / 12)
+    assert hour["quarantine_share"] == pytest.approx(4 / 24)
     assert hour["model_version"] == 2  # the newest answer's
-    assert hour["latency_p95_ms"] == pytest.approx(1000.0)
+    assert hour["latency_p95_ms"] == pytest.approx(950.0)
     minutes = views["per_minute"]  # the last six hours
-    assert sum(m["photos"] for m in minutes) == 15
+    assert sum(m["photos"] for m in minutes) == 25
     assert all(m["latency_p95_ms"] >= m["latency_p50_ms"] for m in minutes)
-    assert sum(m["unknown_share"] * m["photos"] for m in minutes) == pytest.approx(4)
+    assert sum(m["unknown_share"] * m["photos"] for m in minutes) == pytest.approx(8)
     reasons = {r["reason"]: r["photos"] for r in views["quarantine_reasons"]}
-    assert reasons == {"not_an_image": 1, "truncated": 1}  # the last 24 hours
+    assert reasons == {"not_an_image": 2, "truncated": 1, "too_large_bytes": 1}  # the last 24 hours
     timeline = views["model_timeline"]  # the last 7 days, per hour and version
-    assert sum(t["photos"] for t in timeline) == 17
+    assert sum(t["photos"] for t in timeline) == 27
     assert {t["model_version"] for t in timeline} == {"1", "2"}
     newest = views["newest_answers"]
     assert [list(r) for r in newest[:1]] == [
         ["predicted_at", "path", "label", "confidence", "is_unknown", "model_version"]
     ]
-    assert len(newest) == 15 and newest[0]["path"] == PHOTOS[9]
+    assert len(newest) == 25 and newest[0]["path"] == PHOTOS[9]
     assert [r["predicted_at"] for r in newest] == sorted(
         (r["predicted_at"] for r in newest), reverse=True
     )
@@ -395,13 +412,19 @@ def test_the_dashboards_queries_show_the_rows_of_the_lake(
 
 
 def _alert_state(
-    spark: Any, name: str, schema: str, discovered: list[tuple[str, dt.datetime]]
+    spark: Any,
+    name: str,
+    schema: str,
+    discovered: list[tuple[str, dt.datetime]],
+    **variables: str,
 ) -> tuple[str, dict[str, Any] | None]:
-    """Run alert ``name`` as deployed on ``spark_catalog.<schema>``, with ``discovered`` (path,
-    discovery time) as Auto Loader's file state; its state as the evaluation decides it."""
-    alert = Alert.from_dict(
-        _deployed("alerts", "prod", catalog="spark_catalog", schema=f"lakeview_{schema}")[name]  # type: ignore[arg-type]
+    """Run alert ``name`` as deployed (with ``variables``) on ``spark_catalog.<schema>``, with
+    ``discovered`` (path, discovery time) as Auto Loader's file state; its state as the
+    evaluation decides it."""
+    deployed = _deployed(
+        "alerts", "prod", catalog="spark_catalog", schema=f"lakeview_{schema}", **variables
     )
+    alert = Alert.from_dict(deployed[name])  # type: ignore[arg-type]
     files = spark.createDataFrame(
         discovered or [("", NOW)], "path STRING, discovery_time TIMESTAMP"
     )
@@ -423,14 +446,14 @@ def _alert_state(
 def test_each_alert_triggers_on_its_unhealthy_state_and_not_on_a_healthy_one(
     spark: Any, schemas: dict[str, dict[str, str]]
 ) -> None:
-    answered = [(p, _ago(minutes=51 - 5 * i)) for i, p in enumerate(PHOTOS[:10])]
+    answered = [(p, _ago(minutes=51 - 2.5 * i)) for i, p in enumerate(PHOTOS[:10])]
     busy = [*answered, (STUCK, _found(minutes=15)), (FRESH, _found(seconds=20))]
     # Busy: 40% unknown, 1 in 6 quarantined, a photo unanswered for 15 minutes; the stream
     # answers (only the photo found 20 s ago came after its last answer).
     state, row = _alert_state(spark, "fruits_unknown_share", "busy", busy)
     assert state == "TRIGGERED" and row and row["unknown_share"] == pytest.approx(0.4)
     state, row = _alert_state(spark, "fruits_quarantine_share", "busy", busy)
-    assert state == "TRIGGERED" and row and row["quarantine_share"] == pytest.approx(2 / 12)
+    assert state == "TRIGGERED" and row and row["quarantine_share"] == pytest.approx(4 / 24)
     state, row = _alert_state(spark, "fruits_upload_wait", "busy", busy)
     assert state == "TRIGGERED" and row and row["waiting"] == 2
     assert row["upload_wait_s"] == pytest.approx(15 * 60, abs=30)
@@ -442,15 +465,26 @@ def test_each_alert_triggers_on_its_unhealthy_state_and_not_on_a_healthy_one(
         and row["batch_gap_s"] == pytest.approx(20, abs=30)
     )
 
-    # Stalled: the last answer 20 minutes ago, a photo found 8 minutes ago still waits.
-    waiting = [(PHOTOS[i], _ago(minutes=21 + i)) for i in range(3)] + [(FRESH, _found(minutes=8))]
+    # Stalled: the last answer 20 minutes ago, a photo found 16 minutes ago still waits (so
+    # the stream is behind too); found 2 minutes ago, it is neither yet.
+    waiting = [(PHOTOS[i], _ago(minutes=21 + i)) for i in range(3)] + [(FRESH, _found(minutes=16))]
     state, row = _alert_state(spark, "fruits_stream_stalled", "stalled", waiting)
     assert state == "TRIGGERED" and row and row["waiting"] == 1
-    assert row["batch_gap_s"] == pytest.approx(8 * 60, abs=30)
-    state, row = _alert_state(spark, "fruits_upload_wait", "stalled", waiting)
-    assert state == "OK" and row and row["upload_wait_s"] == pytest.approx(8 * 60, abs=30)
-    assert _alert_state(spark, "fruits_unknown_share", "stalled", waiting)[0] == "OK"
-    assert _alert_state(spark, "fruits_quarantine_share", "stalled", waiting)[0] == "OK"
+    assert row["batch_gap_s"] == pytest.approx(16 * 60, abs=30)
+    assert _alert_state(spark, "fruits_upload_wait", "stalled", waiting)[0] == "TRIGGERED"
+    recent = [*waiting[:3], (FRESH, _found(minutes=2))]
+    for name, column in (
+        ("fruits_stream_stalled", "batch_gap_s"),
+        ("fruits_upload_wait", "upload_wait_s"),
+    ):
+        state, row = _alert_state(spark, name, "stalled", recent)
+        assert state == "OK" and row and row[column] == pytest.approx(2 * 60, abs=30), name
+    # Three photos in the hour, fewer than min_photos: the shares are not judged.
+    assert _alert_state(spark, "fruits_unknown_share", "stalled", waiting) == ("OK", None)
+    assert _alert_state(spark, "fruits_quarantine_share", "stalled", waiting) == ("OK", None)
+    # The same busy hour under a threshold set above its share, at deploy time.
+    state, row = _alert_state(spark, "fruits_unknown_share", "busy", busy, max_unknown_share="0.5")
+    assert state == "OK" and row and row["photos"] == 20
 
     # Everything answered, or nothing at all: no row, the evaluation's empty state.
     for schema, files in (("stalled", waiting[:3]), ("empty", [])):
