@@ -263,6 +263,8 @@ class HealthConfig:
     unknown_vs_last_week: float = 3.0  # ...or more than this times the 7 days before's share
     min_week_photos: int = 200  # ...when those 7 days had at least this many photos
     max_quarantine_share: float = 0.1
+    max_confidence_drift: float = 0.3  # drift: the confidence bins' total variation distance
+    max_answer_drift: float | None = None  # ...and the answers' (None: shown, not checked)
 
 
 @dataclass(frozen=True)
@@ -647,9 +649,11 @@ def _validate_health(health: HealthConfig) -> None:
     for name in ("min_photos", "min_week_photos"):
         if getattr(health, name) < 1:
             raise ConfigError(f"config key 'health.{name}' must be at least 1")
-    for name in ("max_unknown_share", "max_quarantine_share"):
+    for name in ("max_unknown_share", "max_quarantine_share", "max_confidence_drift"):
         if not 0.0 < getattr(health, name) <= 1.0:
             raise ConfigError(f"config key 'health.{name}' must be in (0, 1]")
+    if health.max_answer_drift is not None and not 0.0 < health.max_answer_drift <= 1.0:
+        raise ConfigError("config key 'health.max_answer_drift' must be null or in (0, 1]")
     if health.unknown_vs_last_week < 1.0:
         # below 1, a share equal to last week's would fail
         raise ConfigError("config key 'health.unknown_vs_last_week' must be at least 1")

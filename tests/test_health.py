@@ -320,3 +320,45 @@ def test_an_unreadable_table_means_the_check_could_not_run(
     code = main(["status", "--check", "--config", str(PROJECT / "conf" / "local.yaml")])
     assert code == 2
     assert "fruits: error: could not check" in capsys.readouterr().err
+
+
+def test_answers_unlike_validation_fail_drift(
+    trained: tuple[Config, dict[str, Any]],
+    make_config: MakeConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    from fruits.model.registry import ModelRegistry
+    from fruits.observe.drift import AnswerDistribution
+
+    source, summary = trained
+    copy_registry(source, tmp_path)
+    config = _config(make_config, tmp_path, monkeypatch)
+    version = summary["model_version"]
+    report = ModelRegistry(config).training_report(version)
+    assert report is not None
+    reference = AnswerDistribution.from_dict(report["validation"]["answers"])
+    lake = open_lake(config)
+    # Confident answers, as on validation (whose answers are mostly in the top bin): no drift.
+    at = dt.datetime.now(dt.UTC)
+    confident = _served(_predictions(40, at=at), version, 0.99)
+    lake.append_arrow(confident, PREDICTIONS)
+    code, shown, result = _check(capsys)
+    assert reference.confidence[-1] > 0.6, reference  # the premise: validation is confident
+    assert (code, _failed(result)) == (0, []), shown
+    assert f"ok   drift: model version {version}, 40 answers" in shown
+
+    # The same model, now unsure of everything it answers (none "unknown": unknown_share holds).
+    lake.append_arrow(_served(_predictions(80, at=at), version, 0.45), PREDICTIONS)
+    code, shown, result = _check(capsys)
+    assert code == 1 and _failed(result) == ["drift"], shown
+    assert "FAIL drift: model version" in shown and "(limit 0.30)" in shown
+
+
+def _served(rows: pa.Table, version: int, confidence: float) -> pa.Table:
+    """``rows`` answered by ``version`` with this top probability."""
+    for name, value in (("confidence", confidence), ("model_version", version)):
+        index = rows.schema.get_field_index(name)
+        rows = rows.set_column(index, name, pa.array([value] * rows.num_rows))
+    return rows

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from fruits.config import Config, interval_seconds, is_url
 from fruits.errors import FruitsError
+from fruits.observe.drift import Drift, measure_drift
 from fruits.sinks.delta import Lake, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
@@ -101,6 +102,11 @@ class Observed:
         end = self.now - self.window
         columns = ["predicted_at", "is_unknown"]
         return self._recent(PREDICTIONS, "predicted_at", columns, start=end - _WEEK, end=end)
+
+    @cached_property
+    def drift(self) -> Drift | None:
+        """The window's answers against the serving version's validation answers."""
+        return measure_drift(self.config, window=self.window, now=self.now)
 
     @cached_property
     def last_batch_at(self) -> dt.datetime | None:
@@ -247,7 +253,39 @@ def quarantine_share(observed: Observed) -> Finding:
     )
 
 
-RULES: list[Rule] = [stream_behind, stream_stalled, unknown_share, quarantine_share]
+def drift(observed: Observed) -> Finding:
+    """The window's answers of the serving version against its training's validation answers
+    (fruits/observe/drift.py): the confidence distribution's distance above
+    ``max_confidence_drift``, or the answers' above ``max_answer_drift`` when that is set."""
+    health = observed.config.health
+    measured = observed.drift
+    if measured is None:
+        return Finding(
+            "drift",
+            True,
+            f"nothing to compare: no answers in the last {health.window}, or "
+            "the serving version's report holds no validation answers",
+        )
+    if measured.live.n < health.min_photos:
+        return _too_few("drift", measured.live.n, health.window, health.min_photos)
+    too_far = measured.confidence > health.max_confidence_drift or (
+        health.max_answer_drift is not None and measured.answers > health.max_answer_drift
+    )
+    answer_limit = (
+        f"{health.max_answer_drift:.2f}" if health.max_answer_drift is not None else "not checked"
+    )
+    return Finding(
+        "drift",
+        not too_far,
+        f"model version {measured.model_version}, {measured.live.n} answers in the last "
+        f"{health.window} against {measured.reference.n} on validation: confidence distance "
+        f"{measured.confidence:.2f} (limit {health.max_confidence_drift:.2f}), answers "
+        f"{measured.answers:.2f} (limit {answer_limit}); unknown {measured.live.unknown_share:.0%} "
+        f"(validation {measured.reference.unknown_share:.0%})",
+    )
+
+
+RULES: list[Rule] = [stream_behind, stream_stalled, unknown_share, quarantine_share, drift]
 
 
 def check_health(config: Config, *, now: dt.datetime | None = None) -> list[Finding]:
