@@ -5,9 +5,11 @@ A throw-away root gets ``rows`` prediction rows spread over the last 24 hours (a
 and fall of the rate, a latency spread, a few percent unknown, a promotion from v1 to v2 and a
 rollback), written as the stream writes them: ``appends`` appends in time order, each a
 micro-batch's file and commit; a registry with those two versions; a few quarantine rows; real
-photos in the landing for the newest rows' thumbnails. Then, for two layouts of the same rows
-(as appended, and compacted by ``fruits maintain``) and two windows (the configured one, and
-the whole day), the real server is started and timed over HTTP:
+photos in the landing for the newest rows' thumbnails. Then, for three layouts (the rows as
+appended; compacted by ``fruits maintain``; compacted, then ``maintenance.every_batches``
+one-photo appends, what the stream leaves just before its next maintenance pass) and two
+windows (the configured one, and the whole day), the real server is started and timed over
+HTTP:
 
 * ``api``: ``GET /api/dashboard``, what the page polls (the window's rows read, aggregated);
 * ``page``: what a browser's load fetches, one after the other: the HTML, its script and
@@ -68,11 +70,23 @@ def run_dashboard(
         write_s = time.perf_counter() - started
         log(f"wrote {rows} predictions in {appends} appends in {write_s:.1f} s")
         results = []
-        for layout in ("appended", "compacted"):
+        since_maintenance = config.maintenance.every_batches
+        for layout in ("appended", "compacted", f"compacted + {since_maintenance} appends"):
             if layout == "compacted":
                 started = time.perf_counter()
                 maintain_lake(config, tables=[PREDICTIONS, QUARANTINE], full_vacuum=False)
                 log(f"compacted in {time.perf_counter() - started:.1f} s")
+            elif layout != "appended":
+                # What the stream leaves just before its next maintenance pass: the compacted
+                # day plus maintenance.every_batches micro-batches of one photo each.
+                _write(
+                    config,
+                    rows=since_maintenance,
+                    appends=since_maintenance,
+                    now=dt.datetime.now(dt.UTC),
+                    photos=photos,
+                    span=dt.timedelta(minutes=10),
+                )
             for hours in (config.dashboard.window_hours, 24.0):
                 windowed = dataclasses.replace(
                     config, dashboard=dataclasses.replace(config.dashboard, window_hours=hours)
@@ -124,13 +138,23 @@ def _registry(config: Config) -> None:
     client.set_registered_model_alias(config.mlflow.model_name, "champion", "1")
 
 
-def _write(config: Config, *, rows: int, appends: int, now: dt.datetime, photos: list[str]) -> None:
-    rng = np.random.default_rng(7)
-    # Times over the day with a daily swell (more photos in the afternoon), in order.
-    hours = np.sort(rng.uniform(0, 24, rows * 2))
-    keep = rng.uniform(0, 1, hours.size) < 0.5 + 0.4 * np.sin((hours - 6) / 24 * 2 * np.pi)
+def _write(
+    config: Config,
+    *,
+    rows: int,
+    appends: int,
+    now: dt.datetime,
+    photos: list[str],
+    span: dt.timedelta = _DAY,
+) -> None:
+    """``rows`` predictions over the ``span`` before ``now``, in ``appends`` appends."""
+    rng = np.random.default_rng(rows + appends)
+    # Times over the day with a daily swell peaking 3 hours before now: the default window
+    # reads about its busiest hours.
+    hours = np.sort(rng.uniform(0, 24, rows * 3))
+    keep = rng.uniform(0, 1, hours.size) < 0.5 + 0.4 * np.cos((hours - 21) / 24 * 2 * np.pi)
     hours = np.sort(rng.choice(hours[keep], rows, replace=False))
-    predicted = [now - _DAY + dt.timedelta(hours=float(h)) for h in hours]
+    predicted = [now - span + span * float(h / 24) for h in hours]
     latency = rng.lognormal(np.log(450), 0.4, rows)
     unknown = rng.uniform(0, 1, rows) < 0.03
     # v1, promoted to v2 at 16 h, rolled back to v1 for the last 2 hours.

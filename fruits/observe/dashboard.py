@@ -60,7 +60,8 @@ __all__ = [
     "serve_dashboard",
 ]
 
-# Read for the plots and the model timeline (every row of the window) and for the newest photos.
+# Read for every row of the window (plots, model timeline, newest photos), in one read: with
+# many small files, building delta-rs' dataset of the table costs more than the strings.
 _PREDICTION_COLUMNS = [
     "path",
     "label",
@@ -110,7 +111,8 @@ def collect_dashboard(
     in_window = _between(predictions, "predicted_at", start, end)
     bad_in_window = _between(bad, "detected_at", start, end)
     champion = registry.champion()
-    last_at = lake.latest(PREDICTIONS, "predicted_at")
+    # recent_rows reads from the newest row's time at the latest: its rows hold the newest
+    last_at = pc.max(predictions.column("predicted_at")).as_py() if predictions.num_rows else None
     unknown = int(pc.sum(in_window.column("is_unknown")).as_py() or 0)
     return {
         "window": {
@@ -228,7 +230,11 @@ def _models(predictions: pa.Table, registry: ModelRegistry, champion: int | None
         versions = np.asarray(
             ordered.column("model_version").fill_null(-1).to_numpy(zero_copy_only=False)
         )
-        times = ordered.column("predicted_at").to_pylist()
+        micros = _micros(ordered.column("predicted_at"))
+
+        def at(i: int) -> str | None:  # only the segments' ends become datetimes
+            return _iso(_EPOCH + dt.timedelta(microseconds=int(micros[i])))
+
         changes = np.flatnonzero(np.diff(versions)) + 1
         bounds = [0, *changes.tolist(), len(versions)]
         for a, b in itertools.pairwise(bounds):
@@ -236,15 +242,15 @@ def _models(predictions: pa.Table, registry: ModelRegistry, champion: int | None
             segments.append(
                 {
                     "version": version if version >= 0 else None,
-                    "from": _iso(times[a]),
-                    "to": _iso(times[b - 1]),
+                    "from": at(a),
+                    "to": at(b - 1),
                     "photos": b - a,
                 }
             )
             entry = served.setdefault(
-                version, {"version": segments[-1]["version"], "first": _iso(times[a]), "photos": 0}
+                version, {"version": segments[-1]["version"], "first": at(a), "photos": 0}
             )
-            entry["last"] = _iso(times[b - 1])
+            entry["last"] = at(b - 1)
             entry["photos"] += b - a
     return {
         "champion": champion,
