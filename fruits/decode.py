@@ -15,8 +15,9 @@ own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays as it is for the
 
 EXIF orientation is applied, an embedded ICC profile is converted to sRGB, and the photo is
 fitted into the model's square input keeping its aspect ratio, centred on the Fruits-360 white
-background. A square photo is resized exactly as before (a 100x100 Fruits-360 photo at a
-100x100 input is untouched), so models trained earlier keep their accuracy.
+background. A square photo is only resized (a 100x100 Fruits-360 photo at a 100x100 input is
+untouched), so the training photos' pixels, and every model trained on them, do not depend on
+the fit.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ REASONS = {
     "unsupported_mode": "the pixel format cannot be converted to RGB",
 }
 
-# The formats README's "Photos accepted" lists, by Pillow's names, tried in this order on the
-# bytes (each plugin's own signature check first): MPO opens through JPEG's plugin, HEIF is
-# pillow-heif's. Image.open is never given None (every format Pillow knows).
+# The formats "Photos accepted" lists (docs/concepts/data-path.md), by Pillow's names, tried
+# in this order on the bytes (each plugin's own signature check first): MPO opens through
+# JPEG's plugin, HEIF is pillow-heif's. Image.open is never given None (every format Pillow knows).
 PHOTO_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF")
 # HEIC/HEIF through Pillow's Image.open, once per process (importing this module is enough: the
 # featurizer's UDF imports it in each Spark Python worker). Thumbnails are not needed. AVIF is
@@ -69,7 +70,7 @@ pillow_heif.register_heif_opener(thumbnails=False)
 # The dataset's background: padding around a photo that is not square, and under transparency.
 WHITE = (255, 255, 255)
 # Pillow's resize first shrinks by an integer factor (fast box filter) when the photo is at
-# least this many times the target; below it, the plain bilinear resize of the earlier versions.
+# least this many times the target; below it, a plain bilinear resize.
 _REDUCING_GAP = 3.0
 _ORIENTATION = 0x0112
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -166,7 +167,7 @@ def _open(data: bytes) -> Image.Image:
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:
     """``image`` fitted into ``size`` x ``size``: scaled so its longer side is ``size``, centred
-    on white. A square image is only resized (the Fruits-360 photos' path since the start)."""
+    on white. A square image is only resized (the Fruits-360 photos' path)."""
     width, height = image.size
     if (width, height) == (size, size):
         return image

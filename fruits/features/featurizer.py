@@ -4,10 +4,12 @@ The features are the average-pooled output of one InceptionV3 block (``featurize
 ``mixed10`` being the whole network) at one input size; fruits/inception.py lists the blocks.
 Two backends run the same network with the same weights:
 
-* ``keras``: Keras 3 on TensorFlow, built from the weights (~5 s per process: TF import + build);
-* ``onnx``: an ONNX export of that Keras model, run by ONNX Runtime (~0.2-0.4 s to load, faster
-  per photo). The export is made once, on the driver before any Spark job, and cached as a file
-  whose name holds the weights digest, the block and the input size; the workers only load it.
+* ``keras``: Keras 3 on TensorFlow, built from the weights (each process pays the TF import and
+  the build);
+* ``onnx``: an ONNX export of that Keras model, run by ONNX Runtime (loads in a fraction of
+  Keras' time and is faster per photo: BENCHMARKS.md, section 2, ONNX Runtime backend). The
+  export is made once, on the driver before any Spark job, and cached as a file whose name
+  holds the weights digest, the block and the input size; the workers only load it.
 
 Either model is loaded once per Python worker process (module-level cache keyed by backend,
 weights, size, block and threads) and reused by every Arrow batch that worker sees; Spark's
@@ -220,8 +222,8 @@ def export_onnx(spec: ExtractorSpec) -> str:
     Process-safe: an exclusive lock beside the file serialises exporters (a second one waits,
     then finds the file), and the file appears atomically (temp file + ``os.replace``), so a
     reader never sees half an export. The conversion runs in a child process: TensorFlow and
-    tf2onnx take ~3 GB while converting, which the caller (a job's driver) should not keep.
-    About 25 s; done once per weights and size.
+    tf2onnx take gigabytes while converting, which the caller (a job's driver) should not keep.
+    Done once per weights, block and size (its cost: BENCHMARKS.md, section 2).
     """
     target = Path(spec.onnx_path)
     if target.is_file():
@@ -291,7 +293,7 @@ def _tf_setup(intra_op_threads: int) -> None:
 
 @lru_cache(maxsize=2)
 def _keras_model(weights: str, image_size: int, layer: str, intra_op_threads: int) -> Any:
-    """Build InceptionV3 once per process (~5 s: TF import + graph + weights), cut after
+    """Build InceptionV3 once per process (TF import + graph + weights: seconds), cut after
     ``layer`` and average-pooled."""
     _tf_setup(intra_op_threads)
     import keras
@@ -325,7 +327,7 @@ def _keras_runner(weights: str, image_size: int, layer: str, intra_op_threads: i
 
 @lru_cache(maxsize=2)
 def _onnx_runner(path: str, intra_op_threads: int) -> Runner:
-    """Load the export once per process (~0.2-0.4 s); ``path`` names weights and size."""
+    """Load the export once per process; ``path`` names weights and size."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -333,8 +335,8 @@ def _onnx_runner(path: str, intra_op_threads: int) -> Runner:
         options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # No arena: measured at 299, batch 16, one thread: 549 MB instead of 708 MB per worker, at
-    # the same speed (BENCHMARKS.md); the arena keeps its high-water mark for the process' life.
+    # No arena: the arena keeps its high-water mark for the process' life, which costs every
+    # worker memory for no speed (BENCHMARKS.md, section 4, Spark tuning).
     options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -372,8 +374,9 @@ def photo_ids(contents: pd.Series) -> list[str | None]:
     could not be read: a blob deleted between listing and download).
 
     Hashed here, in the Python worker that already holds the bytes, rather than by Spark's
-    ``sha2`` in the JVM, which cost the stream's Spark job ~0.07 s per 512 photos on the
-    cores the featurizer needs (BENCHMARKS.md, section 4); this one takes ~2.5 us a photo."""
+    ``sha2`` in the JVM, which costs the stream's Spark job time on the cores the featurizer
+    needs (BENCHMARKS.md, section 4, Spark tuning); ``hashlib`` on bytes already in hand is
+    nearly free."""
     return [
         None if content is None else hashlib.sha256(content).hexdigest() for content in contents
     ]

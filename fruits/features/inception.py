@@ -7,9 +7,9 @@ A module of its own, without numpy or TensorFlow, so the configuration can valid
 __all__ = ["FULL_NETWORK", "LAYERS", "blocks", "feature_dim", "is_layer"]
 
 # The InceptionV3 blocks whose output can be average-pooled into the features, with the number
-# of channels (= feature length) of each. mixed10 is the whole network (the seed's 2048
-# features); an earlier block costs less arithmetic, and with the shared weights (ImageNet's up
-# to mixed5 only) it also separates the varieties better (BENCHMARKS.md, section 3).
+# of channels (= feature length) of each. mixed10 is the whole network; an earlier block costs
+# less arithmetic, and with the shared weights (ImageNet's up to mixed5 only) it also separates
+# the varieties better (BENCHMARKS.md, section 3, Feature extractor).
 LAYERS = {
     "mixed0": 256,
     "mixed1": 288,

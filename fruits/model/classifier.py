@@ -257,10 +257,10 @@ def train(
     detector: UnknownDetector | None
     if settings.refit_all:
         # The chosen settings, refitted on every training photo: the validation's stretches of
-        # rotation are then known too (Test +1.1 points in screening, BENCHMARKS.md section 3).
-        # The calibration is the held-out model's: a probability and a cosine distance (and,
-        # fused, their p-values among validation photos), all scale-free, so they carry over
-        # (measured: BENCHMARKS.md).
+        # rotation are then known too, which Test rewards (BENCHMARKS.md, section 3b, Honest
+        # validation). The calibration is the held-out model's: a probability and a cosine
+        # distance (and, fused, their p-values among validation photos), all scale-free, so
+        # they carry over (the rejected share after the refit is measured there too).
         started = time.perf_counter()
         everything = train_df.unionByName(validation_df)
         prepare, _, _ = _fit_prepare(everything, k)

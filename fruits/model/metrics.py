@@ -24,7 +24,8 @@ def standardized_variance_shares(correlation: np.ndarray, constant: np.ndarray) 
     Those are the eigenvalues of the correlation matrix, largest first, over their sum.
     ``constant`` marks zero-variance features (dead ReLUs): StandardScaler maps them to 0, so
     they carry no variance, whatever the correlation matrix holds for them (NaN, or 1 on the
-    diagonal). ``eigvalsh`` is ~10x faster than the full SVD that Spark's PCA runs.
+    diagonal). Only the eigenvalues are needed, so ``eigvalsh`` (symmetric, no vectors) rather
+    than the full SVD that Spark's PCA runs.
     """
     matrix = np.nan_to_num(np.array(correlation, dtype=np.float64), nan=0.0)
     constant = np.asarray(constant, dtype=bool)

@@ -3,10 +3,11 @@
 Fruits-360 photos are frames of one rotating-fruit video per class and axis: ``r_123_100.jpg``
 is frame 123 of video ``r``, ``r2_…`` of video ``r2``, ``123_100.jpg`` of the unnamed video
 (the trailing ``_100`` is the photo's size). Two neighbouring frames are nearly the same photo,
-so a validation of random frames is answered as well as the training photos themselves
-(0.9993, against 0.97 on Test) and anything calibrated on it (the "unknown" threshold) is far
-too confident. Here each video gives validation one contiguous run of its frames (a stretch of
-the rotation the training photos do not show), at a seeded position that differs per video.
+so a validation of random frames is answered nearly as well as the training photos
+themselves, far better than Test (BENCHMARKS.md, section 3b, Honest validation), and anything
+calibrated on it (the "unknown" threshold) is far too confident. Here each video gives
+validation one contiguous run of its frames (a stretch of the rotation the training photos do
+not show), at a seeded position that differs per video.
 
 Pure functions over file names: no Spark, unit-tested on names (tests/test_splits.py).
 """

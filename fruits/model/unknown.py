@@ -9,19 +9,17 @@ that class's frames. :class:`UnknownDetector` holds the map features -> directio
 then unit length), the training photos' directions and their classes; the distance is a cosine
 distance to the k-th nearest of them (of the answered class, when the classes are kept).
 
-The map is the 64 leading directions of the training photos' unit-length features (an
-uncentred SVD: a cosine distance in the raw feature space, kept small: 13,680 photos x 64
-float32, 3.5 MB, which the stream's UDF carries). ``training.unknown_detector: fused``, the
-default, answers "unknown" when the two scores' p-values among the honest validation photos,
-multiplied (Fisher's method), are smaller than those of all but
-``training.unknown_reject_share`` of those photos: a photo somewhat doubtful in both ways is
-caught, where an OR of two thresholds needs one score alone to be extreme.
+The map is the ``training.unknown_dims`` leading directions of the training photos'
+unit-length features (an uncentred SVD: a cosine distance in the raw feature space, kept small
+because the stream's UDF carries it). ``training.unknown_detector: fused``, the default,
+answers "unknown" when the two scores' p-values among the honest validation photos, multiplied
+(Fisher's method), are smaller than those of all but ``training.unknown_reject_share`` of those
+photos: a photo somewhat doubtful in both ways is caught, where an OR of two thresholds needs
+one score alone to be extreme.
 
-Chosen by leaving classes out *within Training* (BENCHMARKS.md, section 3c): the evaluation's
-own left-out classes removed first, six seeded folds each leaving out another tenth,
-calibrated to 2% of the honest validation: 72.4% of the inner unseen photos caught, against
-61.6% for the previous rule (top probability OR nearest photo of any class in the standardised
-PCA space) and 64.8% for the probability alone.
+Chosen by leaving classes out *within Training*, so that Test never picks it: of the candidate
+detectors it catches the most photos of classes never taught at the same share of known photos
+rejected (BENCHMARKS.md, section 3c, The "unknown" detector chosen within Training).
 
 Pure numpy: the same object answers in the stream's pandas UDF, in Spark ML's path for the trees
 (:meth:`~fruits.model.classifier.FruitModel.predict`), in the MLflow pyfunc and in evaluate.
