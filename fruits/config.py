@@ -206,8 +206,8 @@ class EventHubConfig:
 # checkpoints (delta.deletedFileRetentionDuration). Vacuum deletes only the files the log
 # lists as removed, and a checkpoint stops listing them once that duration has passed: a
 # checkpoint written between that moment and the next maintenance pass would hide them from
-# every later vacuum, left on storage for good (the soak of RELIABILITY.md saw it: one pass's
-# 247 files). Three hours outlast the gap between two passes (15 minutes in the stream, an
+# every later vacuum, left on storage for good (RELIABILITY.md, Soak, shows it happen).
+# Three hours outlast the gap between two passes (15 minutes in the stream, an
 # hour for the bundle's job) with room for missed ones; longer costs more: each pass deletes
 # again every listed file past the vacuum retention (absent by then, but a call each).
 TOMBSTONE_GRACE_HOURS = 3.0

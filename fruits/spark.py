@@ -145,8 +145,8 @@ def get_spark(config: Config, *, streaming: bool = False) -> SparkSession:
     spark.sparkContext.setLogLevel("ERROR")
     if delta_jars:
         # Delta rebuilds a table's state after each commit in this many tasks (default 50):
-        # on local[2], 50 tiny tasks made a 10-row append take 12-15 s; one per core, 2-4 s
-        # under the same load (BENCHMARKS.md, "Two Delta writers").
+        # on a small machine, that many tiny tasks dominate a small append; one per core is
+        # enough (BENCHMARKS.md, section 7, Two Delta writers).
         cores = spark.sparkContext.defaultParallelism
         spark.conf.set("spark.databricks.delta.snapshotPartitions", str(max(1, cores)))
     _configure_azure(spark, config)
@@ -174,8 +174,8 @@ def task_slots(spark: SparkSession) -> int | None:
 def one_task_per_slot(df: DataFrame) -> DataFrame:
     """``df`` in at most one partition per task slot, without a shuffle (a coalesce never adds
     partitions, so a small input stays one small task). Each task pays its own Spark and Python
-    round trip: 512 photos on 2 slots took 1.02-1.12 s in 4 tasks and 0.83 s in 2
-    (BENCHMARKS.md, section 4). Under Spark Connect with no known slot count, as it is."""
+    round trip, so more tasks than slots only add round trips (BENCHMARKS.md, section 4, Spark
+    tuning). Under Spark Connect with no known slot count, as it is."""
     slots = task_slots(df.sparkSession)
     return df.coalesce(slots) if slots else df
 

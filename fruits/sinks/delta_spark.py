@@ -320,9 +320,9 @@ class SparkDeltaLake(Lake):
         Python call exists; the JVM of a classic session, as this writer needs anyway). Spark's
         Delta drops the log entries older than delta.logRetentionDuration at its checkpoints by
         itself, so ``clean_logs`` cannot hold them back here: the log retention must outlast
-        any Event Hubs outage (RELIABILITY.md). Where ``DeltaLog`` is not reachable (another
-        Delta build), Delta's automatic checkpoints every delta.checkpointInterval commits
-        remain, and None is reported."""
+        any Event Hubs outage (RELIABILITY.md, Weeks of streaming). Where ``DeltaLog`` is not
+        reachable (another Delta build), Delta's automatic checkpoints every
+        delta.checkpointInterval commits remain, and None is reported."""
         from fruits.spark import on_databricks
 
         if on_databricks():

@@ -17,8 +17,8 @@ with what is new, not with the window (84 million keys at 12 million photos a da
 are a primary-key index, looked up in one statement per listing; expiry is a ``DELETE`` on an
 indexed modification time; pending arrivals are a table keyed by their sequence number. Changes
 accumulate in one transaction that :meth:`DiscoveryState.save` commits, so a crash leaves the
-state as of the last save, never half of one (the JSON file of earlier versions had the same
-contract; it is converted once, on first open).
+state as of the last save, never half of one (a ``state.json`` that an older checkpoint holds
+is converted once, on first open).
 """
 
 from __future__ import annotations
