@@ -1,4 +1,4 @@
-"""The Azure issue's end-to-end checks against a running Azurite (make azurite-start).
+"""End-to-end checks of the Blob landing against a running Azurite (make azurite-start).
 
 For each discovery mode, on fresh containers and a fresh root: ``fruits upload`` N Test photos
 to the landing container, ``fruits stream --once --config conf/azurite.yaml``, count the rows in

@@ -58,7 +58,7 @@ _BATCH_LINE = re.compile(
     r"batch (?P<id>\d+): (?P<rows>\d+) in, .* (?P<seconds>[\d.]+) s \(Delta (?P<delta>[\d.]+) s\)"
 )
 _TABLES = (PREDICTIONS, QUARANTINE)
-# Memory may grow this much after the warm-up (the bar: "flat", under 10%).
+# Memory may grow this much after the warm-up and still count as flat.
 MEMORY_GROWTH_LIMIT = 0.10
 
 

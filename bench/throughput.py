@@ -14,7 +14,7 @@ streaming job, measured one after the other in one process run on the same photo
 Warm-up is excluded from both: (a) each process featurizes one batch before the clock starts
 (model load); (b) three ``--once`` passes over a few other photos start Spark's Python workers,
 load their models and let the JVM compile its hot code (a first pass alone leaves the timed
-pass paying ~1 s of JIT compilation: BENCHMARKS.md, section 4), then the timed pass runs on the
+pass paying for JIT compilation: BENCHMARKS.md, section 4), then the timed pass runs on the
 N photos in the same SparkSession; (d) one batch pass over the warm-up photos first.
 The ratio stream / bare is what Spark, Delta and the model cost on top of the featurizer.
 """
@@ -86,9 +86,9 @@ def run_throughput(
     bare_s = bare_throughput(blobs, spec, processes=slots, batch=batch)
     baseline_figures: dict[str, Any] = {}
     if baseline:
-        # The same bare run for the seed's setting, right after: a speed-up measured side by
-        # side, which a loaded machine distorts far less than two separate runs.
-        # The seed's pipeline: Keras, 299 pixels, the whole network.
+        # The same bare run for the baseline, right after: a speed-up measured side by side,
+        # which a loaded machine distorts far less than two separate runs.
+        # The baseline: Keras, 299 pixels, the whole network (InceptionV3 as published).
         reference = ExtractorSpec.from_config(config, image_size=299, layer=FULL_NETWORK)
         reference = dataclasses.replace(reference, backend="keras")
         log("bench: (a') bare featurizer, baseline keras at 299, whole network")
@@ -242,7 +242,7 @@ def run_sizes(
     layers: list[str] | None = None,
 ) -> dict[str, Any]:
     """The bare featurizer for every (layer, size, backend), one after the other in this
-    process on the same photos: the speed column of the input-size study. The seed's setting
+    process on the same photos: the speed column of the input-size study. The baseline
     (keras, 299, whole network) runs first: every speed-up is relative to it."""
     slots = spark_cores(config.spark.master)
     batch = config.spark.arrow_batch_size

@@ -1,1 +1,2 @@
-"""The streaming job (landing discovery, micro-batch step, sinks): see issue #3."""
+"""The streaming job: landing discovery, the micro-batch step and its sinks, wired by
+:mod:`streaming.job`."""
