@@ -50,7 +50,7 @@ REASONS = {
     "missing": "the file was deleted or replaced between its discovery and its reading",
     "empty": "the file has no bytes",
     "too_large_bytes": "the file is larger than images.max_bytes",
-    "not_an_image": "the bytes are not one of the photo formats accepted (README)",
+    "not_an_image": "the bytes are not one of the photo formats accepted (docs: photos accepted)",
     "too_many_pixels": "the declared width x height exceeds images.max_pixels",
     "zero_pixels": "the image declares a zero width or height",
     "truncated": "the image data ends early (an interrupted upload)",

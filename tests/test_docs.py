@@ -220,11 +220,19 @@ def test_every_fruits_command_and_option_the_pages_show_exists() -> None:
     assert checked > 20
 
 
-def test_the_readme_draft_is_short_and_its_links_resolve_from_the_repository_root() -> None:
-    draft = (DOCS / "README-draft.md").read_text()
-    assert len(draft.splitlines()) <= 150
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", draft)
+def test_the_readme_is_short_starts_with_the_two_commands_and_its_links_resolve() -> None:
+    readme = (PROJECT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    # The two commands a newcomer needs come before any other section's detail.
+    two = readme.index("## Two commands")
+    assert readme.index("make run    #") > two and readme.index("make test   #") > two
+    assert two < readme.index("## Three ways to run it")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
     assert len(links) >= 10
     for link in links:
         if not link.startswith("http"):
             assert (PROJECT / link).exists(), link
+    # Every hand-written page of the site is in the README's table of contents: a new page
+    # is not found from the repository's front page unless it is listed there.
+    pages = {str(p.relative_to(PROJECT)) for p in _hand_written()}
+    assert pages - set(links) == set(), sorted(pages - set(links))
