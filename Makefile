@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (each creates .venv/ on first use):
 #   make run    train a first model if none exists, then stream the landing folder (Ctrl-C stops)
-#   make test   the test suite
+#   make test   the test suite (with a headless Chromium for the dashboard test: make browser)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/spark-jars/pom.xml
 run: setup
 	$(BIN)/fruits stream --train-data "$(DATA)"
 
-test: setup
+test: setup browser
 	$(BIN)/pytest
 
 # ruff (lint + format) everywhere; mypy strict on the library (pyproject.toml), checking the jobs

@@ -127,7 +127,8 @@ def _registry(config: Config) -> None:
     dashboard reads versions and aliases; no model files needed)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=config.mlflow_uri("tracking_uri"))
+    uri = config.mlflow_uri("tracking_uri")  # both named: not the process-wide registry URI
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(config.mlflow.model_name)
     for _ in range(2):
         client.create_model_version(

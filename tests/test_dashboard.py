@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import json
 import os
 import shutil
 import signal
@@ -55,6 +56,8 @@ return {
   champion: text("#registry tr.champion"),
   tile: text("#tile-champion"),
   status: document.getElementById("status").className,
+  drift: text("#drift-figures"),
+  driftBars: all("#drift svg rect.point").length,
 };
 """
 CHROMIUM = os.environ.get("FRUITS_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
@@ -160,17 +163,40 @@ def lake(tmp_path_factory: pytest.TempPathFactory, make_config: Callable[..., Co
     return Lake(config, photos)
 
 
+# A training report's validation answers: confident, half bananas, half strawberries.
+_REPORT = {
+    "validation": {
+        "n_images": 40,
+        "answers": {
+            "n": 40,
+            "answers": {"Banana": 0.5, "Strawberry": 0.5},
+            "confidence": [0.0] * 9 + [1.0],
+        },
+    }
+}
+
+
 def _register_versions(config: Config, n: int, *, champion: int) -> None:
     """``n`` versions and the ``champion`` alias in the root's real MLflow store, through
     MLflow's client: the dashboard reads versions and aliases, never a model's files."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=config.mlflow_uri("tracking_uri"))
+    # Both URIs named: an earlier test may have set the process-wide registry URI.
+    uri = config.mlflow_uri("tracking_uri")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(config.mlflow.model_name)
+    experiment = client.create_experiment(
+        "dashboard", artifact_location=str(Path(config.root) / "mlartifacts")
+    )
     for i in range(n):
+        # Each version's training run holds its report, with the validation answers that
+        # the drift panel compares the live ones with (as batch/train.py writes them).
+        run = client.create_run(experiment)
+        client.log_text(run.info.run_id, json.dumps(_REPORT), "report/metrics.json")
         client.create_model_version(
             config.mlflow.model_name,
             source=str(Path(config.root) / "models" / str(i)),
+            run_id=run.info.run_id,
             tags={"classifier": "logistic_regression", "accuracy_test": f"0.9{i}"},
         )
     client.set_registered_model_alias(config.mlflow.model_name, "champion", str(champion))
@@ -271,6 +297,11 @@ def test_the_page_shows_plots_photos_models_and_quarantine(lake: Lake, browser: 
         assert seen["champion"].startswith("v2") and "champion" in seen["champion"]
         assert seen["tile"].startswith("v2")
         assert "error" not in seen["status"]
+        # The serving version's last hour against its validation answers, both histograms.
+        assert (
+            seen["drift"].startswith("model v2, ") and "against 40 on validation" in seen["drift"]
+        )
+        assert "confidence distance" in seen["drift"] and seen["driftBars"] == 20
         # it refreshes by itself: the page asks again after dashboard.refresh_s
         first = browser.execute_script("return document.body.dataset.updated")
         wait.until(lambda d: d.execute_script("return document.body.dataset.updated") != first)

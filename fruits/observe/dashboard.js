@@ -175,6 +175,44 @@ function quarantine(data) {
     q.newest.map((r) => [new Date(r.detected_at).toLocaleString(), r.reason, r.detail, r.path]));
 }
 
+// The serving version's answers of the health window against its validation answers: the two
+// distances `fruits status --check` judges, and both confidence histograms side by side.
+function drift(data) {
+  const box = document.getElementById("drift");
+  box.replaceChildren();
+  const d = data.drift;
+  if (!d) {
+    box.append(el("div", { class: "empty" }, "nothing to compare: no answers in the health window, or no validation answers in the serving version's report"));
+    return;
+  }
+  const over = d.confidence_drift > d.max_confidence_drift || (d.max_answer_drift !== null && d.answer_drift > d.max_answer_drift);
+  const limit = d.max_answer_drift === null ? "not checked" : `limit ${number(d.max_answer_drift, 2)}`;
+  box.append(el("div", { id: "drift-figures", class: over ? "drifted" : "" },
+    `model v${d.model_version}, ${d.n_live} answers in the last ${d.window} against ${d.n_reference} on validation: ` +
+    `confidence distance ${number(d.confidence_drift, 2)} (limit ${number(d.max_confidence_drift, 2)}), ` +
+    `answers ${number(d.answer_drift, 2)} (${limit}); unknown ${number(100 * d.unknown_share_live, 0)}% ` +
+    `(validation ${number(100 * d.unknown_share_reference, 0)}%)`));
+  const bins = d.confidence_reference.length;
+  const top = Math.max(...d.confidence_reference, ...d.confidence_live, 1e-9);
+  const slot = (W - LEFT - RIGHT) / bins, width = slot / 2 - 1;
+  const y = (v) => TOP + (H - TOP - BOTTOM) * (1 - v / top);
+  const svg = svgEl("svg", { class: "chart drift", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
+  svg.append(svgEl("line", { class: "axis", x1: LEFT, y1: H - BOTTOM, x2: W - RIGHT, y2: H - BOTTOM }));
+  svg.append(svgEl("text", { class: "label", x: 2, y: TOP + 8 }, `${Math.round(100 * top)}%`));
+  svg.append(svgEl("text", { class: "label", x: LEFT, y: H - 4 }, "top probability 0"));
+  svg.append(svgEl("text", { class: "label", x: W - RIGHT, y: H - 4, "text-anchor": "end" }, "1"));
+  [["reference", d.confidence_reference, 0], ["live", d.confidence_live, 1]].forEach(([cls, values, k]) => {
+    values.forEach((v, i) => {
+      const bar = svgEl("rect", { class: `bar point ${cls}`, x: LEFT + i * slot + k * (width + 1), y: y(v), width, height: H - BOTTOM - y(v) });
+      bar.append(svgEl("title", {}, `${cls}, ${(i / bins).toFixed(1)}-${((i + 1) / bins).toFixed(1)}: ${(100 * v).toFixed(1)}%`));
+      svg.append(bar);
+    });
+  });
+  const legend = el("div", { class: "legend" });
+  legend.append(el("span", { class: "reference" }, "validation"), el("span", { class: "live" }, "live"));
+  box.append(svg, legend);
+}
+
 function render(data) {
   const s = data.series;
   summary(data);
@@ -184,6 +222,7 @@ function render(data) {
     { values: s.latency_p50_ms, cls: "p50" },
   ], {});
   chart("plot-unknown", s.start, [{ values: s.unknown_share, cls: "share" }], { max: 1, format: (v) => `${Math.round(100 * v)}%` });
+  drift(data);
   timeline(data);
   photos(data);
   quarantine(data);

@@ -39,9 +39,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.config import Config
+from fruits.config import Config, interval_seconds
 from fruits.decode import Decoded, ImageLimits, decode_image
 from fruits.model.registry import ModelRegistry
+from fruits.observe.drift import drift_of
 from fruits.observe.status import recent_rows
 from fruits.sinks.delta import Lake, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
@@ -138,6 +139,7 @@ def collect_dashboard(
             "newest": _newest(bad, "detected_at", quarantined),
         },
         "models": _models(in_window, registry, champion),
+        "drift": _drift(in_window, registry, end, config),
         "photos": [
             {**row, "thumbnail": f"/thumbnail?path={quote(row['path'], safe='')}"}
             for row in _newest(predictions, "predicted_at", photos)
@@ -148,6 +150,23 @@ def collect_dashboard(
             "quarantine_files": quarantine_files,
             "seconds": round(time.perf_counter() - started, 4),
         },
+    }
+
+
+def _drift(
+    predictions: pa.Table, registry: ModelRegistry, end: dt.datetime, config: Config
+) -> dict[str, Any] | None:
+    """The last ``health.window``'s answers against the serving version's validation answers,
+    as ``fruits status --check`` judges them (fruits/observe/drift.py), with its thresholds."""
+    window = dt.timedelta(seconds=interval_seconds(config.health.window))
+    measured = drift_of(_between(predictions, "predicted_at", end - window, end), registry)
+    if measured is None:
+        return None
+    return {
+        **measured.as_dict(),
+        "window": config.health.window,
+        "max_confidence_drift": config.health.max_confidence_drift,
+        "max_answer_drift": config.health.max_answer_drift,
     }
 
 

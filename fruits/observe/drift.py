@@ -29,20 +29,27 @@ import numpy as np
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from fruits.config import Config
+    from fruits.model.registry import ModelRegistry
 
 __all__ = [
     "CONFIDENCE_BINS",
+    "DRIFT_COLUMNS",
     "UNKNOWN",
     "AnswerDistribution",
     "Drift",
     "answer_distribution",
     "compare",
+    "drift_of",
     "measure_drift",
     "total_variation",
 ]
 
 CONFIDENCE_BINS = 10
+# The predictions' columns drift is measured on.
+DRIFT_COLUMNS = ["label", "confidence", "is_unknown", "model_version", "predicted_at"]
 UNKNOWN = "(unknown)"  # the answer "unknown", as a category beside the labels
 
 
@@ -153,16 +160,22 @@ def measure_drift(
     from fruits.sinks.tables import PREDICTIONS
 
     since = (now or dt.datetime.now(dt.UTC)) - window
-    columns = ["label", "confidence", "is_unknown", "model_version", "predicted_at"]
-    rows, _ = recent_rows(open_lake(config), PREDICTIONS, "predicted_at", since, columns)
-    rows = rows.filter(pc.greater_equal(rows.column("predicted_at"), since))
+    rows, _ = recent_rows(open_lake(config), PREDICTIONS, "predicted_at", since, DRIFT_COLUMNS)
+    return drift_of(
+        rows.filter(pc.greater_equal(rows.column("predicted_at"), since)), ModelRegistry(config)
+    )
+
+
+def drift_of(rows: pa.Table, registry: ModelRegistry) -> Drift | None:
+    """Drift of these prediction rows (``DRIFT_COLUMNS``, already cut to the window): those of
+    the version that answered the newest of them, against its training's validation answers."""
     if not rows.num_rows:
         return None
     newest = pc.index(rows.column("predicted_at"), pc.max(rows.column("predicted_at")))
     version = rows.column("model_version")[newest.as_py()].as_py()
     if version is None:
         return None
-    report = ModelRegistry(config).training_report(int(version))
+    report = registry.training_report(int(version))
     reference = ((report or {}).get("validation") or {}).get("answers")
     if not reference:
         return None

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import math
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -57,6 +58,16 @@ class DeltaRsLake(Lake):
             empty = SCHEMAS[table].empty_table()
             return empty.select(columns) if columns else empty
         condition = _condition(table, equals, since)
+        files = _files_since(delta, since) if since is not None else None
+        if files is not None:
+            # Only the files whose statistics say they can hold rows that recent, read as plain
+            # Parquet: building delta-rs' dataset costs time per live file of the table, and a
+            # stream leaves hundreds of small ones between two compactions.
+            schema = pa.schema(delta.schema().to_arrow())
+            recent = ds.dataset(files, schema=schema, format="parquet", filesystem=self._fs(table))
+            data = recent.to_table(columns=columns, filter=condition)
+            del recent, delta
+            return data
         # delta-rs gives each fragment its file's statistics as a guarantee: the filter skips
         # the files that cannot match without opening them.
         dataset = delta.to_pyarrow_dataset()
@@ -70,10 +81,13 @@ class DeltaRsLake(Lake):
         delta = self._table(table)
         if delta is None:
             return 0
+        files = _files_since(delta, since)
+        if files is not None:
+            return len(files)
         dataset = delta.to_pyarrow_dataset()
-        files = len(list(dataset.get_fragments(filter=_condition(table, None, since))))
+        count = len(list(dataset.get_fragments(filter=_condition(table, None, since))))
         del dataset, delta
-        return files
+        return count
 
     def count(self, table: str) -> int:
         delta = self._table(table)
@@ -250,11 +264,16 @@ class DeltaRsLake(Lake):
         del dataset  # free delta-rs' threads now (see read_arrow)
         return self.conform(data, table, partial=columns is not None)
 
-    def _fs(self, table: str) -> pa_fs.PyFileSystem:
-        """The table's folder as a pyarrow filesystem (delta-rs' own: local or az://)."""
+    def _fs(self, table: str) -> pa_fs.FileSystem:
+        """The table's folder as a pyarrow filesystem: pyarrow's own for a local folder (C++,
+        no Python call per read), else delta-rs' (az://)."""
+        location = self.path(table)
+        if "://" not in location or location.startswith("file://"):
+            folder = os.path.abspath(unquote(location.removeprefix("file://")))
+            return pa_fs.SubTreeFileSystem(folder, pa_fs.LocalFileSystem())
         from deltalake.fs import DeltaStorageHandler
 
-        return pa_fs.PyFileSystem(DeltaStorageHandler(self.path(table), self.storage_options))
+        return pa_fs.PyFileSystem(DeltaStorageHandler(location, self.storage_options))
 
     def _commit_actions(self, table: str, version: int) -> list[dict[str, Any]]:
         """The actions of one commit, from its log entry (FileNotFoundError once cleaned up:
@@ -325,12 +344,28 @@ def _txn_version(delta: Any, app_id: str) -> int:
     return -1 if version is None else int(version)
 
 
-def _last_checkpoint(fs: pa_fs.PyFileSystem) -> int | None:
+def _last_checkpoint(fs: pa_fs.FileSystem) -> int | None:
     try:
         with fs.open_input_stream("_delta_log/_last_checkpoint") as handle:
             return int(json.loads(handle.read().decode())["version"])
     except FileNotFoundError:
         return None
+
+
+def _files_since(delta: Any, since: Since) -> list[str] | None:
+    """The live files whose statistics allow a row at or after ``since`` (a file without them
+    is kept), from the log's add actions; None when the table keeps no statistics of that
+    column (then only a scan can tell)."""
+    column, start = since
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    stats = f"max.{column}"
+    if stats not in actions.column_names:
+        return None
+    newest = actions.column(stats)
+    keep = pc.or_kleene(
+        pc.is_null(newest), pc.greater_equal(newest, pa.scalar(start, type=newest.type))
+    )
+    return [unquote(p) for p in actions.filter(keep).column("path").to_pylist()]
 
 
 def _condition(
