@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from fruits.config import Config, interval_seconds, is_url
 from fruits.errors import FruitsError
-from fruits.observe.drift import Drift, measure_drift
+from fruits.observe.drift import DRIFT_COLUMNS, Drift, drift_of
 from fruits.sinks.delta import Lake, open_lake
 from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 
@@ -88,8 +88,8 @@ class Observed:
 
     @cached_property
     def predictions(self) -> pa.Table:
-        """Predictions of the window (``predicted_at``, ``is_unknown``)."""
-        return self._recent(PREDICTIONS, "predicted_at", ["predicted_at", "is_unknown"])
+        """Predictions of the window, with the columns the share and drift rules read."""
+        return self._recent(PREDICTIONS, "predicted_at", DRIFT_COLUMNS)
 
     @cached_property
     def quarantine(self) -> pa.Table:
@@ -105,8 +105,11 @@ class Observed:
 
     @cached_property
     def drift(self) -> Drift | None:
-        """The window's answers against the serving version's validation answers."""
-        return measure_drift(self.config, window=self.window, now=self.now)
+        """The window's answers against the serving version's validation answers (the rows
+        the share rules read, not a second read of the table)."""
+        from fruits.model.registry import ModelRegistry
+
+        return drift_of(self.predictions, ModelRegistry(self.config))
 
     @cached_property
     def last_batch_at(self) -> dt.datetime | None:
