@@ -333,7 +333,8 @@ def test_the_streams_maintenance_runs_every_two_batches_and_the_tables_stay_righ
     for photo in photos[:4]:
         feed.add([(f"mem://Kiwi/{photo.name}", photo.read_bytes(), dt.datetime.now(dt.UTC))])
         query.processAllAvailable()
-    assert maintenance.wait_for_runs(2, timeout_s=120)
+    # A hang guard, not a speed check: a pass of Spark maintenance took 123 s on a loaded CI.
+    assert maintenance.wait_for_runs(2, timeout_s=600)
     assert maintenance.failures == 0
     lake = DeltaRsLake(stream_config.path("lake"))
     last = {r.table: r for r in maintenance.last}
