@@ -9,6 +9,7 @@ import dataclasses
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -22,7 +23,9 @@ from fruits.model.classifier import FruitModel, train
 from fruits.model.metrics import classification_report
 from fruits.model.registry import ModelRegistry
 from fruits.model.splits import left_out_classes
+from fruits.model.taxonomy import default_taxonomy
 from fruits.sinks.delta import open_lake
+from fruits.sources.datasets import LabelledDataset, Split, labelled_datasets
 from fruits.sources.training import check_labelled_tree
 from fruits.spark import get_spark
 
@@ -32,23 +35,36 @@ if TYPE_CHECKING:
 __all__ = ["run_training"]
 
 
-def run_training(config: Config, data: str, *, promote: bool = True) -> dict[str, Any]:
-    """Train from ``data/Training`` (and score ``data/Test`` when present) as one MLflow run,
-    register the model (``champion`` unless ``promote`` is false); returns the summary."""
+def run_training(
+    config: Config, data: str | Sequence[str], *, promote: bool = True
+) -> dict[str, Any]:
+    """Train on one or several labelled datasets (fruits/sources/datasets.py: a Fruits-360
+    folder's ``Training``, a Grocery folder's ``train`` and ``val``; comma-separated in a
+    string), scoring their test photos when they have some, as one MLflow run; register the
+    model (``champion`` unless ``promote`` is false); returns the summary."""
     import mlflow
 
+    datasets = labelled_datasets(data)
     registry = ModelRegistry(config)
     registry.use()
-    with mlflow.start_run(run_name=f"train {data.rstrip('/').rsplit('/', 1)[-1]}"):
-        _log_settings(config, data)
-        return _train(config, data, registry, promote=promote)
+    name = "+".join(d.root.rsplit("/", 1)[-1] for d in datasets)
+    with mlflow.start_run(run_name=f"train {name}"):
+        _log_settings(config, _data_spec(datasets))
+        return _train(config, datasets, registry, promote=promote)
 
 
-def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool) -> dict[str, Any]:
+def _data_spec(datasets: Sequence[LabelledDataset]) -> str:
+    return ",".join(d.root for d in datasets)
+
+
+def _train(
+    config: Config, datasets: list[LabelledDataset], registry: ModelRegistry, *, promote: bool
+) -> dict[str, Any]:
     started = time.perf_counter()
-    training_dir, test_dir = f"{data.rstrip('/')}/Training", f"{data.rstrip('/')}/Test"
-    check_labelled_tree(training_dir)
-    has_test = is_url(data) or Path(test_dir).is_dir()
+    for dataset in datasets:
+        for split in dataset.training:
+            check_labelled_tree(split.location)
+    tests = [(d, d.test) for d in datasets if d.test is not None]
     spec = ExtractorSpec.from_config(config)
     stages = Stages()
     with stages("spark start"):
@@ -56,21 +72,24 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
     ship_backend(spark, spec)  # the ONNX export (made once) to every executor, through Spark
     lake = open_lake(config)
 
-    def features_of(location: str, split: str) -> tuple[DataFrame, FeatureRun]:
-        return featurize_labelled(
+    def features_of(dataset: LabelledDataset, split: Split) -> tuple[DataFrame, FeatureRun]:
+        features, run = featurize_labelled(
             spark,
             lake,
-            location,
-            split=split,
+            split.location,
+            split=split.name,
             spec=spec,
             images=config.images,
             azure=config.azure,
             chunk_size=config.training.feature_chunk_size,
-            progress=progress_printer(f"features {split}"),
+            progress=progress_printer(f"features {dataset.name} {split.name}"),
         )
+        return _as_varieties(features, dataset, split), run
 
     with stages("features Training"):
-        train_features, train_run = features_of(training_dir, "Training")
+        train_features, train_run = _union(
+            [features_of(d, split) for d in datasets for split in d.training]
+        )
         # Used by several Spark jobs below (classes, split, scoring): build the join once.
         train_features = train_features.persist()
         log(
@@ -90,8 +109,8 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
     curve = None
     with stages("evaluate"):
         train_scores, _ = _score(trained.model, train_features)
-        if has_test:
-            test_features, test_run = features_of(test_dir, "Test")
+        if tests:
+            test_features, test_run = _union([features_of(d, split) for d, split in tests])
             runs.append(test_run)
             test_scores, scored = _score(trained.model, test_features)
             log(
@@ -106,9 +125,10 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
                 )
                 curve = unknown_curve(scored, trained.model.classes, trained.model.unknown_rule)
 
+    training_dir = datasets[0].training[0].location
     _log_datasets(
-        {"Training": (training_dir, train_features)}
-        | ({"Test": (test_dir, test_features)} if test_scores else {})
+        {"Training": (_data_spec(datasets), train_features)}
+        | ({"Test": (",".join(s.location for _, s in tests), test_features)} if test_scores else {})
     )
     train_features.unpersist()
     chosen = next(s for s in trained.comparison if s.name == trained.classifier)
@@ -131,8 +151,8 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
             "neighbours": config.training.unknown_neighbours,
             "dims": config.training.unknown_dims,
         },
-        "validation_split": "per class and video, one contiguous run of "
-        f"{config.training.validation_fraction:.0%} of the frames",
+        "validation_split": _validation_split(datasets, config.training.validation_fraction),
+        "datasets": {d.root: d.layout for d in datasets},
         "refit_all": config.training.refit_all,
         "left_out_classes": left_out,
         "comparison": [dataclasses.asdict(s) for s in trained.comparison],
@@ -148,7 +168,7 @@ def _train(config: Config, data: str, registry: ModelRegistry, *, promote: bool)
         "unknown_curve": curve,
         "features": _feature_counts(runs),
         "rejected_files": [dataclasses.asdict(r) for run in runs for r in run.rejected],
-        "data": data,
+        "data": _data_spec(datasets),
     }
     with stages("register"):
         metrics["timings"] = {
@@ -302,12 +322,54 @@ def _example_photo(training_dir: str) -> bytes | None:
     """One training photo's bytes: the registered model's input example (local data only)."""
     if is_url(training_dir):
         return None
-    for folder in sorted(Path(training_dir).iterdir()):
-        if folder.is_dir() and not folder.name.startswith("."):
-            photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-            if photos:
-                return photos[0].read_bytes()
+    for photo in sorted(Path(training_dir).rglob("*")):
+        if photo.suffix.lower() in (".jpg", ".jpeg") and not photo.parent.name.startswith("."):
+            return photo.read_bytes()
     return None
+
+
+def _as_varieties(features: DataFrame, dataset: LabelledDataset, split: Split) -> DataFrame:
+    """A split's rows labelled with the taxonomy's varieties (fruits/model/taxonomy.py), with
+    the side of the validation split the dataset decides (``held_out``; null: by video)."""
+    from pyspark.sql import functions as F
+
+    taxonomy = default_taxonomy()
+    renamed = {c: v for (d, c), v in taxonomy.varieties.items() if d == dataset.layout and c != v}
+    label = F.col("label")
+    if renamed:
+        mapping = F.create_map(*[F.lit(x) for pair in renamed.items() for x in pair])
+        label = F.coalesce(mapping[F.col("label")], F.col("label"))
+    held_out = F.lit(split.held_out).cast("boolean")
+    return features.withColumn("label", label).withColumn("held_out", held_out)
+
+
+def _union(parts: list[tuple[DataFrame, FeatureRun]]) -> tuple[DataFrame, FeatureRun]:
+    """The rows of several splits, and what their feature passes did, as one."""
+    frames = [frame for frame, _ in parts]
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    runs = [run for _, run in parts]
+    merged = FeatureRun(
+        images=sum(r.images for r in runs),
+        cached=sum(r.cached for r in runs),
+        computed=sum(r.computed for r in runs),
+        rejected=[x for r in runs for x in r.rejected],
+    )
+    return union, merged
+
+
+def _validation_split(datasets: Sequence[LabelledDataset], fraction: float) -> str:
+    parts = []
+    for dataset in datasets:
+        own = [s.name for s in dataset.training if s.held_out]
+        how = (
+            f"its own {', '.join(own)} split"
+            if own
+            else f"per class and video, one contiguous run of {fraction:.0%} of the frames"
+        )
+        parts.append(f"{dataset.layout}: {how}" if len(datasets) > 1 else how)
+    return "; ".join(parts)
 
 
 def _local_artifact(uri: str) -> str:

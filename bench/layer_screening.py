@@ -66,21 +66,27 @@ def _extract_shard(args: tuple[str, int, list[str], list[str]]) -> list[np.ndarr
     return [np.concatenate(p) for p in parts]
 
 
+def extract_blocks(paths: list[str], size: int, layers: list[str], weights: str) -> dict[str, Any]:
+    """The average-pooled output of each block for each photo, in order: two Keras processes
+    of one thread each (one per core), each on every other photo."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        shards = pool.map(_extract_shard, [(weights, size, layers, paths[k::2]) for k in (0, 1)])
+    arrays: dict[str, Any] = {}
+    for j, layer in enumerate(layers):
+        merged = np.empty((len(paths), shards[0][j].shape[1]), np.float32)
+        merged[0::2], merged[1::2] = shards[0][j], shards[1][j]
+        arrays[layer] = merged
+    return arrays
+
+
 def extract(data: Path, out: Path, sizes: list[int], layers: list[str], weights: str) -> None:
     rows = _photos(data)
     paths = [r[2] for r in rows]
     out.mkdir(parents=True, exist_ok=True)
-    context = multiprocessing.get_context("spawn")
     for size in sizes:
         started = time.perf_counter()
-        with context.Pool(2) as pool:
-            jobs = [(weights, size, layers, paths[k::2]) for k in (0, 1)]
-            shards = pool.map(_extract_shard, jobs)
-        arrays: dict[str, Any] = {}
-        for j, layer in enumerate(layers):
-            merged = np.empty((len(paths), shards[0][j].shape[1]), np.float32)
-            merged[0::2], merged[1::2] = shards[0][j], shards[1][j]
-            arrays[layer] = merged
+        arrays = extract_blocks(paths, size, layers, weights)
         np.savez(
             out / f"features_{size}.npz",
             split=np.array([r[0] for r in rows]),

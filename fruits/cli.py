@@ -28,7 +28,7 @@ __all__ = ["main"]
 def _train(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from batch.train import run_training
 
-    data = args.data or config.training.data
+    data = ",".join(args.data) if args.data else config.training.data
     if not data:
         raise ConfigError("no data folder: pass --data DIR or set 'training.data' (FRUITS_DATA)")
     if args.leave_out_share is not None:
@@ -273,7 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", parents=[common], help="train, evaluate, register a model and make it champion"
     )
-    train.add_argument("--data", help="folder with Training/<Class>/*.jpg (and Test/)")
+    train.add_argument(
+        "--data",
+        action="append",
+        help="a labelled dataset: a Fruits-360 folder (Training/<Class>/*.jpg, and Test/) or a "
+        "Grocery Store Dataset folder (train/, val/, classes.csv); [LAYOUT=]LOCATION, repeated "
+        "or comma-separated for several at once",
+    )
     train.add_argument(
         "--leave-out-share",
         type=float,

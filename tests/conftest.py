@@ -16,6 +16,7 @@ from fruits.config import Config, load_config
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED", PROJECT.parent / "shared"))
 FRUITS360 = SHARED / "data" / "fruits360"
+GROCERY = SHARED / "data" / "grocery"  # real smartphone photos: train and val splits
 WEIGHTS = Path(
     os.environ.get("FRUITS_WEIGHTS", SHARED / "models" / "inception_v3_notop.weights.h5")
 )
@@ -32,7 +33,7 @@ DATABRICKS_ENV = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    missing = [str(p) for p in (FRUITS360, WEIGHTS) if not p.exists()]
+    missing = [str(p) for p in (FRUITS360, GROCERY, WEIGHTS) if not p.exists()]
     if missing:
         raise pytest.UsageError(
             f"test data not found: {', '.join(missing)} (put the shared folder beside the "

@@ -38,6 +38,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for packaged in ("local", "azurite", "databricks"):
         assert f"fruits/conf/{packaged}.yaml" in names
     assert "fruits/sources/uploads.py" in names and "bench/throughput.py" in names
+    assert "fruits/model/taxonomy.csv" in names  # read at training, through importlib
     assert not any(name.startswith("tests/") for name in names)  # test helpers stay out
     return built
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from fruits.config import Config
 from fruits.errors import ConfigError
 from fruits.model.registry import ModelRegistry
 
-from .conftest import KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree
+from .conftest import GROCERY, KNOWN_CLASSES, UNKNOWN_CLASSES, copy_tree
 
 pytestmark = pytest.mark.spark
 
@@ -72,7 +73,7 @@ def test_report_has_plots_and_per_class_scores(trained: tuple[Config, dict[str, 
     for name in ("confusion_matrix.png", "pca_variance.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics["test"]["per_class"]) == set(KNOWN_CLASSES)
+    assert metrics["test"]["n_images"] == 4 * 5
     assert {"features Training", "train", "evaluate"} <= set(metrics["timings"])
     # The reference of drift: the validation answers' shares, in the JSON and the markdown.
     answers = metrics["validation"]["answers"]
@@ -159,3 +160,58 @@ def test_evaluate_refuses_features_from_other_weights(
     folder = copy_tree(tmp_path / "photos", "Test", KNOWN_CLASSES[:1], 1)
     with pytest.raises(ConfigError, match="was trained on"):
         run_evaluation(other, str(folder))
+
+
+def _grocery_tree(root: Path, classes: dict[str, str], n_train: int, n_val: int) -> Path:
+    """A few real Grocery photos per class, in the dataset's own layout (``train|val/...``)."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls, folder in classes.items():
+            target = root / split / folder / cls
+            target.mkdir(parents=True)
+            for photo in sorted((GROCERY / split).rglob(f"{cls}/*.jpg"))[:n]:
+                shutil.copy(photo, target / photo.name)
+    return root
+
+
+def test_one_training_on_two_datasets_merges_their_varieties_through_the_taxonomy(
+    small_dataset: Path, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    from batch.train import run_training
+
+    grocery = _grocery_tree(
+        tmp_path / "grocery",
+        {"Banana": "Fruit", "Granny-Smith": "Fruit/Apple", "Red-Beet": "Vegetables"},
+        n_train=6,
+        n_val=3,
+    )
+    summary = run_training(make_config(), [str(small_dataset), f"grocery={grocery}"])
+    # Grocery's Banana is Fruits-360's Banana; the others take the taxonomy's names.
+    assert summary["n_classes"] == len(KNOWN_CLASSES) + 2
+    metrics = json.loads((Path(summary["report"]).parent / "metrics.json").read_text())
+    assert set(metrics["classes"]) == {*KNOWN_CLASSES, "Apple Granny Smith", "Beetroot"}
+    assert metrics["datasets"] == {str(small_dataset): "fruits360", str(grocery): "grocery"}
+    assert "grocery: its own val split" in metrics["validation_split"]
+    assert summary["features_computed"] == 4 * 10 + 4 * 5 + 3 * (6 + 3)
+    # Fruits-360's Test photos are scored; Grocery has no test split here.
+    assert metrics["test"]["n_images"] == 4 * 5
+
+
+def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video(
+    spark: Any,
+) -> None:
+    from fruits.model.classifier import _block_split
+
+    rows = [(f"file:/g/train/Kiwi/{i}.jpg", "Kiwi", False, [0.0]) for i in range(5)]
+    rows += [(f"file:/g/val/Kiwi/{i}.jpg", "Kiwi", True, [0.0]) for i in range(2)]
+    rows += [(f"file:/f/Training/Kiwi/r_{i}_100.jpg", "Kiwi", None, [0.0]) for i in range(20)]
+    data = spark.createDataFrame(
+        rows, "path string, label string, held_out boolean, f array<double>"
+    )
+    training, validation = _block_split(data, 0.2, seed=1)
+    assert "held_out" not in training.columns
+    held = {r.path for r in validation.collect()}
+    fitted = {r.path for r in training.collect()}
+    assert {p for p in held if "/g/" in p} == {f"file:/g/val/Kiwi/{i}.jpg" for i in range(2)}
+    assert {p for p in fitted if "/g/" in p} == {f"file:/g/train/Kiwi/{i}.jpg" for i in range(5)}
+    studio_held = [p for p in held if "/f/" in p]
+    assert 1 <= len(studio_held) < 20 and len(fitted) + len(held) == 27

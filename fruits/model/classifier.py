@@ -390,22 +390,30 @@ def _accuracy(predictions: DataFrame) -> float:
 
 
 def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
-    """(training, validation): per class and video, a contiguous run of ``fraction`` of the
-    frames is held out (fruits/model/splits.py); never random frames, whose neighbours in
-    training make validation as easy as the training photos.
+    """(training, validation): a photo whose dataset has its own validation split says which
+    side it is on (a ``held_out`` column, fruits/sources/datasets.py); any other photo is
+    split per class and video, a contiguous run of ``fraction`` of the frames held out
+    (fruits/model/splits.py); never random frames, whose neighbours in training make
+    validation as easy as the training photos.
 
     Decided on the driver from (path, label) alone: a few bytes per photo, and the same split
     whatever the partitioning.
     """
     from pyspark.sql import functions as F
 
-    keys = data.select("path", "label").distinct().collect()
-    held_out = validation_mask([r.path for r in keys], [r.label for r in keys], fraction, seed)
+    given = "held_out" in data.columns
+    keys = data.select("path", "label", F.col("held_out") if given else F.lit(None)).distinct()
+    rows = [(r[0], r[1], r[2]) for r in keys.collect()]
+    by_video = [(path, label) for path, label, held in rows if held is None]
+    mask = validation_mask([p for p, _ in by_video], [c for _, c in by_video], fraction, seed)
+    held_out = {path: held for (path, _), held in zip(by_video, mask, strict=True)}
     sides = data.sparkSession.createDataFrame(
-        [(r.path, held) for r, held in zip(keys, held_out, strict=True)],
+        [(path, held if held is not None else held_out[path]) for path, _, held in rows],
         "path string, _validation boolean",
     )
     marked = data.join(F.broadcast(sides), on="path", how="inner")
+    if given:
+        marked = marked.drop("held_out")
     training = marked.where(~F.col("_validation")).drop("_validation")
     validation = marked.where(F.col("_validation")).drop("_validation")
     return training, validation

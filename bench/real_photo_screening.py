@@ -1,0 +1,153 @@
+"""Screening for real photos: which InceptionV3 block and input size recognise the kind of
+produce in a smartphone photo (Grocery ``val``) while keeping the studio varieties apart
+(Fruits-360 ``Test``), when trained on both datasets at once.
+
+1. ``extract``: one Keras pass per input size (``bench.layer_screening.extract_blocks``, 2
+   processes x 1 thread) over Grocery ``train`` and ``val`` and a Fruits-360 sample (every
+   ``--step``-th Training and Test photo of each class), saved as
+   ``<out>/real_<size>.npz`` with each photo's dataset, split, class and kind.
+2. ``score``: standardise -> PCA (95% of the variance) -> multinomial logistic regression
+   (scikit-learn), fitted on Grocery ``train`` + the Fruits-360 Training sample with one class
+   per variety; reported per ``SIZE:BLOCK``: the kind accuracy on Grocery ``val`` (the
+   predicted variety's kind against the photo's), its variety accuracy, and the variety
+   accuracy on the Fruits-360 Test sample.
+
+The kind of a Fruits-360 class here is its first word (``Apple Braeburn`` -> apple), of a Grocery
+class its coarse class in ``classes.csv``; a quick stand-in for the project's taxonomy.
+
+    python -m bench.real_photo_screening extract --fruits360 ../shared/data/fruits360 \
+        --grocery ../shared/data/grocery --out /tmp/real --sizes 150 224 \
+        --layers mixed3 mixed4 mixed5
+    python -m bench.real_photo_screening score --out /tmp/real 150:mixed5 224:mixed3+mixed5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.layer_screening import extract_blocks
+from fruits.features.inception import LAYERS
+
+
+@dataclass(frozen=True)
+class Photo:
+    dataset: str  # grocery | fruits360
+    split: str  # train | val | Training | Test
+    label: str  # the class (a variety, or a kind that has no varieties)
+    kind: str
+    path: str
+
+
+def grocery_photos(root: Path) -> list[Photo]:
+    """Grocery's train and val photos: ``<split>/<Fruit|Vegetables>/<Kind>/[<Variety>/]*.jpg``;
+    the class is the folder holding the photo, its kind the coarse class of ``classes.csv``."""
+    with open(root / "classes.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    kind_of = {row[0].strip(): row[2].strip().lower() for row in rows}
+    photos = []
+    for split in ("train", "val"):
+        for path in sorted((root / split).rglob("*.jpg")):
+            label = path.parent.name
+            photos.append(Photo("grocery", split, label, kind_of[label], str(path)))
+    return photos
+
+
+def fruits360_photos(root: Path, step: int) -> list[Photo]:
+    photos = []
+    for split in ("Training", "Test"):
+        for folder in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            kind = folder.name.split()[0].lower()
+            files = sorted(folder.glob("*.jpg"))[::step]
+            photos += [Photo("fruits360", split, folder.name, kind, str(f)) for f in files]
+    return photos
+
+
+def extract(
+    photos: list[Photo], out: Path, sizes: list[int], layers: list[str], weights: str
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [p.path for p in photos]
+    for size in sizes:
+        started = time.perf_counter()
+        arrays = extract_blocks(paths, size, layers, weights)
+        np.savez(
+            out / f"real_{size}.npz",
+            dataset=np.array([p.dataset for p in photos]),
+            split=np.array([p.split for p in photos]),
+            label=np.array([p.label for p in photos]),
+            kind=np.array([p.kind for p in photos]),
+            **arrays,
+        )
+        print(
+            f"size {size}: {len(paths)} photos in {time.perf_counter() - started:.0f} s", flush=True
+        )
+
+
+def score(out: Path, settings: list[str], c: float) -> None:
+    for setting in settings:
+        size, blocks = setting.split(":")
+        saved = np.load(out / f"real_{size}.npz")
+        features = np.concatenate([saved[b] for b in blocks.split("+")], axis=1)
+        result: dict[str, object] = {"image_size": int(size), "layers": blocks}
+        result |= _fit_and_score(features, saved["split"], saved["label"], saved["kind"], c)
+        print(json.dumps(result), flush=True)
+
+
+def _fit_and_score(
+    features: np.ndarray, split: np.ndarray, label: np.ndarray, kind: np.ndarray, c: float
+) -> dict[str, object]:
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train = (split == "train") | (split == "Training")
+    scaler = StandardScaler().fit(features[train])
+    pca = PCA(n_components=0.95, svd_solver="full").fit(scaler.transform(features[train]))
+
+    def project(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(pca.transform(scaler.transform(features[rows])))
+
+    classifier = LogisticRegression(C=c, max_iter=500).fit(project(train), label[train])
+    kind_of = dict(zip(label[train], kind[train], strict=False))
+    result: dict[str, object] = {"pca": int(pca.n_components_)}
+    for name, rows in (("grocery_val", split == "val"), ("fruits360_test", split == "Test")):
+        predicted = classifier.predict(project(rows))
+        predicted_kind = np.array([kind_of[p] for p in predicted])
+        result[f"{name}_variety"] = round(float((predicted == label[rows]).mean()), 4)
+        result[f"{name}_kind"] = round(float((predicted_kind == kind[rows]).mean()), 4)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.real_photo_screening")
+    sub = parser.add_subparsers(dest="command", required=True)
+    extracting = sub.add_parser("extract")
+    extracting.add_argument("--fruits360", type=Path, required=True)
+    extracting.add_argument("--grocery", type=Path, required=True)
+    extracting.add_argument("--step", type=int, default=4, help="every Nth Fruits-360 photo")
+    extracting.add_argument("--out", type=Path, required=True)
+    extracting.add_argument("--sizes", type=int, nargs="+", required=True)
+    extracting.add_argument("--layers", nargs="+", choices=list(LAYERS), required=True)
+    extracting.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", "imagenet"))
+    scoring = sub.add_parser("score")
+    scoring.add_argument("--out", type=Path, required=True)
+    scoring.add_argument("--c", type=float, default=0.2, help="logistic regression's C")
+    scoring.add_argument("settings", nargs="+", metavar="SIZE:BLOCK[+BLOCK]")
+    args = parser.parse_args()
+    if args.command == "extract":
+        photos = grocery_photos(args.grocery) + fruits360_photos(args.fruits360, args.step)
+        extract(photos, args.out, args.sizes, args.layers, args.weights)
+    else:
+        score(args.out, args.settings, args.c)
+
+
+if __name__ == "__main__":
+    main()
