@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_unknown_curve", "unknown_curve", "write_report"]
+__all__ = [
+    "plot_contact_sheet",
+    "plot_kind_confusion",
+    "plot_unknown_curve",
+    "unknown_curve",
+    "write_report",
+]
 
 
 def write_report(folder: Path, metrics: dict[str, Any], cumulative_variance: list[float]) -> None:
@@ -22,6 +28,40 @@ def write_report(folder: Path, metrics: dict[str, Any], cumulative_variance: lis
     if metrics.get("unknown_curve"):
         plot_unknown_curve(folder / "unknown_curve.png", metrics["unknown_curve"])
     (folder / "report.md").write_text(_markdown(metrics))
+
+
+_TWO_LEVEL_COLUMNS = (
+    ("kind_right", "kind right"),
+    ("variety_right", "variety right"),
+    ("kind_right_variety_not_sure", "kind right, variety not sure"),
+    ("answered_unknown", "unknown"),
+    ("confidently_wrong", "confidently wrong"),
+)
+
+
+def _two_level_lines(metrics: dict[str, Any]) -> list[str]:
+    """The answers at both levels (fruits/model/answers.py), per split and for the classes
+    left out of training (whose right answers are "unknown" or their kind, not sure)."""
+    rows = [
+        (split, (metrics.get(split) or {}).get("two_level"))
+        for split in ("train", "validation", "test")
+    ]
+    unseen = ((metrics.get("test") or {}).get("unseen") or {}).get("two_level")
+    rows.append(("test, left-out classes", unseen))
+    shown = [(name, scores) for name, scores in rows if scores and scores.get("n_images")]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "## Answers at two levels: kind and variety",
+        "",
+        "| photos | images | " + " | ".join(title for _, title in _TWO_LEVEL_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(_TWO_LEVEL_COLUMNS),
+    ]
+    for name, scores in shown:
+        cells = " | ".join(f"{scores[key]:.4f}" for key, _ in _TWO_LEVEL_COLUMNS)
+        lines.append(f"| {name} | {scores['n_images']} | {cells} |")
+    return lines
 
 
 def plot_unknown_curve(path: Path, curve: dict[str, Any], title: str | None = None) -> None:
@@ -46,6 +86,82 @@ def plot_unknown_curve(path: Path, curve: dict[str, Any], title: str | None = No
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_kind_confusion(path: Path, answers: Sequence[dict[str, Any]], title: str) -> None:
+    """True kind (rows) against the answered kind, "unknown" its own column: counts, shaded by
+    the share of each true kind. Only the kinds that occur are drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    truths = sorted({a["true_kind"] for a in answers})
+    said = sorted({a["kind"] for a in answers if not a["is_unknown"]} | set(truths))
+    columns = [*said, "unknown"]
+    index = {k: i for i, k in enumerate(columns)}
+    counts = np.zeros((len(truths), len(columns)))
+    for a in answers:
+        answered = "unknown" if a["is_unknown"] else a["kind"]
+        counts[truths.index(a["true_kind"]), index[answered]] += 1
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fontsize = 8 if len(columns) <= 30 else 5
+    fig, ax = plt.subplots(
+        figsize=(min(4 + 0.28 * len(columns), 24), min(3 + 0.28 * max(len(truths), 1), 20))
+    )
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), count in np.ndenumerate(counts):
+        if count:
+            color = "white" if shares[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=fontsize, color=color)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(len(truths)), truths, fontsize=fontsize)
+    ax.set_xlabel("answered kind")
+    ax.set_ylabel("true kind")
+    ax.set_title(f"{title}: kinds (counts; shade: share of the true kind)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_contact_sheet(path: Path, answers: Sequence[dict[str, Any]], title: str) -> None:
+    """The photos of ``answers`` (the worst confident mistakes, surest first) in a grid, each
+    with its truth and its answer; a photo that is not a local file is a grey tile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    columns = 5
+    rows = max(1, -(-len(answers) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 3.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, answer in zip(axes.flat, answers, strict=False):
+        local = answer["path"].removeprefix("file:")
+        try:
+            with Image.open(local) as image:
+                tile = ImageOps.exif_transpose(image).convert("RGB")
+                tile.thumbnail((240, 240))
+                pixels = np.asarray(tile)
+        except (OSError, ValueError):
+            pixels = np.full((8, 8, 3), 200, dtype=np.uint8)
+        ax.imshow(pixels)
+        said = (
+            f"a {answer['kind']}, variety not sure"
+            if answer["variety_not_sure"]
+            else f"{answer['label']} ({answer['confidence']:.2f})"
+        )
+        ax.set_title(f"true: {answer['true_label']}\nsaid: {said}", fontsize=7)
+    if not answers:
+        axes[0][0].text(0.5, 0.5, "no confident mistake", ha="center", va="center")
+    fig.suptitle(f"{title}: the surest wrong answers", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -122,6 +238,7 @@ def _markdown(metrics: dict[str, Any]) -> str:
             rejected = scores.get("known_rejected")
             shown = f"{rejected:.4f}" if rejected is not None else "-"
             lines.append(f"| {split} | {scores['n_images']} | {scores['accuracy']:.4f} | {shown} |")
+    lines += _two_level_lines(metrics)
     test = metrics.get("test") or {}
     if "unseen" in test:
         unseen = test["unseen"]

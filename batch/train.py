@@ -20,7 +20,7 @@ from fruits.console import Stages, log, progress_printer
 from fruits.features.featurizer import ExtractorSpec, ship_backend
 from fruits.features.store import FeatureRun, featurize_labelled
 from fruits.model.classifier import FruitModel, train
-from fruits.model.metrics import classification_report
+from fruits.model.metrics import classification_report, two_level_report
 from fruits.model.registry import ModelRegistry
 from fruits.model.splits import left_out_classes
 from fruits.model.taxonomy import default_taxonomy
@@ -127,7 +127,7 @@ def _train(
 
     training_dir = datasets[0].training[0].location
     _log_datasets(
-        {"Training": (_data_spec(datasets), train_features)}
+        {"Training": (",".join(s.location for d in datasets for s in d.training), train_features)}
         | ({"Test": (",".join(s.location for _, s in tests), test_features)} if test_scores else {})
     )
     train_features.unpersist()
@@ -138,6 +138,7 @@ def _train(
         "classifier": trained.classifier,
         "extractor": spec.extractor_id,
         "image_size": spec.image_size,
+        "backbone": spec.backbone,
         "layer": spec.layer,
         "pca_components": trained.pca_components,
         "explained_variance": round(trained.explained_variance, 6),
@@ -211,6 +212,7 @@ def _train(
         "accuracy_train": train_scores["accuracy"],
         "accuracy_validation": chosen.validation_accuracy,
         "accuracy_test": test_scores["accuracy"] if test_scores else None,
+        "kind_accuracy_test": test_scores["two_level"].get("kind_right") if test_scores else None,
         "validation_known_rejected": trained.validation_rejected,
         "test_known_rejected": test_scores["known_rejected"] if test_scores else None,
         "test_unseen_caught": test_scores["unseen"]["caught"]
@@ -306,6 +308,9 @@ def _log_results(metrics: dict[str, Any], cumulative_variance: list[float]) -> N
             if metrics.get(s) and metrics[s].get("known_rejected") is not None
         },
     }
+    for split in _SPLITS:  # the answers at both levels (fruits/model/metrics.py)
+        two_level = (metrics.get(split) or {}).get("two_level") or {}
+        values |= {f"{k}_{split}": float(v) for k, v in two_level.items() if k != "n_images"}
     if metrics.get("test") and "unseen" in metrics["test"]:
         values["unseen_caught_test"] = metrics["test"]["unseen"]["caught"]
     for row in metrics["comparison"]:
@@ -383,11 +388,7 @@ def _score(model: FruitModel, features: DataFrame) -> tuple[dict[str, Any], list
     knows, with the share of them answered "unknown"; photos of other classes (left out of
     training) under ``unseen``: how many were caught. Also the rows (true label, confidence,
     distance, is_unknown), for the curve."""
-    rows = (
-        model.predict(features.withColumnRenamed("label", "true_label"), with_scores=True)
-        .select("true_label", "label", "confidence", "unknown_distance", "is_unknown")
-        .collect()
-    )
+    rows = model.answer_labelled(features)
     known_classes = set(model.classes)
     known = [r for r in rows if r.true_label in known_classes]
     unseen = [r for r in rows if r.true_label not in known_classes]
@@ -395,10 +396,12 @@ def _score(model: FruitModel, features: DataFrame) -> tuple[dict[str, Any], list
         [r.true_label for r in known], [r.label for r in known], model.classes
     )
     report["known_rejected"] = sum(r.is_unknown for r in known) / len(known) if known else None
+    report["two_level"] = _two_level(known)
     if unseen:
         report["unseen"] = {
             "n_images": len(unseen),
             "caught": sum(r.is_unknown for r in unseen) / len(unseen),
+            "two_level": _two_level(unseen),
             "classes": sorted({r.true_label for r in unseen}),
             "caught_per_class": {
                 label: round(
@@ -410,6 +413,20 @@ def _score(model: FruitModel, features: DataFrame) -> tuple[dict[str, Any], list
             },
         }
     return report, rows
+
+
+def _two_level(rows: list[Any]) -> dict[str, Any]:
+    """The answers at both levels against the truth (fruits/model/metrics.py), the true kind
+    from the taxonomy."""
+    taxonomy = default_taxonomy()
+    return two_level_report(
+        [taxonomy.kind(r.true_label) for r in rows],
+        [r.true_label for r in rows],
+        [r.kind for r in rows],
+        [r.label for r in rows],
+        [bool(r.is_unknown) for r in rows],
+        [bool(r.variety_not_sure) for r in rows],
+    )
 
 
 def _leave_classes_out(features: DataFrame, config: Config) -> list[str]:

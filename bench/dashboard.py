@@ -188,6 +188,9 @@ def _write(
                 "predicted_at": predicted[a:b],
                 "latency_ms": latency[a:b],
                 "batch_id": [batch] * (b - a),
+                "kind": [_LABELS[k].lower() for k in labels[a:b]],
+                "kind_confidence": rng.uniform(0.5, 1.0, b - a),
+                "variety_not_sure": [False] * (b - a),
             }
         )
         lake.append_arrow(lake.conform(table, PREDICTIONS), PREDICTIONS)

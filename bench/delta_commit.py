@@ -48,6 +48,9 @@ def sample_predictions(paths: list[str], batch: int) -> pa.Table:
             "predicted_at": [NOW] * n,
             "latency_ms": [1.0] * n,
             "batch_id": [batch] * n,
+            "kind": ["kiwi"] * n,
+            "kind_confidence": [0.9] * n,
+            "variety_not_sure": [False] * n,
         }
     )
 

@@ -12,6 +12,11 @@ produce in a smartphone photo (Grocery ``val``) while keeping the studio varieti
    predicted variety's kind against the photo's), its variety accuracy, and the variety
    accuracy on the Fruits-360 Test sample.
 
+``--lite0`` adds EfficientNet-Lite0's features at each size (fruits/features/efficientnet_lite.py
+through the project's decoder and ONNX Runtime, as the stream computes them), as arrays
+``lite0`` (the whole photo) and ``lite0crop`` (the mean of the whole photo's features and its
+central 70%'s: a test-time crop), scored as ``224:lite0`` or ``224:lite0crop``.
+
 The kind of a Fruits-360 class here is its first word (``Apple Braeburn`` -> apple), of a Grocery
 class its coarse class in ``classes.csv``; a quick stand-in for the project's taxonomy.
 
@@ -19,6 +24,9 @@ class its coarse class in ``classes.csv``; a quick stand-in for the project's ta
         --grocery ../shared/data/grocery --out /tmp/real --sizes 150 224 \
         --layers mixed3 mixed4 mixed5
     python -m bench.real_photo_screening score --out /tmp/real 150:mixed5 224:mixed3+mixed5
+    python -m bench.real_photo_screening extract --fruits360 ../shared/data/fruits360 \
+        --grocery ../shared/data/grocery --out /tmp/lite0 --sizes 224 --lite0
+    python -m bench.real_photo_screening score --out /tmp/lite0 224:lite0 224:lite0crop
 """
 
 from __future__ import annotations
@@ -71,13 +79,21 @@ def fruits360_photos(root: Path, step: int) -> list[Photo]:
 
 
 def extract(
-    photos: list[Photo], out: Path, sizes: list[int], layers: list[str], weights: str
+    photos: list[Photo],
+    out: Path,
+    sizes: list[int],
+    layers: list[str],
+    weights: str,
+    *,
+    lite0: bool = False,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     paths = [p.path for p in photos]
     for size in sizes:
         started = time.perf_counter()
-        arrays = extract_blocks(paths, size, layers, weights)
+        arrays = extract_blocks(paths, size, layers, weights) if layers else {}
+        if lite0:
+            arrays |= lite0_features(paths, size)
         np.savez(
             out / f"real_{size}.npz",
             dataset=np.array([p.dataset for p in photos]),
@@ -89,6 +105,54 @@ def extract(
         print(
             f"size {size}: {len(paths)} photos in {time.perf_counter() - started:.0f} s", flush=True
         )
+
+
+def lite0_features(paths: list[str], size: int) -> dict[str, np.ndarray]:
+    """EfficientNet-Lite0's features of the whole photo (``lite0``) and that averaged with
+    its central 70%'s (``lite0crop``): two processes of one thread, each on every other photo."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        shards = pool.map(_lite0_shard, [(size, paths[k::2]) for k in (0, 1)])
+    arrays = {}
+    for j, name in enumerate(("lite0", "lite0crop")):
+        merged = np.empty((len(paths), shards[0][j].shape[1]), np.float32)
+        merged[0::2], merged[1::2] = shards[0][j], shards[1][j]
+        arrays[name] = merged
+    return arrays
+
+
+def _lite0_shard(args: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    from fruits.decode import ImageLimits, decode_batch
+    from fruits.features import efficientnet_lite
+    from fruits.features.featurizer import ExtractorSpec, export_onnx, extract_features
+
+    size, paths = args
+    weights = efficientnet_lite.packaged_weights()
+    spec = ExtractorSpec(
+        weights=weights,
+        image_size=size,
+        weights_digest="screening",
+        layer="",
+        backend="onnx",
+        onnx_dir=os.environ.get("TMPDIR", "/tmp"),
+        backbone="efficientnet_lite0",
+    )
+    export_onnx(spec)
+    margin = round(size / 0.7)  # the photo at this size, its central size x size is 70% of it
+    whole, cropped = [], []
+    for i in range(0, len(paths), 16):
+        contents = [Path(p).read_bytes() for p in paths[i : i + 16]]
+        pixels, _ = decode_batch(contents, size=size, limits=ImageLimits())
+        larger, _ = decode_batch(contents, size=margin, limits=ImageLimits())
+        assert len(pixels) == len(larger) == len(contents), "an unreadable photo in the datasets"
+        start = (margin - size) // 2
+        centre = np.ascontiguousarray(larger[:, start : start + size, start : start + size])
+        features = extract_features(pixels, spec)
+        whole.append(features)
+        cropped.append((features + extract_features(centre, spec)) / 2)
+    return np.concatenate(whole), np.concatenate(cropped)
 
 
 def score(out: Path, settings: list[str], c: float) -> None:
@@ -135,7 +199,8 @@ def main() -> None:
     extracting.add_argument("--step", type=int, default=4, help="every Nth Fruits-360 photo")
     extracting.add_argument("--out", type=Path, required=True)
     extracting.add_argument("--sizes", type=int, nargs="+", required=True)
-    extracting.add_argument("--layers", nargs="+", choices=list(LAYERS), required=True)
+    extracting.add_argument("--layers", nargs="*", choices=list(LAYERS), default=[])
+    extracting.add_argument("--lite0", action="store_true", help="EfficientNet-Lite0 too")
     extracting.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", "imagenet"))
     scoring = sub.add_parser("score")
     scoring.add_argument("--out", type=Path, required=True)
@@ -144,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "extract":
         photos = grocery_photos(args.grocery) + fruits360_photos(args.fruits360, args.step)
-        extract(photos, args.out, args.sizes, args.layers, args.weights)
+        extract(photos, args.out, args.sizes, args.layers, args.weights, lite0=args.lite0)
     else:
         score(args.out, args.settings, args.c)
 

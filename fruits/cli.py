@@ -40,7 +40,13 @@ def _train(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from batch.evaluate import run_evaluation
 
-    return run_evaluation(config, args.data, version=args.model_version, report=args.report)
+    return run_evaluation(
+        config,
+        args.data,
+        version=args.model_version,
+        report=args.report,
+        non_produce=args.non_produce,
+    )
 
 
 def _promote(config: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -292,13 +298,26 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
-        "evaluate", parents=[common], help="score a <Class>/*.jpg folder with a model"
+        "evaluate",
+        parents=[common],
+        help="score labelled photos with a model, per dataset and at both levels (kind, variety)",
     )
-    evaluate.add_argument("--data", required=True, help="folder with <Class>/*.jpg")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="a <Class>/*.jpg folder, or a dataset root (Fruits-360: its Test/; Grocery: its "
+        "val/); repeated or comma-separated, each reported on its own",
+    )
+    evaluate.add_argument(
+        "--non-produce",
+        help="a folder of photos that are not produce: the share answered unknown is reported",
+    )
     evaluate.add_argument("--model-version", type=int, help="default: the champion")
     evaluate.add_argument(
         "--report",
-        help="folder for evaluation.json and unknown_curve.png (default: "
+        help="folder for evaluation.json, kind_confusion.png, mistakes.png and unknown_curve.png "
+        "(default: "
         "{root}/reports/evaluate-v<version>)",
     )
     evaluate.set_defaults(handler=_evaluate)

@@ -94,6 +94,8 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class FeaturizerConfig:
+    # inception_v3 or efficientnet_lite0 (fruits/features/featurizer.py).
+    backbone: Literal["inception_v3", "efficientnet_lite0"] = "inception_v3"
     weights: str = "imagenet"
     image_size: int = 100
     # The InceptionV3 block(s) pooled into features, joined by "+" (fruits/inception.py).
@@ -491,6 +493,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"config key 'featurizer.layer' must be one of: {', '.join(LAYERS)}, or several "
             f"joined by '+' (mixed2+mixed3) (got {config.featurizer.layer!r})"
+        )
+    if config.featurizer.backbone != "inception_v3" and config.featurizer.backend != "onnx":
+        raise ConfigError(
+            f"config key 'featurizer.backend' must be onnx for {config.featurizer.backbone}"
         )
     if config.featurizer.intra_op_threads < 0:
         raise ConfigError("config key 'featurizer.intra_op_threads' must be at least 0")

@@ -28,6 +28,7 @@ from fruits.errors import FruitsError
 from fruits.features.featurizer import ship_backend
 from fruits.model.serving import ServedModel
 from fruits.sinks.delta import Lake, open_lake
+from fruits.sinks.tables import PREDICTIONS
 from fruits.sources.landing import landing_source
 from fruits.spark import get_spark, is_connect, stream_process, ui_address
 from streaming.decisions import DecisionJournal
@@ -223,8 +224,10 @@ def start_query(
     replaces the configured one (fault-injection tests)."""
     checkpoint = checkpoint or checkpoint_path(config)
     remote = is_connect(spark)
+    lake = lake or open_lake(config)
+    lake.add_missing_columns(PREDICTIONS)  # a table from before the answer's kind level
     step = PredictionStep(
-        lake or open_lake(config),
+        lake,
         served,
         query_id=partial(query_id, checkpoint),
         timeout_s=config.stream.batch_timeout_s,

@@ -112,7 +112,7 @@ def test_training_killed_mid_featurization_resumes_from_the_cache(
     log = tmp_path / "train.log"
     process = cli(["train", "--data", str(dataset_with_corrupt)], env, log)
     deadline = time.monotonic() + 300
-    while "features Training: 16/" not in log.read_text(errors="replace"):
+    while "Training: 16/" not in log.read_text(errors="replace"):
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     _kill_group(process)

@@ -84,6 +84,9 @@ def _prediction(path: str, label: str, minutes_ago: float, version: int, **extra
         "predicted_at": at,
         "latency_ms": latency,
         "batch_id": extra.pop("batch_id", 0),
+        "kind": label.lower(),
+        "kind_confidence": 0.95,
+        "variety_not_sure": extra.pop("variety_not_sure", False),
     }
 
 
@@ -145,7 +148,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory, make_config: Callable[..., Co
         # the newest, served by v2 again
         _prediction(photos["archived"], "Pineapple", 6, 2),
         _prediction(photos["deleted"], "Kiwi", 5, 2),
-        _prediction(photos["heic"], "Kiwi", 4, 2),
+        _prediction(photos["heic"], "Kiwi", 4, 2, variety_not_sure=True),
         _prediction(photos["Strawberry"], "Strawberry", 3, 2, is_unknown=True, confidence=0.41),
         _prediction(photos["Kiwi"], "Kiwi", 2, 2),
         _prediction(photos["Banana"], "Banana", 1, 2, confidence=0.98),
@@ -289,6 +292,7 @@ def test_the_page_shows_plots_photos_models_and_quarantine(lake: Lake, browser: 
         assert "confidence 0.98" in by_path[lake.photos["Banana"]]["meta"]
         assert "v2" in by_path[lake.photos["Banana"]]["meta"]
         assert by_path[lake.photos["Strawberry"]]["label"] == "unknown (best guess Strawberry)"
+        assert by_path[lake.photos["heic"]]["label"] == "a kiwi, variety not sure (best guess Kiwi)"
         for what in ("heic", "archived", "deleted"):  # deleted: the placeholder, not a broken img
             assert by_path[lake.photos[what]]["width"] == 160, what
         assert "truncated\t2" in seen["reasons"] and "not_an_image\t1" in seen["reasons"]
@@ -419,6 +423,9 @@ def test_fruits_dashboard_command_logs_its_url_and_stops_on_ctrl_c(lake: Lake) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as in a terminal, even when the suite runs where SIGINT is ignored (a shell's
+        # background job), which the child would inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stderr is not None

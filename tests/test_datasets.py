@@ -71,3 +71,21 @@ def test_a_folder_of_no_known_layout_is_a_clear_error(
     _tree(tmp_path, "Training/Banana")
     with pytest.raises(DataError, match=error):
         labelled_datasets(spec.format(tmp=tmp_path))
+
+
+def test_evaluate_scores_a_dataset_s_held_out_photos_or_a_plain_class_folder(
+    tmp_path: Path,
+) -> None:
+    from fruits.sources.datasets import evaluation_sets
+
+    f360 = _tree(tmp_path / "f360", "Training/Banana", "Test/Banana")
+    grocery = _tree(tmp_path / "grocery", "train/Fruit/Kiwi", "val/Fruit/Kiwi")
+    plain = _tree(tmp_path / "phone", "Kiwi")
+    sets = evaluation_sets([str(f360), f"{grocery},{plain}"])
+    assert [(s.name, s.location, s.layout) for s in sets] == [
+        ("fruits360 Test", f"{f360}/Test", "fruits360"),
+        ("grocery val", f"{grocery}/val", "grocery"),
+        ("phone", str(plain), None),
+    ]
+    with pytest.raises(DataError, match="no Test/ folder"):
+        evaluation_sets(str(_tree(tmp_path / "no-test", "Training/Kiwi")))

@@ -187,3 +187,26 @@ def test_a_new_table_gets_the_maintenance_policys_log_properties(
     configuration = DeltaTable(lake.path(PREDICTIONS)).metadata().configuration
     assert {k: configuration.get(k) for k in wanted} == wanted
     assert lake.read_arrow(PREDICTIONS).num_rows == 2
+
+
+@pytest.mark.parametrize("writer", ["deltars", "spark"])
+def test_a_predictions_table_from_before_the_kind_level_gains_its_columns(
+    spark: Any, tmp_path: Path, writer: str
+) -> None:
+    from deltalake import write_deltalake
+
+    kind_level = ("kind", "kind_confidence", "variety_not_sure")
+    old_schema = pa.schema([f for f in SCHEMAS[PREDICTIONS] if f.name not in kind_level])
+    lake = (
+        DeltaRsLake(str(tmp_path)) if writer == "deltars" else SparkDeltaLake(str(tmp_path), spark)
+    )
+    old = _predictions(["old.jpg"], 0).select(old_schema.names).cast(old_schema)
+    write_deltalake(lake.path(PREDICTIONS), old)
+
+    # What the stream does when it starts (streaming/job.py), then a micro-batch's append.
+    assert lake.add_missing_columns(PREDICTIONS) == list(kind_level)
+    assert lake.add_missing_columns(PREDICTIONS) == []
+    lake.append_arrow(_predictions(["new.jpg"], 1), PREDICTIONS, txn=Txn("q", 1))
+    rows = {r["path"]: r for r in lake.read_arrow(PREDICTIONS).to_pylist()}
+    assert (rows["old.jpg"]["kind"], rows["old.jpg"]["variety_not_sure"]) == (None, None)
+    assert (rows["new.jpg"]["kind"], rows["new.jpg"]["variety_not_sure"]) == ("kiwi", False)

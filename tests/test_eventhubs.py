@@ -143,6 +143,9 @@ def prediction_table(n: int, *, batch_id: int = 0, image_ids: list[str] | None =
             "predicted_at": now + dt.timedelta(seconds=i + 2),
             "latency_ms": 2000.0,
             "batch_id": batch_id,
+            "kind": "kiwi",
+            "kind_confidence": 0.93,
+            "variety_not_sure": False,
         }
         for i in range(n)
     ]
@@ -181,6 +184,11 @@ def test_prediction_events_are_json_with_a_stable_event_id() -> None:
     assert first["uploaded_at"] == "2026-11-24T12:00:00+00:00"
     assert first["predicted_at"] == "2026-11-24T12:00:02+00:00"
     assert (first["label"], first["model_version"], first["batch_id"]) == ("Kiwi", 3, 0)
+    assert (first["kind"], first["kind_confidence"], first["variety_not_sure"]) == (
+        "kiwi",
+        0.93,
+        False,
+    )
     # Another arrival of the same photo (same image_id, later upload) is another event.
     again = prediction_table(1, image_ids=[first["image_id"]], batch_id=1)
     assert prediction_events(again)[0]["event_id"] != first["event_id"]

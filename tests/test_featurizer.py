@@ -9,12 +9,20 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fruits.config import Config, load_config
 from fruits.decode import ImageLimits, decode_batch
 from fruits.errors import ConfigError
-from fruits.features.featurizer import ExtractorSpec, export_onnx, extract_features, onnx_dir
+from fruits.features import efficientnet_lite
+from fruits.features.featurizer import (
+    ExtractorSpec,
+    export_onnx,
+    extract_features,
+    featurize_photos,
+    onnx_dir,
+)
 from fruits.features.inception import FULL_NETWORK, LAYERS
 
 from .conftest import KNOWN_CLASSES, PROJECT, WEIGHTS, real_photos, with_backend
@@ -135,3 +143,43 @@ def test_the_layer_is_part_of_the_extractor_and_validated(
     for wrong in ("mixed2+mixed11", "mixed3+mixed3", "mixed2+"):
         with pytest.raises(ConfigError, match="or several joined by"):
             make_config(FRUITS__FEATURIZER__LAYER=wrong)
+
+
+# ImageNet's classes for three of the test fruits (Kiwi is not one of ImageNet's).
+IMAGENET_CLASS = {"Banana": 954, "Strawberry": 949, "Pineapple": 953}
+
+
+def test_efficientnet_lite0_built_from_its_package_recognises_imagenet_fruit(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config(
+        FRUITS__FEATURIZER__BACKBONE="efficientnet_lite0", FRUITS__FEATURIZER__IMAGE_SIZE="224"
+    )
+    spec = ExtractorSpec.from_config(config)
+    # Its own weights (the package's state dict), whatever featurizer.weights names.
+    assert spec.weights.endswith(".pth") and spec.weights_digest.startswith("sha256:")
+    assert spec.extractor_id == f"efficientnet_lite0/avg/224/{spec.weights_digest}"
+    assert spec.layer == "" and spec.feature_dim == efficientnet_lite.FEATURE_DIM
+    labels = list(IMAGENET_CLASS)
+    photos = [real_photos("Test", label, 1)[0].read_bytes() for label in labels]
+
+    features, results = featurize_photos(pd.Series(photos), spec)  # exports on first use
+
+    assert len(results) == len(labels) and features.shape == (len(labels), 1280)
+    assert Path(spec.onnx_path).name.startswith("efficientnet_lite0_avg_224_")
+    # The pooled features are right if ImageNet's own classifier on them names the fruit.
+    state = efficientnet_lite.load_state_dict(spec.weights)
+    logits = features @ state["_fc.weight"].T + state["_fc.bias"]
+    assert list(logits.argmax(axis=1)) == [IMAGENET_CLASS[label] for label in labels]
+    # A model trained on it is served on it: the backbone travels in model.json.
+    meta = {"image_size": 224, "layer": "", "backbone": "efficientnet_lite0"}
+    assert ExtractorSpec.for_model(make_config(), meta).extractor_id == spec.extractor_id
+
+
+def test_efficientnet_lite0_runs_on_onnx_only(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match=r"'featurizer\.backend' must be onnx"):
+        make_config(
+            FRUITS__FEATURIZER__BACKBONE="efficientnet_lite0", FRUITS__FEATURIZER__BACKEND="keras"
+        )
+    with pytest.raises(ConfigError, match=r"'featurizer\.backbone' must be one of"):
+        make_config(FRUITS__FEATURIZER__BACKBONE="resnet50")

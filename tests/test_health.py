@@ -68,6 +68,9 @@ def _predictions(n: int, *, unknown: int = 0, at: dt.datetime | None = None) -> 
             "predicted_at": [at] * n,
             "latency_ms": [120.0] * n,
             "batch_id": [0] * n,
+            "kind": ["kiwi"] * n,
+            "kind_confidence": [0.3 if i < unknown else 0.95 for i in range(n)],
+            "variety_not_sure": [False] * n,
         }
     )
 

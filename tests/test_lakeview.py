@@ -245,6 +245,9 @@ def _prediction(
         "predicted_at": at,
         "latency_ms": latency_ms,
         "batch_id": 0,
+        "kind": label.lower(),
+        "kind_confidence": 0.97,
+        "variety_not_sure": False,
     }
 
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
+
 from fruits.model.metrics import (
     classification_report,
     cumulative_components,
     open_set_report,
+    two_level_report,
     unknown_threshold,
 )
 
@@ -60,3 +63,23 @@ def test_variance_shares_match_pca_of_standardised_data() -> None:
     singular = np.linalg.svd(standardised, compute_uv=False) ** 2
     assert np.allclose(shares[:6], singular / singular.sum())
     assert shares[6] == 0.0 and abs(shares.sum() - 1.0) < 1e-12
+
+
+def test_two_level_answers_fall_in_exactly_one_outcome() -> None:
+    report = two_level_report(
+        true_kinds=["apple", "apple", "apple", "tomato", "tomato"],
+        true_labels=["Apple Braeburn", "Apple Braeburn", "Apple Braeburn", "Tomato 1", "Tomato 1"],
+        kinds=["apple", "apple", "apple", "apple", "tomato"],
+        labels=["Apple Braeburn", "Apple Fuji", "Apple Fuji", "Apple Fuji", "Tomato 2"],
+        is_unknown=[False, False, False, False, True],
+        variety_not_sure=[False, True, False, False, False],
+    )
+    assert report["n_images"] == 5
+    assert report["variety_right"] == pytest.approx(0.2)
+    assert report["kind_right_variety_not_sure"] == pytest.approx(0.2)
+    assert report["kind_right"] == pytest.approx(0.6)  # the third: right kind, wrong variety
+    assert report["answered_unknown"] == pytest.approx(0.2)
+    # A wrong variety given as sure, and a wrong kind.
+    assert report["confidently_wrong"] == pytest.approx(0.4)
+    assert report["unknown_or_right_kind"] == pytest.approx(0.4)
+    assert two_level_report([], [], [], [], [], []) == {"n_images": 0}

@@ -133,6 +133,12 @@ def test_the_registered_pyfunc_and_its_spark_udf_give_the_streams_answers(
                 [t["prob"] for t in row["top_k"]], rel=1e-6
             )
             assert answer["reason"] == ""
+            # Both levels, as the stream stored them.
+            assert (answer["kind"], answer["variety_not_sure"]) == (
+                row["kind"],
+                row["variety_not_sure"],
+            )
+            assert answer["kind_confidence"] == pytest.approx(row["kind_confidence"], rel=1e-6)
         correct += row["label"] == path.split("/")[2]
     assert correct >= 7  # eight real held-out photos of four classes
     for path, reason in quarantined.items():  # what the stream quarantines: a reason, no label

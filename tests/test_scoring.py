@@ -50,6 +50,11 @@ def test_the_folded_linear_model_gives_spark_mls_answers(
     assert answered["label"].tolist() == expected["label"].tolist()
     np.testing.assert_allclose(answered["confidence"], expected["confidence"], rtol=1e-9)
     assert answered["is_unknown"].tolist() == expected["is_unknown"].tolist()
+    # The kind level too (each known class is its own kind here: the same answer at both).
+    assert answered["kind"].tolist() == expected["kind"].tolist()
+    assert answered["kind"].tolist() == [c.lower() for c in answered["label"]]
+    np.testing.assert_allclose(answered["kind_confidence"], expected["kind_confidence"], rtol=1e-9)
+    assert answered["variety_not_sure"].tolist() == expected["variety_not_sure"].tolist()
     assert expected["is_unknown"].any() or expected["confidence"].min() < 0.99  # a real spread
     for mine, spark_ml in zip(answered["top_k"], expected["top_k"], strict=True):
         assert [t["label"] for t in mine] == [t["label"] for t in spark_ml]

@@ -78,6 +78,10 @@ def test_exact_batches_give_labels_and_bad_files_go_to_quarantine(
         assert len(row["top_k"]) == 3
         assert row["top_k"][0]["label"] == row["label"]
         assert row["top_k"][0]["prob"] == row["confidence"] >= row["top_k"][1]["prob"]
+        # The kind level: one variety per kind here, so the kind is the label's, as sure.
+        assert row["kind"] == row["label"].lower()
+        assert row["kind_confidence"] == pytest.approx(row["confidence"])
+        assert row["variety_not_sure"] is False
         assert row["uploaded_at"] <= row["discovered_at"] <= row["predicted_at"]
         assert row["latency_ms"] >= 0
         assert row["image_id"] == sha256.get(row["path"], row["image_id"])
@@ -282,3 +286,6 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     streamed = sorted(r["confidence"] for r in rows)
     assert sorted(answered["confidence"][:2]) == pytest.approx(streamed, rel=1e-6)
     assert answered["reason"].tolist() == ["", "", "not_an_image"]
+    assert answered["kind"].tolist() == ["kiwi", "kiwi", ""]
+    assert answered["variety_not_sure"].tolist() == [False, False, False]
+    assert answered["kind_confidence"][2] is None

@@ -61,3 +61,10 @@ def test_a_class_the_taxonomy_does_not_name_is_its_own_variety_of_its_first_word
 def test_a_broken_taxonomy_is_a_clear_error_naming_the_line(text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         read_taxonomy(text.splitlines(), source="t.csv")
+
+
+def test_a_folder_of_no_known_dataset_takes_the_first_dataset_naming_its_class() -> None:
+    taxonomy = default_taxonomy()
+    assert taxonomy.variety(None, "Granny-Smith") == "Apple Granny Smith"
+    assert taxonomy.variety(None, "Apple Braeburn") == "Apple Braeburn"
+    assert taxonomy.variety(None, "Dragon Fruit") == "Dragon Fruit"

@@ -80,6 +80,11 @@ def test_report_has_plots_and_per_class_scores(trained: tuple[Config, dict[str, 
     assert answers["n"] == metrics["validation"]["n_images"]
     assert sum(answers["answers"].values()) == pytest.approx(1.0, abs=1e-5)
     assert "## Answers on validation" in Path(summary["report"]).read_text()
+    # Both levels: each known class is its own kind here, so the kind is right as often.
+    two_level = metrics["test"]["two_level"]
+    assert two_level["kind_right"] >= two_level["variety_right"] >= 0.9
+    assert summary["kind_accuracy_test"] == two_level["kind_right"]
+    assert "## Answers at two levels" in Path(summary["report"]).read_text()
 
 
 def test_second_training_recomputes_no_features(
@@ -121,6 +126,41 @@ def test_evaluate_a_folder_mixing_known_and_unknown_classes(
     assert 0.0 <= result["known_rejected"] <= 1.0
     assert 0.0 <= result["unseen_caught"] <= 1.0
     assert result["model_version"] == 1
+
+
+def test_evaluate_reports_each_dataset_at_both_levels_with_non_produce_photos(
+    trained: tuple[Config, dict[str, Any]], small_dataset: Path, tmp_path: Path
+) -> None:
+    import matplotlib
+
+    from batch.evaluate import NOT_PRODUCE
+
+    config, _ = trained
+    unseen = copy_tree(tmp_path / "unseen", "Test", UNKNOWN_CLASSES, 3)
+    # Real photos that are not produce: the ones matplotlib ships (a portrait, a parcel).
+    samples = Path(matplotlib.get_data_path()) / "sample_data"
+    other = tmp_path / "not-produce" / "photos"
+    other.mkdir(parents=True)
+    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
+        shutil.copy(samples / name, other / name)
+    result = run_evaluation(
+        config, [str(small_dataset), str(unseen)], non_produce=str(other.parent)
+    )
+    per = result["per_dataset"]
+    assert set(per) == {"fruits360 Test", "unseen", NOT_PRODUCE}
+    studio = per["fruits360 Test"]
+    assert studio["n_images"] == 4 * 5 and studio["two_level_known"]["kind_right"] >= 0.9
+    assert per["unseen"]["n_unknown_class"] == 6 and "two_level_unseen" in per["unseen"]
+    assert per[NOT_PRODUCE]["n_images"] == 2
+    assert 0.0 <= per[NOT_PRODUCE]["answered_unknown"] <= 1.0
+    assert result["n_images"] == 4 * 5 + 6  # all labelled photos together, not the others
+    folder = Path(result["report"])
+    for name in ("kind_confusion.png", "mistakes.png", "unknown_curve.png"):
+        assert (folder / name).read_bytes()[:4] == b"\x89PNG", name
+    # The non-produce photos answered anything but unknown are mistakes, shown first if surest.
+    wrong_others = round(per[NOT_PRODUCE]["n_images"] * (1 - per[NOT_PRODUCE]["answered_unknown"]))
+    shown = [m for m in result["worst_mistakes"] if m["true_label"] == NOT_PRODUCE]
+    assert len(shown) == wrong_others
 
 
 def test_rollback_is_moving_the_champion_alias_back(

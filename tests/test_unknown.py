@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -232,7 +233,7 @@ def test_the_linear_scorer_answers_unknown_far_from_training_even_when_confident
     photos = np.array([[1.0, 0.1], [1.0, 3.0]])  # both answered "a" with confidence ~1
     plain = scorer.answer(photos)
     assert plain["label"].tolist() == ["a", "a"] and not plain["is_unknown"].any()
-    guarded = LinearScorer(**{**scorer.__dict__, "detector": detector}).answer(photos)
+    guarded = dataclasses.replace(scorer, detector=detector).answer(photos)
     assert guarded["is_unknown"].tolist() == [False, True]
     assert guarded["label"].tolist() == ["a", "a"]  # the guess is still given
 

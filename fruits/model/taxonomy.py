@@ -36,9 +36,12 @@ class Taxonomy:
     varieties: dict[tuple[str, str], str] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
 
-    def variety(self, dataset: str, name: str) -> str:
-        """The variety a dataset's class is (its own name when the taxonomy does not say)."""
-        return self.varieties.get((dataset, name), name)
+    def variety(self, dataset: str | None, name: str) -> str:
+        """The variety a dataset's class is (its own name when the taxonomy does not say);
+        ``dataset`` None (a folder of no known dataset): the first dataset naming the class."""
+        if dataset is not None:
+            return self.varieties.get((dataset, name), name)
+        return next((v for (_, c), v in sorted(self.varieties.items()) if c == name), name)
 
     def kind(self, variety: str) -> str:
         """The kind of a variety (the first word of its name when the taxonomy does not say)."""

@@ -154,7 +154,12 @@ function photos(data) {
   const cards = data.photos.map((p) => {
     const card = el("figure", { class: `photo${p.is_unknown ? " unknown" : ""}` });
     const img = el("img", { src: p.thumbnail, alt: p.path, title: p.path });
-    const answer = p.is_unknown ? `unknown (best guess ${p.label})` : p.label;
+    // The answer at two levels (fruits/model/answers.py), as status says it.
+    const answer = p.is_unknown
+      ? `unknown (best guess ${p.label})`
+      : p.variety_not_sure && p.kind
+        ? `a ${p.kind}, variety not sure (best guess ${p.label})`
+        : p.label;
     const caption = el("figcaption");
     caption.append(
       el("div", { class: "label" }, answer),

@@ -68,6 +68,8 @@ _PREDICTION_COLUMNS = [
     "label",
     "confidence",
     "is_unknown",
+    "kind",
+    "variety_not_sure",
     "model_version",
     "predicted_at",
     "latency_ms",

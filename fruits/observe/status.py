@@ -21,7 +21,16 @@ from fruits.sinks.tables import PREDICTIONS, QUARANTINE
 __all__ = ["collect_status", "format_status", "recent_rows"]
 
 
-_PREDICTION_FIELDS = ["path", "label", "confidence", "is_unknown", "predicted_at"]
+_PREDICTION_FIELDS = [
+    "path",
+    "label",
+    "confidence",
+    "is_unknown",
+    "kind",
+    "kind_confidence",
+    "variety_not_sure",
+    "predicted_at",
+]
 _QUARANTINE_FIELDS = ["path", "reason", "detail", "detected_at"]
 
 
@@ -141,12 +150,7 @@ def _answers(status: dict[str, Any]) -> list[str]:
     if status["last_predictions"]:
         lines.append("last predictions (newest first):")
         for row in status["last_predictions"]:
-            answer = "unknown" if row["is_unknown"] else row["label"]
-            guess = f" (best guess {row['label']})" if row["is_unknown"] else ""
-            lines.append(
-                f"  {row['predicted_at'][:19]}  {answer}{guess}, confidence "
-                f"{row['confidence']:.2f}  {row['path']}"
-            )
+            lines.append(f"  {row['predicted_at'][:19]}  {spoken_answer(row)}  {row['path']}")
     if status["last_quarantined"]:
         lines.append("last quarantined (newest first):")
         for row in status["last_quarantined"]:
@@ -154,6 +158,21 @@ def _answers(status: dict[str, Any]) -> list[str]:
                 f"  {row['detected_at'][:19]}  {row['reason']}: {row['detail']}  {row['path']}"
             )
     return lines
+
+
+def spoken_answer(row: dict[str, Any]) -> str:
+    """A prediction row as the app says it: the variety, "a <kind>, variety not sure", or
+    "unknown" (each with its confidence and, when not sure, the best guess)."""
+    confidence = row.get("confidence") or 0.0
+    if row.get("is_unknown"):
+        return f"unknown (best guess {row['label']}, confidence {confidence:.2f})"
+    if row.get("variety_not_sure") and row.get("kind"):
+        kind_confidence = row.get("kind_confidence") or 0.0
+        return (
+            f"a {row['kind']}, variety not sure (kind confidence {kind_confidence:.2f}; "
+            f"best guess {row['label']}, {confidence:.2f})"
+        )
+    return f"{row['label']}, confidence {confidence:.2f}"
 
 
 def _percentile(values: np.ndarray, q: float) -> float | None:

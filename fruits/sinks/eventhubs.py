@@ -116,6 +116,10 @@ def prediction_events(rows: pa.Table) -> list[dict[str, Any]]:
                 "confidence": row["confidence"],
                 "top_k": [{"label": t["label"], "prob": t["prob"]} for t in row["top_k"] or []],
                 "is_unknown": row["is_unknown"],
+                # The kind level (fruits/model/answers.py); null in rows from before it.
+                "kind": row.get("kind"),
+                "kind_confidence": row.get("kind_confidence"),
+                "variety_not_sure": row.get("variety_not_sure"),
                 "model_version": row["model_version"],
                 "uploaded_at": _iso(row["uploaded_at"]),
                 "predicted_at": _iso(row["predicted_at"]),

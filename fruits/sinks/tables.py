@@ -52,6 +52,12 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("predicted_at", _TIMESTAMP),
             pa.field("latency_ms", pa.float64()),
             pa.field("batch_id", pa.int64()),
+            # The answer's kind level (fruits/model/answers.py): the most probable kind, its
+            # varieties' summed probability, and "kind known, variety not sure". Added later:
+            # null in rows written before (their `label` is the whole answer).
+            pa.field("kind", pa.string()),
+            pa.field("kind_confidence", pa.float64()),
+            pa.field("variety_not_sure", pa.bool_()),
         ]
     ),
     QUARANTINE: pa.schema(

@@ -24,7 +24,15 @@ from pathlib import Path
 from fruits.config import is_url
 from fruits.errors import DataError
 
-__all__ = ["LAYOUTS", "LabelledDataset", "Split", "labelled_dataset", "labelled_datasets"]
+__all__ = [
+    "LAYOUTS",
+    "EvaluationSet",
+    "LabelledDataset",
+    "Split",
+    "evaluation_sets",
+    "labelled_dataset",
+    "labelled_datasets",
+]
 
 LAYOUTS = ("fruits360", "grocery")
 
@@ -86,6 +94,46 @@ def labelled_datasets(data: str | Sequence[str]) -> list[LabelledDataset]:
     if len(set(roots)) != len(roots):
         raise DataError(f"a dataset is named twice: {', '.join(roots)}")
     return datasets
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Photos ``fruits evaluate`` scores: a dataset's held-out split, or a ``<Class>/`` folder."""
+
+    name: str  # "fruits360 Test", "grocery val", or the folder's name
+    location: str
+    layout: str | None  # whose class names these are (the taxonomy's); None: any dataset's
+
+
+def evaluation_sets(data: str | Sequence[str]) -> list[EvaluationSet]:
+    """What to score for ``--data`` values: a dataset root gives its held-out photos
+    (Fruits-360's ``Test``, Grocery's ``val``), any other folder its ``<Class>/`` photos."""
+    specs = data.split(",") if isinstance(data, str) else [s for d in data for s in d.split(",")]
+    sets = []
+    for spec in (s.strip() for s in specs if s.strip()):
+        explicit = "=" in spec.split("://")[0]
+        local = not explicit and not is_url(spec)
+        if not explicit and not (local and _is_dataset(Path(spec))):
+            location = spec.rstrip("/")
+            sets.append(EvaluationSet(location.rsplit("/", 1)[-1], location, None))
+            continue
+        dataset = labelled_dataset(spec)
+        if dataset.layout == "grocery":
+            held_out = next(s for s in dataset.training if s.held_out)
+        elif dataset.test is not None:
+            held_out = dataset.test
+        else:
+            raise DataError(f"{dataset.root} has no Test/ folder to evaluate on")
+        sets.append(
+            EvaluationSet(f"{dataset.layout} {held_out.name}", held_out.location, dataset.layout)
+        )
+    if not sets:
+        raise DataError("no folder to evaluate named")
+    return sets
+
+
+def _is_dataset(root: Path) -> bool:
+    return (root / "Training").is_dir() or ((root / "train").is_dir() and (root / "val").is_dir())
 
 
 def _layout_of(root: Path) -> str:
