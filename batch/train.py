@@ -247,6 +247,7 @@ def _log_settings(config: Config, data: str) -> None:
     mlflow.log_params(
         {
             "extractor": spec.extractor_id,
+            "backbone": spec.backbone,
             "layer": spec.layer,
             "image_size": spec.image_size,
             "backend": spec.backend,

@@ -311,7 +311,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--non-produce",
-        help="a folder of photos that are not produce: the share answered unknown is reported",
+        help="a folder of folders of photos that are not produce (<any name>/*.jpg): the share "
+        "answered unknown is reported",
     )
     evaluate.add_argument("--model-version", type=int, help="default: the champion")
     evaluate.add_argument(

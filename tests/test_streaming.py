@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,33 @@ def test_a_tree_model_is_scored_by_spark_ml_with_the_same_contract(
     assert answered["kind"].tolist() == ["kiwi", "kiwi", ""]
     assert answered["variety_not_sure"].tolist() == [False, False, False]
     assert answered["kind_confidence"][2] is None
+
+
+def test_a_model_on_efficientnet_lite0_is_trained_then_served_by_the_stream(
+    spark: Any, small_dataset: Path, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    from batch.train import run_training
+
+    config = make_config(
+        tmp_path,
+        FRUITS__FEATURIZER__BACKBONE="efficientnet_lite0",
+        FRUITS__FEATURIZER__IMAGE_SIZE="224",
+    )
+    summary = run_training(config, str(small_dataset))
+    assert summary["accuracy_test"] >= 0.9  # 20 held-out photos of 4 classes
+    meta = ModelRegistry(config).files().meta
+    assert meta["backbone"] == "efficientnet_lite0" and meta["image_size"] == 224
+    assert meta["extractor"].startswith("efficientnet_lite0/avg/224/sha256:")
+    label_of = {
+        p.name: label for label in KNOWN_CLASSES for p in real_photos("Test", label, 1, skip=2)
+    }
+    photos = [str(p) for label in KNOWN_CLASSES for p in real_photos("Test", label, 1, skip=2)]
+    upload_to_folder(plan_upload(photos, ["jpg"]), config.path("landing"))
+    # The stream featurizes with the model's backbone, whatever the configuration says.
+    serving = make_config(tmp_path)
+    assert serving.featurizer.backbone == "inception_v3"
+    result = run_stream(serving, once=True)
+    assert result["rows_in"] == len(KNOWN_CLASSES)
+    predictions = _table(serving, PREDICTIONS).to_pylist()
+    right = sum(r["label"] == label_of[r["path"].rsplit("/", 1)[-1]] for r in predictions)
+    assert len(predictions) == 4 and right >= 3, predictions

@@ -251,8 +251,9 @@ def export_onnx(spec: ExtractorSpec) -> str:
 
     Process-safe: an exclusive lock beside the file serialises exporters (a second one waits,
     then finds the file), and the file appears atomically (temp file + ``os.replace``), so a
-    reader never sees half an export. The conversion runs in a child process: TensorFlow and
-    tf2onnx take gigabytes while converting, which the caller (a job's driver) should not keep.
+    reader never sees half an export. InceptionV3's conversion runs in a child process:
+    TensorFlow and tf2onnx take gigabytes while converting, which the caller (a job's driver)
+    should not keep; EfficientNet-Lite0's is numpy's and runs here.
     Done once per weights, block and size (its cost: BENCHMARKS.md, section 2).
     """
     target = Path(spec.onnx_path)
@@ -268,18 +269,10 @@ def export_onnx(spec: ExtractorSpec) -> str:
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         os.close(handle)
         try:
-            import multiprocessing
-
-            child = multiprocessing.get_context("spawn").Process(
-                target=_convert, args=(spec, temporary), name="fruits-onnx-export"
-            )
-            child.start()
-            child.join()
-            if child.exitcode != 0:
-                raise RuntimeError(
-                    f"exporting {spec.extractor_id} to ONNX failed "
-                    f"(exit code {child.exitcode}); see the messages above"
-                )
+            if spec.is_inception:
+                _convert_in_child(spec, temporary)
+            else:  # numpy and onnx only: light enough for this process
+                efficientnet_lite.export(spec.weights, temporary)
             os.replace(temporary, target)
             log(f"ONNX export done in {time.perf_counter() - started:.1f} s")
         finally:
@@ -288,12 +281,23 @@ def export_onnx(spec: ExtractorSpec) -> str:
     return str(target)
 
 
+def _convert_in_child(spec: ExtractorSpec, output_path: str) -> None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(
+        target=_convert, args=(spec, output_path), name="fruits-onnx-export"
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(
+            f"exporting {spec.extractor_id} to ONNX failed "
+            f"(exit code {child.exitcode}); see the messages above"
+        )
+
+
 def _convert(spec: ExtractorSpec, output_path: str) -> None:
-    """In the export's child process: Keras model (or EfficientNet-Lite0's state dict) ->
-    ONNX file at ``output_path``."""
-    if not spec.is_inception:
-        efficientnet_lite.export(spec.weights, output_path)
-        return
+    """In the export's child process: Keras InceptionV3 -> ONNX file at ``output_path``."""
     _tf_setup(spec.intra_op_threads)
     import tensorflow as tf
     import tf2onnx
