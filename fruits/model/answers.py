@@ -70,9 +70,11 @@ class AnswerRule:
     detector: UnknownDetector | None = None
 
     @cached_property
-    def _kind_names(self) -> tuple[np.ndarray, np.ndarray]:
+    def _kind_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kinds' names, each class's kind (an index) and the (n_classes, n_kinds) 0/1
+        matrix that sums a row's varieties into its kinds: once per rule, not per batch."""
         names, of_class = np.unique(np.asarray(self.kinds, dtype=object), return_inverse=True)
-        return names, of_class
+        return names, of_class, np.eye(len(names))[of_class]
 
     def answer(
         self, features: np.ndarray, probabilities: np.ndarray, *, with_distance: bool = False
@@ -86,8 +88,8 @@ class AnswerRule:
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
         top_probs = np.take_along_axis(probs, ranked, axis=1)
         answered = ranked[:, 0]
-        kind_names, kind_of_class = self._kind_names
-        kind_probs = probs @ np.eye(len(kind_names))[kind_of_class]  # each kind's varieties summed
+        kind_names, kind_of_class, kind_sum = self._kind_names
+        kind_probs = probs @ kind_sum  # each kind's varieties summed
         top_kind = np.argmax(kind_probs, axis=1)
         kind_confidence = kind_probs[np.arange(n), top_kind]
 
