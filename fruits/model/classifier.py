@@ -182,7 +182,7 @@ def train(
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    prepare, shares, k = _fit_prepare(train_df, settings.explained_variance)
+    prepare, shares, k = _fit_prepare(train_df, settings.explained_variance, log)
     cumulative = [float(v) for v in np.cumsum(shares)]
     timings["pca"] = time.perf_counter() - started
     log(
@@ -259,7 +259,7 @@ def train(
         # they carry over (the rejected share after the refit is measured there too).
         started = time.perf_counter()
         everything = train_df.unionByName(validation_df)
-        prepare, _, _ = _fit_prepare(everything, k)
+        prepare, _, _ = _fit_prepare(everything, k, log)
         all_pca = prepare.transform(everything).select("label_index", "pca").persist()
         final_classifier = _classifier(chosen, settings).fit(all_pca)
         detector = _fit_detector(everything, settings)
@@ -299,11 +299,13 @@ def train(
     )
 
 
-def _fit_prepare(df: DataFrame, target: float | int) -> tuple[PipelineModel, np.ndarray, int]:
+def _fit_prepare(
+    df: DataFrame, target: float | int, log: Log
+) -> tuple[PipelineModel, np.ndarray, int]:
     """Standardise -> PCA on ``df``: ``target`` components (an int) or the fewest that keep
     ``target`` of the variance (a float); returns the stages, the variance shares and k."""
     from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.feature import StandardScaler
     from pyspark.ml.stat import Correlation
 
     scaler = StandardScaler(inputCol="vector", outputCol="scaled", withMean=True, withStd=True)
@@ -313,8 +315,38 @@ def _fit_prepare(df: DataFrame, target: float | int) -> tuple[PipelineModel, np.
     correlation = Correlation.corr(df, "vector").head()[0].toArray()  # type: ignore[index]
     shares = standardized_variance_shares(correlation, scaler_model.std.toArray() == 0)
     k = target if isinstance(target, int) else cumulative_components(shares, target)
-    pca_model = PCA(k=k, inputCol="scaled", outputCol="pca").fit(scaler_model.transform(df))
+    pca_model = _fit_pca(scaler_model.transform(df), k, log)
     return PipelineModel(stages=[scaler_model, pca_model]), shares, k
+
+
+def _fit_pca(scaled: DataFrame, k: int, log: Log) -> Any:
+    """Spark's PCA on ``scaled``, fitted again in one partition if its SVD does not converge.
+
+    Spark's PCA takes the SVD of the features' covariance with LAPACK's divide-and-conquer
+    routine (dgesdd, through breeze), which now and then fails to converge on a covariance as
+    rank-deficient as this one (far fewer photos than features: a CI run's refit on 40 photos
+    saw it once). The covariance is summed across partitions in the order their tasks finish,
+    so its last bits vary from run to run; summed in one partition it is the same matrix to
+    rounding, rounded differently, and a second failure is then as unlikely as the first.
+    """
+    from pyspark.ml.feature import PCA
+
+    pca = PCA(k=k, inputCol="scaled", outputCol="pca")
+    try:
+        return pca.fit(scaled)
+    except Exception as error:  # Py4JJavaError locally, a SparkConnect error through Connect
+        if "NotConvergedException" not in str(error):
+            raise
+        log("PCA: the covariance's SVD did not converge; fitting again in one partition")
+    try:
+        return pca.fit(scaled.coalesce(1))
+    except Exception as error:
+        if "NotConvergedException" not in str(error):
+            raise
+        raise RuntimeError(
+            "PCA: the SVD of the features' covariance did not converge, twice (LAPACK dgesdd); "
+            "check the features for NaN or infinite values, or train on more photos"
+        ) from None
 
 
 def _fit_detector(rows: DataFrame, settings: TrainingConfig) -> UnknownDetector:
