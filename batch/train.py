@@ -136,10 +136,7 @@ def _train(
         "n_classes": len(trained.model.classes),
         "classes": list(trained.model.classes),
         "classifier": trained.classifier,
-        "extractor": spec.extractor_id,
-        "image_size": spec.image_size,
-        "backbone": spec.backbone,
-        "layer": spec.layer,
+        **spec.identity,
         "pca_components": trained.pca_components,
         "explained_variance": round(trained.explained_variance, 6),
         "explained_variance_target": config.training.explained_variance,
@@ -246,10 +243,7 @@ def _log_settings(config: Config, data: str) -> None:
     settings = config.training
     mlflow.log_params(
         {
-            "extractor": spec.extractor_id,
-            "backbone": spec.backbone,
-            "layer": spec.layer,
-            "image_size": spec.image_size,
+            **spec.identity,
             "backend": spec.backend,
             "pca_explained_variance_target": settings.explained_variance,
             "classifiers": ",".join(settings.classifiers),

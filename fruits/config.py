@@ -100,6 +100,8 @@ class FeaturizerConfig:
     image_size: int = 100
     # The InceptionV3 block(s) pooled into features, joined by "+" (fruits/inception.py).
     layer: str = "mixed2+mixed3"
+    # Below 1: the features of the whole photo and of its central share, averaged.
+    centre_crop: float = 1.0
     backend: Literal["keras", "onnx"] = "onnx"
     intra_op_threads: int = 1
     # Where the ONNX export is cached; None: beside the weights if that folder is writable,
@@ -497,6 +499,10 @@ def _validate(config: Config) -> None:
     if config.featurizer.backbone != "inception_v3" and config.featurizer.backend != "onnx":
         raise ConfigError(
             f"config key 'featurizer.backend' must be onnx for {config.featurizer.backbone}"
+        )
+    if not 0.3 <= config.featurizer.centre_crop <= 1.0:
+        raise ConfigError(
+            "config key 'featurizer.centre_crop' must be between 0.3 and 1 (1: no crop)"
         )
     if config.featurizer.intra_op_threads < 0:
         raise ConfigError("config key 'featurizer.intra_op_threads' must be at least 0")

@@ -98,10 +98,17 @@ class Decoded:
     pixels: np.ndarray  # (size, size, 3) float32
     width: int  # original size, after EXIF rotation
     height: int
+    # The central ``centre_share`` of the fitted square, enlarged to size x size (a test-time
+    # crop: a fruit in the middle of a busy frame seen closer); None when not asked for.
+    centre: np.ndarray | None = None
 
 
-def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decoded | Rejection:
-    """Decode ``data`` into a ``size`` x ``size`` RGB array, or say why it cannot be used."""
+def decode_image(
+    data: bytes | None, *, size: int, limits: ImageLimits, centre_share: float = 1.0
+) -> Decoded | Rejection:
+    """Decode ``data`` into a ``size`` x ``size`` RGB array, or say why it cannot be used;
+    with ``centre_share`` below 1, also the central ``centre_share`` of that square (of its
+    width and of its height) at ``size`` x ``size``."""
     if data is None:
         return Rejection("missing", REASONS["missing"])
     if not data:
@@ -113,10 +120,12 @@ def decode_image(data: bytes | None, *, size: int, limits: ImageLimits) -> Decod
     # -W error, a job's filters) must not turn a photo into a rejection.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _decode(data, size=size, limits=limits)
+        return _decode(data, size=size, limits=limits, centre_share=centre_share)
 
 
-def _decode(data: bytes, *, size: int, limits: ImageLimits) -> Decoded | Rejection:
+def _decode(
+    data: bytes, *, size: int, limits: ImageLimits, centre_share: float
+) -> Decoded | Rejection:
     try:
         image = _open(data)
     except Exception as exc:  # Pillow raises many types on hostile headers
@@ -128,7 +137,10 @@ def _decode(data: bytes, *, size: int, limits: ImageLimits) -> Decoded | Rejecti
         return Rejection("too_many_pixels", f"{width}x{height} > {limits.max_pixels} pixels")
     try:
         orientation = _orientation(image)
-        _decode_reduced(image, size)
+        # The centre crop is cut from the photo fitted into a larger square, so the centre is
+        # resampled once, from the photo's own pixels, like the whole.
+        enlarged = size if centre_share >= 1.0 else round(size / centre_share)
+        _decode_reduced(image, enlarged)
         image.load()
         upright = ImageOps.exif_transpose(image) or image
         rgb = _to_rgb(_to_srgb(upright))
@@ -141,8 +153,16 @@ def _decode(data: bytes, *, size: int, limits: ImageLimits) -> Decoded | Rejecti
         return Rejection(reason, _short(exc))
     if orientation in (5, 6, 7, 8):  # a quarter turn: the photo is displayed on its side
         width, height = height, width
+    centre = None
+    if enlarged != size:
+        start = (enlarged - size) // 2
+        box = (start, start, start + size, start + size)
+        centre = np.asarray(fit_square(rgb, enlarged).crop(box), dtype=np.float32)
     return Decoded(
-        pixels=np.asarray(fit_square(rgb, size), dtype=np.float32), width=width, height=height
+        pixels=np.asarray(fit_square(rgb, size), dtype=np.float32),
+        width=width,
+        height=height,
+        centre=centre,
     )
 
 

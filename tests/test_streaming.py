@@ -17,6 +17,7 @@ from fruits.config import Config
 from fruits.console import log
 from fruits.features.featurizer import ExtractorSpec
 from fruits.model.registry import CHAMPION, ModelRegistry
+from fruits.model.scoring import predict_frame
 from fruits.model.serving import ServedModel
 from fruits.observe.status import collect_status, format_status
 from fruits.sinks.delta_rs import DeltaRsLake
@@ -301,22 +302,36 @@ def test_a_model_on_efficientnet_lite0_is_trained_then_served_by_the_stream(
         tmp_path,
         FRUITS__FEATURIZER__BACKBONE="efficientnet_lite0",
         FRUITS__FEATURIZER__IMAGE_SIZE="224",
+        FRUITS__FEATURIZER__CENTRE_CROP="0.7",
     )
     summary = run_training(config, str(small_dataset))
     assert summary["accuracy_test"] >= 0.9  # 20 held-out photos of 4 classes
-    meta = ModelRegistry(config).files().meta
+    files = ModelRegistry(config).files()
+    meta = files.meta
     assert meta["backbone"] == "efficientnet_lite0" and meta["image_size"] == 224
-    assert meta["extractor"].startswith("efficientnet_lite0/avg/224/sha256:")
+    assert meta["centre_crop"] == 0.7
+    assert meta["extractor"].startswith("efficientnet_lite0/avg+centre0.7/224/sha256:")
     label_of = {
         p.name: label for label in KNOWN_CLASSES for p in real_photos("Test", label, 1, skip=2)
     }
     photos = [str(p) for label in KNOWN_CLASSES for p in real_photos("Test", label, 1, skip=2)]
     upload_to_folder(plan_upload(photos, ["jpg"]), config.path("landing"))
-    # The stream featurizes with the model's backbone, whatever the configuration says.
+    # The stream featurizes with the model's backbone and crop, whatever the configuration says.
     serving = make_config(tmp_path)
-    assert serving.featurizer.backbone == "inception_v3"
+    assert serving.featurizer.backbone == "inception_v3" and serving.featurizer.centre_crop == 1
     result = run_stream(serving, once=True)
     assert result["rows_in"] == len(KNOWN_CLASSES)
     predictions = _table(serving, PREDICTIONS).to_pylist()
     right = sum(r["label"] == label_of[r["path"].rsplit("/", 1)[-1]] for r in predictions)
     assert len(predictions) == 4 and right >= 3, predictions
+    # Its confidences are those of the cropped features, not of the whole photo's alone.
+    scorer = files.scorer()
+    assert scorer is not None
+    contents = pd.Series([Path(p).read_bytes() for p in photos])
+    names = [Path(p).name for p in photos]
+    confidence = {r["path"].rsplit("/", 1)[-1]: r["confidence"] for r in predictions}
+    streamed = [confidence[name] for name in names]
+    for crop, matches in ((0.7, True), (1.0, False)):
+        spec = dataclasses.replace(ExtractorSpec.for_model(serving, meta), centre_crop=crop)
+        expected = predict_frame(contents, spec, scorer)["confidence"].tolist()
+        assert (max(abs(a - b) for a, b in zip(streamed, expected, strict=True)) < 1e-4) is matches

@@ -42,7 +42,7 @@ import pandas as pd
 
 from fruits.config import Config, is_url
 from fruits.console import log
-from fruits.decode import Decoded, ImageLimits, Rejection, decode_batch, preprocess_input
+from fruits.decode import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
 from fruits.errors import ConfigError
 from fruits.features import efficientnet_lite
 from fruits.features.inception import FULL_NETWORK, blocks, feature_dim
@@ -85,6 +85,9 @@ class ExtractorSpec:
     backend: Backend = "keras"
     onnx_dir: str = ""  # where the ONNX export lives (backend "onnx" only)
     backbone: Backbone = INCEPTION_V3  # efficientnet_lite0: no layer (""), weights a .pth
+    # Below 1: a photo's features are the mean of the whole photo's and of its central
+    # ``centre_crop`` (of each side)'s, one model call for both (featurizer.centre_crop).
+    centre_crop: float = 1.0
 
     @property
     def is_inception(self) -> bool:
@@ -98,9 +101,10 @@ class ExtractorSpec:
         image_size: int | None = None,
         layer: str | None = None,
         backbone: Backbone | None = None,
+        centre_crop: float | None = None,
     ) -> ExtractorSpec:
-        """The configured extractor; ``image_size``, ``layer`` (InceptionV3's) and
-        ``backbone`` override it. EfficientNet-Lite0's weights are its package's, whatever
+        """The configured extractor; ``image_size``, ``layer`` (InceptionV3's), ``backbone``
+        and ``centre_crop`` override it. EfficientNet-Lite0's weights are its package's, whatever
         ``featurizer.weights`` (InceptionV3's) says."""
         featurizer = config.featurizer
         backbone = backbone or featurizer.backbone
@@ -117,19 +121,33 @@ class ExtractorSpec:
             backend=featurizer.backend if inception else "onnx",
             onnx_dir=onnx_dir(config),
             backbone=backbone,
+            centre_crop=featurizer.centre_crop if centre_crop is None else centre_crop,
         )
 
     @classmethod
     def for_model(cls, config: Config, meta: dict[str, Any]) -> ExtractorSpec:
-        """The extractor a registered model was trained on: its backbone, input size and layer
-        (models registered before these were configurable used InceptionV3's whole network),
-        with the configured weights and backend."""
+        """The extractor a registered model was trained on: its backbone, input size, layer
+        and centre crop (models registered before these were configurable used InceptionV3's
+        whole network, uncropped), with the configured weights and backend."""
         return cls.from_config(
             config,
             image_size=int(meta["image_size"]),
             layer=meta.get("layer") or FULL_NETWORK,
             backbone=meta.get("backbone", INCEPTION_V3),
+            centre_crop=float(meta.get("centre_crop", 1.0)),
         )
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a model remembers of its extractor (model.json, the run's metrics and
+        parameters), so that :meth:`for_model` featurizes as it was trained."""
+        return {
+            "extractor": self.extractor_id,
+            "backbone": self.backbone,
+            "layer": self.layer,
+            "image_size": self.image_size,
+            "centre_crop": self.centre_crop,
+        }
 
     @property
     def feature_dim(self) -> int:
@@ -148,7 +166,8 @@ class ExtractorSpec:
         # The whole network keeps the id it had before the layer was configurable, so feature
         # caches and models made then stay valid.
         cut = "" if self.layer in (FULL_NETWORK, "") else f"{self.layer}/"
-        return f"{self.backbone}/{cut}avg/{self.image_size}/{self.weights_digest}"
+        crop = "" if self.centre_crop >= 1.0 else f"+centre{self.centre_crop:g}"
+        return f"{self.backbone}/{cut}avg{crop}/{self.image_size}/{self.weights_digest}"
 
     @property
     def onnx_path(self) -> str:
@@ -410,8 +429,18 @@ def featurize_photos(
 ) -> tuple[np.ndarray, list[Decoded | Rejection]]:
     """Photo bytes -> the features of the usable photos, in order (one model call), and every
     photo's decoding result (a :class:`Rejection` says why a photo is not usable)."""
-    pixels, results = decode_batch(list(contents), size=spec.image_size, limits=spec.limits)
-    return extract_features(pixels, spec), results
+    results = [
+        decode_image(data, size=spec.image_size, limits=spec.limits, centre_share=spec.centre_crop)
+        for data in contents
+    ]
+    decoded = [r for r in results if isinstance(r, Decoded)]
+    views = [d.pixels for d in decoded] + [d.centre for d in decoded if d.centre is not None]
+    if not views:
+        return extract_features(np.zeros((0,), dtype=np.float32), spec), results
+    features = extract_features(np.stack(views), spec)
+    if len(views) > len(decoded):  # the test-time crop: the whole's and the centre's, averaged
+        features = (features[: len(decoded)] + features[len(decoded) :]) / np.float32(2)
+    return features, results
 
 
 def photo_ids(contents: pd.Series) -> list[str | None]:

@@ -99,6 +99,7 @@ class FruitsPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-define
             backend="onnx",
             onnx_dir=str(folder),
             backbone=meta.get("backbone", "inception_v3"),
+            centre_crop=float(meta.get("centre_crop", 1.0)),
         )
         if not Path(self._spec.onnx_path).is_file():
             raise FileNotFoundError(f"the model's featurizer is missing: {self._spec.onnx_path}")

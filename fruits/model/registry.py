@@ -166,10 +166,8 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
         "kinds": list(model.rule.kinds),
         "threshold": model.threshold,
         "top_k": model.top_k,
+        **spec.identity,  # extractor, backbone, layer, image_size, centre_crop
         "extractor": model.extractor,
-        "backbone": spec.backbone,
-        "layer": spec.layer,
-        "image_size": spec.image_size,
         "weights_digest": spec.weights_digest,
         "onnx_file": onnx_file.name,
         "max_bytes": spec.max_bytes,
