@@ -72,24 +72,43 @@ def _train(
     ship_backend(spark, spec)  # the ONNX export (made once) to every executor, through Spark
     lake = open_lake(config)
 
-    def features_of(dataset: LabelledDataset, split: Split) -> tuple[DataFrame, FeatureRun]:
+    def features_of(
+        dataset: LabelledDataset, split: Split, augmentation: int = 0
+    ) -> tuple[DataFrame, FeatureRun]:
+        copy = f" augmented-{augmentation}" if augmentation else ""
         features, run = featurize_labelled(
             spark,
             lake,
             split.location,
             split=split.name,
-            spec=spec,
+            spec=dataclasses.replace(spec, augmentation=augmentation),
             images=config.images,
             azure=config.azure,
             chunk_size=config.training.feature_chunk_size,
-            progress=progress_printer(f"features {dataset.name} {split.name}"),
+            progress=progress_printer(f"features {dataset.name} {split.name}{copy}"),
         )
-        return _as_varieties(features, dataset, split), run
+        return _as_varieties(features, dataset, split, augmented=augmentation > 0), run
 
     with stages("features Training"):
         train_features, train_run = _union(
             [features_of(d, split) for d in datasets for split in d.training]
         )
+        augmented = [
+            features_of(d, split, n)
+            for n in range(1, config.training.augmentations + 1)
+            for d in datasets
+            if d.is_studio
+            for split in d.training
+        ]
+        augmented_run = None
+        if augmented:
+            augmented_features, augmented_run = _union(augmented)
+            augmented_run.rejected.clear()  # the same photos as the real ones', counted there
+            train_features = train_features.unionByName(augmented_features)
+            log(
+                f"synthetic phone photos of the studio photos: {augmented_run.images} "
+                f"({augmented_run.cached} cached, {augmented_run.computed} computed)"
+            )
         # Used by several Spark jobs below (classes, split, scoring): build the join once.
         train_features = train_features.persist()
         log(
@@ -104,7 +123,7 @@ def _train(
             log(f"left out of training ({len(left_out)} classes): {', '.join(left_out)}")
     with stages("train"):
         trained = train(train_features, config.training, extractor=spec.extractor_id, log=log)
-    runs = [train_run]
+    runs = [train_run, *([augmented_run] if augmented_run else [])]
     test_scores = None
     curve = None
     with stages("evaluate"):
@@ -152,6 +171,9 @@ def _train(
         "validation_split": _validation_split(datasets, config.training.validation_fraction),
         "datasets": {d.root: d.layout for d in datasets},
         "refit_all": config.training.refit_all,
+        "augmentations": config.training.augmentations,
+        "augmented_photos": augmented_run.images if augmented_run else 0,
+        "n_train": trained.n_train,
         "left_out_classes": left_out,
         "comparison": [dataclasses.asdict(s) for s in trained.comparison],
         "train": train_scores,
@@ -218,6 +240,9 @@ def _train(
         "left_out_classes": left_out,
         "unknown_threshold": trained.model.threshold,
         "unknown_distance": trained.model.detector.threshold if trained.model.detector else None,
+        "n_train": trained.n_train,
+        "n_validation": trained.n_validation,
+        "augmented_photos": metrics["augmented_photos"],
         "features_computed": metrics["features"]["computed"],
         "features_cached": metrics["features"]["cached"],
         "rejected_files": metrics["features"]["rejected"],
@@ -256,6 +281,7 @@ def _log_settings(config: Config, data: str) -> None:
             "regularization": settings.regularization,
             "refit_all": settings.refit_all,
             "leave_out_share": settings.leave_out_share,
+            "augmentations": settings.augmentations,
             "top_k": settings.top_k,
             "seed": settings.seed,
             "data": data,
@@ -328,9 +354,12 @@ def _example_photo(training_dir: str) -> bytes | None:
     return None
 
 
-def _as_varieties(features: DataFrame, dataset: LabelledDataset, split: Split) -> DataFrame:
+def _as_varieties(
+    features: DataFrame, dataset: LabelledDataset, split: Split, *, augmented: bool = False
+) -> DataFrame:
     """A split's rows labelled with the taxonomy's varieties (fruits/model/taxonomy.py), with
-    the side of the validation split the dataset decides (``held_out``; null: by video)."""
+    the side of the validation split the dataset decides (``held_out``; null: by video) and
+    whether they are synthetic phone photos (``augmented``: training side only)."""
     from pyspark.sql import functions as F
 
     taxonomy = default_taxonomy()
@@ -340,7 +369,11 @@ def _as_varieties(features: DataFrame, dataset: LabelledDataset, split: Split) -
         mapping = F.create_map(*[F.lit(x) for pair in renamed.items() for x in pair])
         label = F.coalesce(mapping[F.col("label")], F.col("label"))
     held_out = F.lit(split.held_out).cast("boolean")
-    return features.withColumn("label", label).withColumn("held_out", held_out)
+    return (
+        features.withColumn("label", label)
+        .withColumn("held_out", held_out)
+        .withColumn("augmented", F.lit(augmented))
+    )
 
 
 def _union(parts: list[tuple[DataFrame, FeatureRun]]) -> tuple[DataFrame, FeatureRun]:

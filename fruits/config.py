@@ -142,6 +142,7 @@ class TrainingConfig:
     regularization: float = 1e-3  # logistic regression's L2 (Spark's regParam)
     refit_all: bool = True  # refit the chosen settings on training + validation photos
     leave_out_share: float = 0.0  # a seeded share of classes left out: measures "unknown"
+    augmentations: int = 0  # synthetic phone photos per studio training photo (augment.py)
     top_k: int = 3
     seed: int = 42
     feature_chunk_size: int = 512
@@ -512,6 +513,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("config key 'training.validation_fraction' must be in (0, 0.9)")
     if not 0.0 <= config.training.unknown_reject_share < 1.0:
         raise ConfigError("config key 'training.unknown_reject_share' must be in [0, 1)")
+    if not 0 <= config.training.augmentations <= 8:
+        raise ConfigError("config key 'training.augmentations' must be between 0 and 8")
     if not 0.0 <= config.training.leave_out_share < 0.5:
         raise ConfigError("config key 'training.leave_out_share' must be in [0, 0.5)")
     if config.training.regularization < 0:

@@ -255,3 +255,31 @@ def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video
     assert {p for p in fitted if "/g/" in p} == {f"file:/g/train/Kiwi/{i}.jpg" for i in range(5)}
     studio_held = [p for p in held if "/f/" in p]
     assert 1 <= len(studio_held) < 20 and len(fitted) + len(held) == 27
+
+
+def test_synthetic_phone_photos_of_the_studio_photos_train_but_never_validate(
+    trained: tuple[Config, dict[str, Any]],
+    small_dataset: Path,
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    from batch.train import run_training
+    from fruits.sinks.delta import open_lake
+    from fruits.sinks.tables import FEATURES
+
+    _, plain = trained  # the same 40 usable Training photos, without copies
+    config = make_config(tmp_path, FRUITS__TRAINING__AUGMENTATIONS="1")
+    summary = run_training(config, str(small_dataset))
+    n_photos = len(KNOWN_CLASSES) * 10
+    assert summary["augmented_photos"] == n_photos
+    # Validation is the same real photos; a validation photo's copy is dropped, not trained.
+    assert summary["n_validation"] == plain["n_validation"]
+    assert summary["n_train"] == plain["n_train"] + n_photos - plain["n_validation"]
+    assert summary["accuracy_test"] >= 0.9
+    rows = open_lake(config).read_arrow(FEATURES, columns=["extractor", "image_id", "path"])
+    extractors = rows.column("extractor").to_pylist()
+    copies = [i for i, e in enumerate(extractors) if e.endswith("/augmented-1")]
+    originals = [i for i, e in enumerate(extractors) if "/augmented-" not in e]
+    assert len(copies) == n_photos  # cached per photo and copy, under the photo's own id
+    ids = rows.column("image_id").to_pylist()
+    assert {ids[i] for i in copies} <= {ids[i] for i in originals}

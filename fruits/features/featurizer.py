@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from fruits import augment
 from fruits.config import Config, is_url
 from fruits.console import log
 from fruits.decode import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
@@ -88,6 +89,9 @@ class ExtractorSpec:
     # Below 1: a photo's features are the mean of the whole photo's and of its central
     # ``centre_crop`` (of each side)'s, one model call for both (featurizer.centre_crop).
     centre_crop: float = 1.0
+    # Above 0: the features of the n-th synthetic phone photo made of each photo
+    # (fruits/augment.py), training only; the photo's image_id stays its own bytes' hash.
+    augmentation: int = 0
 
     @property
     def is_inception(self) -> bool:
@@ -167,7 +171,8 @@ class ExtractorSpec:
         # caches and models made then stay valid.
         cut = "" if self.layer in (FULL_NETWORK, "") else f"{self.layer}/"
         crop = "" if self.centre_crop >= 1.0 else f"+centre{self.centre_crop:g}"
-        return f"{self.backbone}/{cut}avg{crop}/{self.image_size}/{self.weights_digest}"
+        made = f"/augmented-{self.augmentation}" if self.augmentation else ""
+        return f"{self.backbone}/{cut}avg{crop}/{self.image_size}/{self.weights_digest}{made}"
 
     @property
     def onnx_path(self) -> str:
@@ -458,8 +463,12 @@ def photo_ids(contents: pd.Series) -> list[str | None]:
 
 def featurize_frame(contents: pd.Series, spec: ExtractorSpec) -> pd.DataFrame:
     """One Arrow batch: photo bytes -> (image_id, features | None, reason | None,
-    detail | None)."""
-    usable, results = featurize_photos(contents, spec)
+    detail | None); with ``spec.augmentation``, the features of each photo's synthetic phone
+    photo (the image_id still the photo's own)."""
+    made = contents
+    if spec.augmentation:
+        made = pd.Series([_phone_photo(data, spec.augmentation) for data in contents])
+    usable, results = featurize_photos(made, spec)
     vectors = iter(usable)
     features: list[np.ndarray | None] = []
     reasons: list[str | None] = []
@@ -481,6 +490,18 @@ def featurize_frame(contents: pd.Series, spec: ExtractorSpec) -> pd.DataFrame:
             "detail": details,
         }
     )
+
+
+def _phone_photo(data: bytes | None, n: int) -> bytes | None:
+    """The ``n``-th synthetic phone photo of ``data``, seeded by its hash (the same bytes on
+    every run); bytes that are not a photo are left as they are, for the decoder to reject."""
+    if not data:
+        return data
+    seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "big") + n
+    try:
+        return augment.phone_photo(data, seed)
+    except Exception:  # Pillow raises many types on bad bytes; the decoder says which
+        return data
 
 
 def featurize_udf(spec: ExtractorSpec) -> Any:

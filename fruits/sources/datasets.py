@@ -57,6 +57,12 @@ class LabelledDataset:
     def name(self) -> str:
         return self.layout
 
+    @property
+    def is_studio(self) -> bool:
+        """Photos of one fruit on a white background (its mask), which augmentation re-frames
+        (fruits/augment.py)."""
+        return self.layout == "fruits360"
+
 
 def labelled_dataset(spec: str) -> LabelledDataset:
     """The dataset ``[layout=]root`` names; a clear error for a folder of neither layout."""
