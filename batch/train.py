@@ -359,7 +359,8 @@ def _as_varieties(
 ) -> DataFrame:
     """A split's rows labelled with the taxonomy's varieties (fruits/model/taxonomy.py), with
     the side of the validation split the dataset decides (``held_out``; null: by video) and
-    whether they are synthetic phone photos (``augmented``: training side only)."""
+    whether they are synthetic phone photos (``augmented``; a copy shares its photo's path,
+    so it lands on its photo's side of the validation split)."""
     from pyspark.sql import functions as F
 
     taxonomy = default_taxonomy()

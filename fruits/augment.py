@@ -4,11 +4,11 @@ A Fruits-360 photo is one fruit filling a white square. App users send a fruit s
 in a busy frame. :func:`phone_photo` makes, from one studio photo and a seed, a synthetic phone
 photo: the fruit (its mask is where the photo is not white) scaled to 20-100% of the frame's
 shorter side, at a random place on a textured background (wood, shelf, cloth, bin colours with
-grain and shading), sometimes a second copy of it beside it (several fruits in one photo), then
-colour and brightness jitter, sometimes blur, and JPEG compression at a random quality. The
-result is photo bytes, decoded and featurized by the same code as every upload
-(fruits/decode.py, fruits/features/featurizer.py), so an augmented copy differs from a real
-photo only in its pixels.
+grain and shading) or a plain light one (a plate, a counter), sometimes a second copy of it
+beside it (several fruits in one photo), then colour and brightness jitter, sometimes blur,
+and JPEG compression at a random quality. The result is photo bytes, decoded and featurized
+by the same code as every upload (fruits/decode.py, fruits/features/featurizer.py), so an
+augmented copy differs from a real photo only in its pixels.
 
 Deterministic: the same photo and seed give the same bytes (the features cache relies on it).
 Pure Pillow and numpy; no Spark.
@@ -21,7 +21,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["BACKGROUNDS", "phone_photo"]
+__all__ = ["BACKGROUNDS", "VERSION", "phone_photo"]
 
 # Base colours of the places fruit is photographed: wood (light, dark), a grey shelf, a
 # black crate, a green bin, a cloth, a kitchen counter, cardboard.
@@ -35,6 +35,10 @@ BACKGROUNDS = (
     (225, 220, 205),
     (176, 138, 96),
 )
+# Part of the features' extractor id (fruits/features/featurizer.py): a change to what this
+# module draws must change it, so features cached from older copies are never reused.
+VERSION = 2
+_PLAIN_SHARE = 0.2  # of the surfaces: a plain light one (a plate, a counter, paper)
 _FRAME = (400, 300)  # a phone's 4:3, small enough to be cheap (the model sees 100-320 px)
 _WHITE_TOLERANCE = 40  # a studio pixel this close to white (per channel) is background
 
@@ -83,11 +87,15 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     (wood, cloth), drawn at a quarter of the size and enlarged (which smooths it), then fine
     noise."""
     w, h = max(2, width // 4), max(2, height // 4)
-    colour = np.asarray(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], dtype=np.float64)
-    base = colour * rng.uniform(0.75, 1.25) + rng.normal(0, 12, 3)
+    if rng.random() < _PLAIN_SHARE:
+        base = rng.uniform(225, 255) + rng.normal(0, 4, 3)
+    else:
+        colour = np.asarray(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], dtype=np.float64)
+        base = colour * rng.uniform(0.75, 1.25) + rng.normal(0, 12, 3)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     direction = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(direction) * xs / w + np.sin(direction) * ys / h) * rng.uniform(0, 60) - 30
+    ramp = (np.cos(direction) * xs / w + np.sin(direction) * ys / h) * rng.uniform(0, 60)
+    ramp -= ramp.mean()  # shading, lighter on one side: the colour stays the surface's
     stretch = (4, 1) if rng.random() < 0.5 else (1, 4)  # grain along rows or columns
     grain = rng.normal(0, rng.uniform(4, 22), (h // stretch[1] + 1, w // stretch[0] + 1))
     grain = np.repeat(np.repeat(grain, stretch[1], axis=0), stretch[0], axis=1)[:h, :w]

@@ -36,16 +36,17 @@ def test_a_phone_photo_puts_the_fruit_at_any_size_and_place_on_a_surface() -> No
     studio.paste((30, 60, 230), (0, 0), disc)
     buffer = io.BytesIO()
     studio.save(buffer, format="PNG")
-    shares, centres, shapes = [], [], set()
+    shares, centres, whites, shapes = [], [], [], set()
     for seed in range(24):
         pixels = _pixels(phone_photo(buffer.getvalue(), seed))
         shapes.add(pixels.shape)
         share, centre = _fruit_share(pixels)
         shares.append(share)
         centres.append(centre)
-        # The studio's white is gone: no white margin around the fruit is pasted.
-        assert (pixels.min(axis=2) > 245).mean() < 0.2, seed
+        whites.append((pixels.mean(axis=2) > 160).mean())
     assert shapes == {(300, 400, 3), (400, 300, 3)}  # landscape and portrait phones
+    # The studio's white is replaced by a surface (now and then a plain light one).
+    assert np.median(whites) < 0.05 and max(whites) > 0.5
     assert min(shares) < 0.05 and max(shares) > 0.3  # small and large in the frame
     spread = np.ptp(np.array(centres), axis=0)
     assert spread.min() > 0.2  # not always in the middle

@@ -257,13 +257,14 @@ def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video
     assert 1 <= len(studio_held) < 20 and len(fitted) + len(held) == 27
 
 
-def test_synthetic_phone_photos_of_the_studio_photos_train_but_never_validate(
+def test_synthetic_phone_photos_of_the_studio_photos_follow_their_photo_s_side_of_the_split(
     trained: tuple[Config, dict[str, Any]],
     small_dataset: Path,
     make_config: Callable[..., Config],
     tmp_path: Path,
 ) -> None:
     from batch.train import run_training
+    from fruits.augment import VERSION
     from fruits.sinks.delta import open_lake
     from fruits.sinks.tables import FEATURES
 
@@ -272,13 +273,13 @@ def test_synthetic_phone_photos_of_the_studio_photos_train_but_never_validate(
     summary = run_training(config, str(small_dataset))
     n_photos = len(KNOWN_CLASSES) * 10
     assert summary["augmented_photos"] == n_photos
-    # Validation is the same real photos; a validation photo's copy is dropped, not trained.
-    assert summary["n_validation"] == plain["n_validation"]
-    assert summary["n_train"] == plain["n_train"] + n_photos - plain["n_validation"]
+    # Each copy on its photo's side: a validation photo's copy validates, never trains.
+    assert summary["n_validation"] == 2 * plain["n_validation"]
+    assert summary["n_train"] == 2 * plain["n_train"]
     assert summary["accuracy_test"] >= 0.9
     rows = open_lake(config).read_arrow(FEATURES, columns=["extractor", "image_id", "path"])
     extractors = rows.column("extractor").to_pylist()
-    copies = [i for i, e in enumerate(extractors) if e.endswith("/augmented-1")]
+    copies = [i for i, e in enumerate(extractors) if e.endswith(f"/augmented-v{VERSION}-1")]
     originals = [i for i, e in enumerate(extractors) if "/augmented-" not in e]
     assert len(copies) == n_photos  # cached per photo and copy, under the photo's own id
     ids = rows.column("image_id").to_pylist()

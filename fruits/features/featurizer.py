@@ -90,7 +90,7 @@ class ExtractorSpec:
     # ``centre_crop`` (of each side)'s, one model call for both (featurizer.centre_crop).
     centre_crop: float = 1.0
     # Above 0: the features of the n-th synthetic phone photo made of each photo
-    # (fruits/augment.py), training only; the photo's image_id stays its own bytes' hash.
+    # (fruits/augment.py), in training; the photo's image_id stays its own bytes' hash.
     augmentation: int = 0
 
     @property
@@ -171,7 +171,7 @@ class ExtractorSpec:
         # caches and models made then stay valid.
         cut = "" if self.layer in (FULL_NETWORK, "") else f"{self.layer}/"
         crop = "" if self.centre_crop >= 1.0 else f"+centre{self.centre_crop:g}"
-        made = f"/augmented-{self.augmentation}" if self.augmentation else ""
+        made = f"/augmented-v{augment.VERSION}-{self.augmentation}" if self.augmentation else ""
         return f"{self.backbone}/{cut}avg{crop}/{self.image_size}/{self.weights_digest}{made}"
 
     @property

@@ -176,8 +176,6 @@ def train(
         .alias("label_index", metadata=label_meta),
     )
     train_df, validation_df = _block_split(data, settings.validation_fraction, settings.seed)
-    if "augmented" in data.columns:  # synthetic copies train; validation is of real photos
-        validation_df = validation_df.where(~F.col("augmented"))
     train_df = train_df.persist()
     validation_df = validation_df.persist()
     n_train, n_validation = train_df.count(), validation_df.count()
