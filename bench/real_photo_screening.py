@@ -157,18 +157,34 @@ def _lite_shard(args: tuple[int, int, list[str]]) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(whole), np.concatenate(cropped)
 
 
-def score(out: Path, settings: list[str], c: float) -> None:
+def score(
+    out: Path,
+    settings: list[str],
+    c: float,
+    *,
+    restandardise: bool = False,
+    studio_weight: float = 1,
+) -> None:
     for setting in settings:
         size, blocks = setting.split(":")
         saved = np.load(out / f"real_{size}.npz")
         features = np.concatenate([saved[b] for b in blocks.split("+")], axis=1)
         result: dict[str, object] = {"image_size": int(size), "layers": blocks}
-        result |= _fit_and_score(features, saved["split"], saved["label"], saved["kind"], c)
+        weights = np.where(saved["dataset"] == "fruits360", studio_weight, 1.0)
+        result |= _fit_and_score(
+            features, saved["split"], saved["label"], saved["kind"], c, weights, restandardise
+        )
         print(json.dumps(result), flush=True)
 
 
 def _fit_and_score(
-    features: np.ndarray, split: np.ndarray, label: np.ndarray, kind: np.ndarray, c: float
+    features: np.ndarray,
+    split: np.ndarray,
+    label: np.ndarray,
+    kind: np.ndarray,
+    c: float,
+    weights: np.ndarray,
+    restandardise: bool,
 ) -> dict[str, object]:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -178,10 +194,15 @@ def _fit_and_score(
     scaler = StandardScaler().fit(features[train])
     pca = PCA(n_components=0.95, svd_solver="full").fit(scaler.transform(features[train]))
 
-    def project(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(pca.transform(scaler.transform(features[rows])))
+    # Spark's logistic regression re-standardises its inputs unless told not to.
+    spread = pca.transform(scaler.transform(features[train])).std(axis=0) if restandardise else 1
 
-    classifier = LogisticRegression(C=c, max_iter=500).fit(project(train), label[train])
+    def project(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(pca.transform(scaler.transform(features[rows])) / spread)
+
+    classifier = LogisticRegression(C=c, max_iter=500).fit(
+        project(train), label[train], sample_weight=weights[train]
+    )
     kind_of = dict(zip(label[train], kind[train], strict=False))
     result: dict[str, object] = {"pca": int(pca.n_components_)}
     for name, rows in (("grocery_val", split == "val"), ("fruits360_test", split == "Test")):
@@ -209,13 +230,30 @@ def main() -> None:
     scoring = sub.add_parser("score")
     scoring.add_argument("--out", type=Path, required=True)
     scoring.add_argument("--c", type=float, default=0.2, help="logistic regression's C")
+    scoring.add_argument(
+        "--restandardise",
+        action="store_true",
+        help="scale each PCA component to unit variance first (Spark LR's standardization)",
+    )
+    scoring.add_argument(
+        "--studio-weight",
+        type=float,
+        default=1.0,
+        help="weight of a Fruits-360 photo (--step's share of them back: 8 for --step 8)",
+    )
     scoring.add_argument("settings", nargs="+", metavar="SIZE:BLOCK[+BLOCK]")
     args = parser.parse_args()
     if args.command == "extract":
         photos = grocery_photos(args.grocery) + fruits360_photos(args.fruits360, args.step)
         extract(photos, args.out, args.sizes, args.layers, args.weights, lite=tuple(args.lite))
     else:
-        score(args.out, args.settings, args.c)
+        score(
+            args.out,
+            args.settings,
+            args.c,
+            restandardise=args.restandardise,
+            studio_weight=args.studio_weight,
+        )
 
 
 if __name__ == "__main__":

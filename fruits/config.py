@@ -141,7 +141,7 @@ class TrainingConfig:
     unknown_detector: Literal["fused", "distance", "probability", "both"] = "fused"
     unknown_neighbours: int = 1  # the distance is to the k-th nearest training photo
     unknown_dims: int = 64  # leading directions of the features the distance is measured in
-    regularization: float = 1e-3  # logistic regression's L2 (Spark's regParam)
+    regularization: float = 2e-4  # logistic regression's L2 (Spark's regParam)
     refit_all: bool = True  # refit the chosen settings on training + validation photos
     leave_out_share: float = 0.0  # a seeded share of classes left out: measures "unknown"
     augmentations: int = 0  # synthetic phone photos per studio training photo (augment.py)
