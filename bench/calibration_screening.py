@@ -106,6 +106,27 @@ def main() -> None:
                     "wrong_kind": round(float((~unknown & ~kind_ok).mean()), 4),
                 }
             )
+        # A variety threshold of its own on top of the model's rule: the answered variety is
+        # "not sure" below it, turning a sure wrong variety of the right kind into "kind,
+        # variety not sure".
+        unknown = answers["is_unknown"].to_numpy()[mask]
+        not_sure = answers["variety_not_sure"].to_numpy()[mask]
+        confidence = answers["confidence"].to_numpy()[mask]
+        variety_rows = []
+        for p in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98):
+            sure = ~unknown & ~not_sure & (confidence >= p)
+            variety_rows.append(
+                {
+                    "p": p,
+                    "variety_right_sure": round(float((sure & variety_ok).mean()), 4),
+                    "kind_right_variety_not_sure": round(
+                        float((~unknown & kind_ok & ~sure).mean()), 4
+                    ),
+                    "confidently_wrong": round(
+                        float((~unknown & (~kind_ok | (sure & ~variety_ok))).mean()), 4
+                    ),
+                }
+            )
         result[group] = {
             "n": int(mask.sum()),
             "known": int(known.sum()),
@@ -115,6 +136,7 @@ def main() -> None:
                 "unknown": round(float(answers["is_unknown"].to_numpy()[mask].mean()), 4),
             },
             "sweep": rows,
+            "variety_sweep": variety_rows,
         }
     print(json.dumps(result, indent=1))
 

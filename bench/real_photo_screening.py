@@ -10,7 +10,10 @@ produce in a smartphone photo (Grocery ``val``) while keeping the studio varieti
    (scikit-learn), fitted on Grocery ``train`` + the Fruits-360 Training sample with one class
    per variety; reported per ``SIZE:BLOCK``: the kind accuracy on Grocery ``val`` (the
    predicted variety's kind against the photo's), its variety accuracy, and the variety
-   accuracy on the Fruits-360 Test sample.
+   accuracy on the Fruits-360 Test sample. ``--restandardise`` scales each component to unit
+   variance before the regression, as Spark's logistic regression does by default (the
+   pipeline turns it off); ``--studio-weight 8`` gives each sampled Fruits-360 photo the weight
+   of the 8 it stands for (with ``--step 8``), as in the pipeline's proportions.
 
 ``--lite N [N ...]`` adds EfficientNet-LiteN's features at each size (N in 0, 1, 2;
 fruits/features/efficientnet_lite.py through the project's decoder and ONNX Runtime, as the
@@ -28,6 +31,8 @@ class its coarse class in ``classes.csv``; a quick stand-in for the project's ta
     python -m bench.real_photo_screening extract --fruits360 ../shared/data/fruits360 \
         --grocery ../shared/data/grocery --out /tmp/lite0 --sizes 224 --lite 0
     python -m bench.real_photo_screening score --out /tmp/lite0 224:lite0 224:lite0crop
+    python -m bench.real_photo_screening score --out /tmp/lite0 --restandardise \
+        --studio-weight 8 224:lite0crop
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 def _block_strides(state: dict[str, np.ndarray]) -> list[int]:
     """Each MBConv block's stride. A stage is a run of blocks with the same output channels;
     its first block takes the stage's stride, the others 1."""
-    outputs = []
+    outputs: list[int] = []
     while f"_blocks.{len(outputs)}._project_conv.weight" in state:
         outputs.append(state[f"_blocks.{len(outputs)}._project_conv.weight"].shape[0])
     firsts = [i for i, out in enumerate(outputs) if i == 0 or out != outputs[i - 1]]
