@@ -332,6 +332,7 @@ def test_a_model_on_efficientnet_lite0_is_trained_then_served_by_the_stream(
     names = [Path(p).name for p in photos]
     confidence = {r["path"].rsplit("/", 1)[-1]: r["confidence"] for r in predictions}
     streamed = [confidence[name] for name in names]
+
     # Compared as the doubt left, 1 - confidence, on a log scale: a confidence near 1 moves
     # little in absolute terms when the features change.
     def doubt_gap(a: float, b: float) -> float:
