@@ -92,12 +92,13 @@ class SparkConfig:
     ui_port: int = 4040
 
 
+# The pretrained networks the features can come from (fruits/features/featurizer.py).
+Backbone = Literal["inception_v3", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
 @dataclass(frozen=True)
 class FeaturizerConfig:
-    # inception_v3 or efficientnet_lite0..2 (fruits/features/featurizer.py).
-    backbone: Literal[
-        "inception_v3", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
-    ] = "inception_v3"
+    backbone: Backbone = "inception_v3"
     weights: str = "imagenet"
     image_size: int = 100
     # The InceptionV3 block(s) pooled into features, joined by "+" (fruits/inception.py).

