@@ -181,6 +181,8 @@ def _train(
             "n_images": trained.n_validation,
             "accuracy": chosen.validation_accuracy,
             "known_rejected": trained.validation_rejected,
+            # Per domain: its varieties are "not sure" below this probability.
+            "variety_thresholds": trained.variety_thresholds,
             # The answers' distribution: the reference of drift (fruits/observe/drift.py).
             "answers": trained.validation_answers.as_dict(),
         },
@@ -358,7 +360,8 @@ def _as_varieties(
     features: DataFrame, dataset: LabelledDataset, split: Split, *, augmented: bool = False
 ) -> DataFrame:
     """A split's rows labelled with the taxonomy's varieties (fruits/model/taxonomy.py), with
-    the side of the validation split the dataset decides (``held_out``; null: by video) and
+    the side of the validation split the dataset decides (``held_out``; null: by video), the
+    dataset (``dataset``: its layout; a domain the variety threshold is calibrated for) and
     whether they are synthetic phone photos (``augmented``; a copy shares its photo's path,
     so it lands on its photo's side of the validation split)."""
     from pyspark.sql import functions as F
@@ -374,6 +377,7 @@ def _as_varieties(
         features.withColumn("label", label)
         .withColumn("held_out", held_out)
         .withColumn("augmented", F.lit(augmented))
+        .withColumn("dataset", F.lit(dataset.layout))
     )
 
 

@@ -138,6 +138,9 @@ class TrainingConfig:
     classifier: str = "best"
     validation_fraction: float = 0.2
     unknown_reject_share: float = 0.02
+    # Per domain: "variety not sure" below the probability that leaves at most this share of
+    # its validation photos answered a wrong variety as sure (fruits/model/answers.py).
+    variety_wrong_share: float = 0.05
     # What answers "unknown" (fruits/model/unknown.py): fused, distance, probability or both.
     unknown_detector: Literal["fused", "distance", "probability", "both"] = "fused"
     unknown_neighbours: int = 1  # the distance is to the k-th nearest training photo
@@ -520,6 +523,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("config key 'training.augmentations' must be between 0 and 8")
     if not 0.0 <= config.training.leave_out_share < 0.5:
         raise ConfigError("config key 'training.leave_out_share' must be in [0, 0.5)")
+    if not 0.0 <= config.training.variety_wrong_share <= 1.0:
+        raise ConfigError("config key 'training.variety_wrong_share' must be in [0, 1]")
     if config.training.regularization < 0:
         raise ConfigError("config key 'training.regularization' must be at least 0")
     unknown = [c for c in config.training.classifiers if c not in CLASSIFIER_NAMES]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fruits.model.answers import ANSWER_COLUMNS, AnswerRule, kinds_of
+from fruits.model.answers import (
+    ANSWER_COLUMNS,
+    AnswerRule,
+    calibrate_variety_threshold,
+    kinds_of,
+)
 
 CLASSES = ("Apple Braeburn", "Apple Granny Smith", "Banana", "Tomato 1")
 RULE = AnswerRule(CLASSES, kinds_of(CLASSES), threshold=0.6, top_k=2)
@@ -70,3 +75,32 @@ def test_status_says_each_level_as_the_app_does() -> None:
     # A row from before the kind level: its label is the whole answer.
     old = {"label": "Kiwi", "confidence": 0.8, "is_unknown": False}
     assert spoken_answer({**old, "kind": None, "variety_not_sure": None}) == "Kiwi, confidence 0.80"
+
+
+def test_a_variety_below_its_own_threshold_is_not_sure_but_its_kind_still_is() -> None:
+    # Granny Smith's varieties are look-alikes on real photos: sure only at 0.8 and above.
+    rule = AnswerRule(
+        CLASSES, kinds_of(CLASSES), threshold=0.6, top_k=2, variety_thresholds=(0, 0.8, 0, 0)
+    )
+    probs = np.array([[0.05, 0.75, 0.1, 0.1], [0.75, 0.05, 0.1, 0.1], [0.05, 0.85, 0.05, 0.05]])
+    granny, braeburn, sure = rule.answer(np.zeros((3, 3)), probs).to_dict("records")
+    assert granny["kind"] == "apple" and not granny["is_unknown"] and granny["variety_not_sure"]
+    assert not braeburn["variety_not_sure"]  # another class keeps the model's rule alone
+    assert not sure["variety_not_sure"]
+    with pytest.raises(ValueError, match="2 variety thresholds for 4 classes"):
+        AnswerRule(CLASSES, kinds_of(CLASSES), 0.6, 2, variety_thresholds=(0.5, 0.5))
+
+
+def test_the_variety_threshold_is_the_lowest_that_keeps_sure_wrong_varieties_rare() -> None:
+    confidence = np.array([0.99, 0.95, 0.9, 0.72, 0.68, 0.6, 0.55, 0.3])
+    right = np.array([True, True, True, False, True, False, False, True])
+    sure = np.ones(8, dtype=bool)
+    # 3 of 8 sure and wrong at 0; none once 0.75 is required (0.72 and below not sure).
+    assert calibrate_variety_threshold(confidence, sure, right, 0.0) == pytest.approx(0.75)
+    # One of 8 allowed: 0.65 leaves only the 0.72 one.
+    assert calibrate_variety_threshold(confidence, sure, right, 0.125) == pytest.approx(0.65)
+    # Photos the rest of the rule already doubts do not count against the variety.
+    doubted = confidence >= 0.7
+    assert calibrate_variety_threshold(confidence, doubted, right, 0.125) == 0.0
+    assert calibrate_variety_threshold(confidence, sure, right, 1.0) == 0.0
+    assert calibrate_variety_threshold(np.zeros(0), np.zeros(0), np.zeros(0), 0.05) == 0.0

@@ -224,7 +224,8 @@ def test_one_training_on_two_datasets_merges_their_varieties_through_the_taxonom
         n_train=6,
         n_val=3,
     )
-    summary = run_training(make_config(), [str(small_dataset), f"grocery={grocery}"])
+    config = make_config()
+    summary = run_training(config, [str(small_dataset), f"grocery={grocery}"])
     # Grocery's Banana is Fruits-360's Banana; the others take the taxonomy's names.
     assert summary["n_classes"] == len(KNOWN_CLASSES) + 2
     metrics = json.loads((Path(summary["report"]).parent / "metrics.json").read_text())
@@ -234,6 +235,14 @@ def test_one_training_on_two_datasets_merges_their_varieties_through_the_taxonom
     assert summary["features_computed"] == 4 * 10 + 4 * 5 + 3 * (6 + 3)
     # Fruits-360's Test photos are scored; Grocery has no test split here.
     assert metrics["test"]["n_images"] == 4 * 5
+    # The refit adds Fruits-360's validation frames, never Grocery's val (what evaluate
+    # measures Grocery on): the detector's references are the refit's photos.
+    refit = ModelRegistry(config).files().detector()
+    assert refit is not None and len(refit.references) == 4 * 10 + 3 * 6
+    # A variety threshold calibrated per domain, one per class in the model.
+    assert set(metrics["validation"]["variety_thresholds"]) == {"fruits360", "grocery"}
+    meta = ModelRegistry(config).files().meta
+    assert len(meta["variety_thresholds"]) == len(meta["classes"])
 
 
 def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video(
@@ -248,8 +257,11 @@ def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video
         rows, "path string, label string, held_out boolean, f array<double>"
     )
     training, validation = _block_split(data, 0.2, seed=1)
-    assert "held_out" not in training.columns
+    assert "held_out" not in training.columns and "_own_split" not in training.columns
     held = {r.path for r in validation.collect()}
+    # The refit leaves a dataset's own validation split out (it is what evaluate measures).
+    own = {r.path for r in validation.where("_own_split").collect()}
+    assert own == {f"file:/g/val/Kiwi/{i}.jpg" for i in range(2)}
     fitted = {r.path for r in training.collect()}
     assert {p for p in held if "/g/" in p} == {f"file:/g/val/Kiwi/{i}.jpg" for i in range(2)}
     assert {p for p in fitted if "/g/" in p} == {f"file:/g/train/Kiwi/{i}.jpg" for i in range(5)}

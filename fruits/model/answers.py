@@ -10,8 +10,10 @@ Every class is a variety of a kind (fruits/model/taxonomy.py). A photo's answer:
   rule (fruits/model/unknown.py: the probability threshold, the distance to the training
   photos, or both fused), the same rule and operating point as the variety's;
 * ``variety_not_sure``: the kind is known but the variety is not: the variety's confidence
-  fails that rule, or the most probable variety is not of the most probable kind. The app
-  says "a tomato, variety not sure" rather than a wrong variety or "unknown".
+  fails that rule, or is below the answered variety's own threshold (calibrated per domain on
+  validation photos: :func:`calibrate_variety_threshold`), or the most probable variety is not
+  of the most probable kind. The app says "a tomato, variety not sure" rather than a wrong
+  variety or "unknown".
 
 One implementation for every path: the stream's numpy scorer (fruits/model/scoring.py), Spark
 ML's scoring of the trees and of batch evaluation (fruits/model/classifier.py, through a
@@ -30,7 +32,17 @@ import pandas as pd
 from fruits.model.taxonomy import default_taxonomy
 from fruits.model.unknown import UnknownDetector
 
-__all__ = ["ANSWER_COLUMNS", "ANSWER_SCHEMA", "AnswerRule", "kinds_of"]
+__all__ = [
+    "ANSWER_COLUMNS",
+    "ANSWER_SCHEMA",
+    "VARIETY_THRESHOLDS",
+    "AnswerRule",
+    "calibrate_variety_threshold",
+    "kinds_of",
+]
+
+# The probabilities a variety threshold is chosen among (calibrate_variety_threshold).
+VARIETY_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 
 # The answer's columns, in the tables' order (fruits/sinks/tables.py).
 ANSWER_COLUMNS = (
@@ -68,6 +80,14 @@ class AnswerRule:
     threshold: float  # "not sure" below this probability (the variety's, or the kind's)
     top_k: int
     detector: UnknownDetector | None = None
+    # Per class: its variety is "not sure" below this probability (empty: no such threshold).
+    variety_thresholds: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.variety_thresholds and len(self.variety_thresholds) != len(self.classes):
+            raise ValueError(
+                f"{len(self.variety_thresholds)} variety thresholds for {len(self.classes)} classes"
+            )
 
     @cached_property
     def _kind_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,6 +117,9 @@ class AnswerRule:
         if self.detector is not None and n:
             distance = self.detector.distance(features, answered)
         variety_unsure = self._fails(top_probs[:, 0], distance)
+        if self.variety_thresholds and n:
+            own = np.asarray(self.variety_thresholds, dtype=np.float64)[answered]
+            variety_unsure |= top_probs[:, 0] < own
         kind_unknown = self._fails(kind_confidence, distance)
         other_kind = kind_of_class[answered] != top_kind
         classes = np.asarray(self.classes, dtype=object)
@@ -127,3 +150,25 @@ class AnswerRule:
         if self.detector is not None:
             fails |= self.detector.score(confidence, distance) > self.detector.threshold
         return fails
+
+
+def calibrate_variety_threshold(
+    confidence: np.ndarray, sure: np.ndarray, variety_right: np.ndarray, wrong_share: float
+) -> float:
+    """The lowest of :data:`VARIETY_THRESHOLDS` below which answering "variety not sure" leaves
+    at most ``wrong_share`` of these validation photos answered a wrong variety as sure.
+
+    ``confidence``: each photo's answered variety's probability; ``sure``: the variety was
+    given as sure by the rest of the rule; ``variety_right``: it is the photo's. The highest
+    candidate when none is enough (a domain whose varieties are beyond the features); 0 for no
+    photos.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    sure, right = np.asarray(sure, dtype=bool), np.asarray(variety_right, dtype=bool)
+    if len(confidence) == 0:
+        return 0.0
+    for threshold in VARIETY_THRESHOLDS:
+        wrong = sure & ~right & (confidence >= threshold)
+        if wrong.mean() <= wrong_share:
+            return threshold
+    return VARIETY_THRESHOLDS[-1]

@@ -19,13 +19,19 @@ import pandas as pd
 
 from fruits.config import TrainingConfig
 from fruits.errors import DataError
-from fruits.model.answers import ANSWER_COLUMNS, ANSWER_SCHEMA, AnswerRule, kinds_of
+from fruits.model.answers import (
+    ANSWER_COLUMNS,
+    ANSWER_SCHEMA,
+    AnswerRule,
+    calibrate_variety_threshold,
+    kinds_of,
+)
 from fruits.model.metrics import (
     cumulative_components,
     standardized_variance_shares,
 )
 from fruits.model.splits import validation_mask
-from fruits.model.unknown import UnknownDetector, calibrate_unknown, fit_detector
+from fruits.model.unknown import Calibration, UnknownDetector, calibrate_unknown, fit_detector
 from fruits.observe.drift import AnswerDistribution, answer_distribution
 
 if TYPE_CHECKING:
@@ -56,11 +62,20 @@ class FruitModel:
     detector: UnknownDetector | None = None
     # Each class's kind (fruits/model/answers.py); empty: the package's taxonomy says.
     kinds: tuple[str, ...] = ()
+    # Per class: "variety not sure" below this probability (answers.py); empty: none.
+    variety_thresholds: tuple[float, ...] = ()
 
     @property
     def rule(self) -> AnswerRule:
         kinds = kinds_of(self.classes, self.kinds)
-        return AnswerRule(self.classes, kinds, self.threshold, self.top_k, self.detector)
+        return AnswerRule(
+            self.classes,
+            kinds,
+            self.threshold,
+            self.top_k,
+            self.detector,
+            self.variety_thresholds,
+        )
 
     def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
         """``df`` with a ``features`` array column -> the same rows plus the answer's columns
@@ -127,6 +142,7 @@ class FruitModel:
             top_k=self.top_k,
             detector=self.detector,
             kinds=self.kinds,
+            variety_thresholds=self.variety_thresholds,
         )
 
 
@@ -149,6 +165,8 @@ class TrainedModel:
     n_validation: int
     validation_rejected: float  # share of validation photos answered "unknown"
     validation_answers: AnswerDistribution  # the calibrated held-out model's, for drift
+    # Per domain (the dataset teaching a class most): its varieties' "not sure" probability.
+    variety_thresholds: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -220,13 +238,30 @@ def train(
         top_k=1,
         detector=_fit_detector(train_df, settings),
     )
-    scored = held_out_model.predict(validation_df.select("features"), with_scores=True)
-    validation_scores = scored.select("label", "confidence", "unknown_distance").collect()
+    truth = [F.col("label").alias("true_label"), _dataset_column(validation_df)]
+    scored = held_out_model.predict(validation_df.select("features", *truth), with_scores=True)
+    validation_scores = scored.select(
+        "label",
+        "confidence",
+        "kind",
+        "kind_confidence",
+        "unknown_distance",
+        "true_label",
+        "dataset",
+    ).collect()
     calibration = calibrate_unknown(
         [r.confidence for r in validation_scores],
         [r.unknown_distance for r in validation_scores],
         settings.unknown_reject_share,
         settings.unknown_detector,
+    )
+    class_domains = _class_domains(train_df, classes)
+    domain_thresholds = _calibrate_varieties(
+        validation_scores,
+        calibration,
+        class_domains,
+        held_out_model.rule,
+        settings.variety_wrong_share,
     )
     timings["calibrate"] = time.perf_counter() - started
     # What the calibrated model answers on photos it never saw: the reference that live answers
@@ -247,7 +282,8 @@ def train(
     )
     log(
         f"chosen: {chosen}; unknown: {settings.unknown_detector}, {rule} "
-        f"(rejects {calibration.rejected_share:.4f} of validation)"
+        f"(rejects {calibration.rejected_share:.4f} of validation); variety not sure below "
+        + ", ".join(f"{p:.2f} ({d})" for d, p in sorted(domain_thresholds.items()))
     )
 
     detector: UnknownDetector | None
@@ -258,14 +294,16 @@ def train(
         # distance (and, fused, their p-values among validation photos), all scale-free, so
         # they carry over (the rejected share after the refit is measured there too).
         started = time.perf_counter()
-        everything = train_df.unionByName(validation_df)
+        # Not a dataset's own validation split: it is what evaluate measures that dataset on.
+        refit_validation = validation_df.where(~F.col("_own_split"))
+        everything = train_df.unionByName(refit_validation.drop("_own_split"))
         prepare, _, _ = _fit_prepare(everything, k, log)
         all_pca = prepare.transform(everything).select("label_index", "pca").persist()
         final_classifier = _classifier(chosen, settings).fit(all_pca)
         detector = _fit_detector(everything, settings)
         all_pca.unpersist()
         timings["refit"] = time.perf_counter() - started
-        log(f"refitted {chosen} on all {n_train + n_validation} photos")
+        log(f"refitted {chosen} on {n_train + refit_validation.count()} photos")
     else:
         final_classifier = fitted[chosen]
         detector = held_out_model.detector
@@ -285,6 +323,7 @@ def train(
             if settings.unknown_detector != "probability"
             else None,
             kinds=kinds_of(classes),  # the taxonomy's, fixed into the model (model.json)
+            variety_thresholds=tuple(domain_thresholds[domain] for domain in class_domains),
         ),
         classifier=chosen,
         pca_components=k,
@@ -295,6 +334,7 @@ def train(
         n_validation=n_validation,
         validation_rejected=calibration.rejected_share,
         validation_answers=validation_answers,
+        variety_thresholds=domain_thresholds,
         timings=timings,
     )
 
@@ -443,15 +483,67 @@ def _block_split(data: DataFrame, fraction: float, seed: int) -> tuple[DataFrame
     mask = validation_mask([p for p, _ in by_video], [c for _, c in by_video], fraction, seed)
     held_out = {path: held for (path, _), held in zip(by_video, mask, strict=True)}
     sides = data.sparkSession.createDataFrame(
-        [(path, held if held is not None else held_out[path]) for path, _, held in rows],
-        "path string, _validation boolean",
+        [
+            (path, held if held is not None else held_out[path], held is not None)
+            for path, _, held in rows
+        ],
+        "path string, _validation boolean, _own_split boolean",
     )
     marked = data.join(F.broadcast(sides), on="path", how="inner")
     if given:
         marked = marked.drop("held_out")
-    training = marked.where(~F.col("_validation")).drop("_validation")
+    training = marked.where(~F.col("_validation")).drop("_validation", "_own_split")
     validation = marked.where(F.col("_validation")).drop("_validation")
     return training, validation
+
+
+def _dataset_column(df: DataFrame) -> Column:
+    """The rows' ``dataset`` (the layout that taught them: fruits360, grocery), or one name for
+    rows without it (a caller training on a single folder)."""
+    from pyspark.sql import functions as F
+
+    return (F.col("dataset") if "dataset" in df.columns else F.lit("photos")).alias("dataset")
+
+
+def _class_domains(training: DataFrame, classes: Sequence[str]) -> tuple[str, ...]:
+    """Each class's domain: the dataset that gives it the most training photos (a variety both
+    datasets teach is mostly one of them)."""
+    counts = training.groupBy("label", _dataset_column(training)).count().collect()
+    most: dict[str, tuple[int, str]] = {}
+    for row in counts:
+        most[row["label"]] = max(most.get(row["label"], (0, "")), (row["count"], row["dataset"]))
+    return tuple(most[c][1] if c in most else "photos" for c in classes)
+
+
+def _calibrate_varieties(
+    scores: Sequence[Any],
+    calibration: Calibration,
+    class_domains: Sequence[str],
+    rule: AnswerRule,
+    wrong_share: float,
+) -> dict[str, float]:
+    """Per domain, the probability below which its varieties are "not sure": calibrated on the
+    validation photos answered one of its classes, with the calibrated "unknown" rule
+    (fruits/model/answers.py). A domain of studio photos whose varieties the features tell
+    apart keeps 0; real photos of look-alike varieties (three melons) get more."""
+    index = {c: i for i, c in enumerate(rule.classes)}
+    answered = np.asarray([index[r.label] for r in scores], dtype=np.int64)
+    confidence = np.asarray([r.confidence for r in scores], dtype=np.float64)
+    kind_confidence = np.asarray([r.kind_confidence for r in scores], dtype=np.float64)
+    distance = np.asarray([r.unknown_distance for r in scores], dtype=np.float64)
+    unknown = calibration.rejects(kind_confidence, distance)
+    of_kind = np.asarray(rule.kinds, dtype=object)[answered] == np.asarray(
+        [r.kind for r in scores], dtype=object
+    )
+    sure = ~unknown & ~calibration.rejects(confidence, distance) & of_kind
+    right = np.asarray([r.label == r.true_label for r in scores], dtype=bool)
+    domains = np.asarray(class_domains, dtype=object)
+    answered_domain = domains[answered] if len(answered) else np.asarray([], dtype=object)
+    return {
+        domain: calibrate_variety_threshold(confidence[mask], sure[mask], right[mask], wrong_share)
+        for domain in sorted(set(class_domains))
+        for mask in [answered_domain == domain]
+    }
 
 
 def _answer_udf(rule: AnswerRule) -> Any:

@@ -100,7 +100,13 @@ class ModelFiles:
             top_k=int(self.meta["top_k"]),
             detector=self.detector(),
             kinds=tuple(self.meta.get("kinds") or ()),  # none before kinds: the taxonomy's
+            variety_thresholds=self._variety_thresholds,
         )
+
+    @property
+    def _variety_thresholds(self) -> tuple[float, ...]:
+        """Each class's variety threshold; none in a version trained before them."""
+        return tuple(float(t) for t in self.meta.get("variety_thresholds") or ())
 
     def detector(self) -> UnknownDetector | None:
         """The distance detector (``detector.npz``); None for a version without one."""
@@ -130,13 +136,15 @@ class ModelFiles:
             top_k=int(self.meta["top_k"]),
             detector=self.detector(),
             kinds=tuple(self.meta.get("kinds") or ()),  # none before kinds: the taxonomy's
+            variety_thresholds=self._variety_thresholds,
         )
 
 
 def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> dict[str, Any]:
     """The pyfunc's artifact layout, written into ``folder``; returns ``model.json``'s content.
 
-    ``model.json``       classes and their kinds, threshold, top_k, the extractor (id, layer,
+    ``model.json``       classes, their kinds and variety thresholds, threshold, top_k, the
+                         extractor (id, layer,
                          input size, weights digest, ONNX file name) and the image limits
     ``<name>.onnx``      the featurizer (InceptionV3 to ``layer``, pooled), ONNX Runtime's input
     ``scorer.npz``       standardise + PCA + logistic regression folded into one affine map
@@ -164,6 +172,7 @@ def write_model_files(folder: Path, model: FruitModel, spec: ExtractorSpec) -> d
     meta = {
         "classes": list(model.classes),
         "kinds": list(model.rule.kinds),
+        "variety_thresholds": list(model.variety_thresholds),
         "threshold": model.threshold,
         "top_k": model.top_k,
         **spec.identity,  # extractor, backbone, layer, image_size, centre_crop

@@ -47,11 +47,20 @@ class LinearScorer:
     detector: UnknownDetector | None = None
     # Each class's kind (fruits/model/answers.py); empty: the package's taxonomy says.
     kinds: tuple[str, ...] = ()
+    # Per class: "variety not sure" below this probability (answers.py); empty: none.
+    variety_thresholds: tuple[float, ...] = ()
 
     @cached_property  # once per scorer (a UDF answers many batches with it)
     def rule(self) -> AnswerRule:
         kinds = kinds_of(self.classes, self.kinds)
-        return AnswerRule(self.classes, kinds, self.threshold, self.top_k, self.detector)
+        return AnswerRule(
+            self.classes,
+            kinds,
+            self.threshold,
+            self.top_k,
+            self.detector,
+            self.variety_thresholds,
+        )
 
     @classmethod
     def fold(
@@ -67,6 +76,7 @@ class LinearScorer:
         top_k: int,
         detector: UnknownDetector | None = None,
         kinds: tuple[str, ...] = (),
+        variety_thresholds: tuple[float, ...] = (),
     ) -> LinearScorer:
         """Fold standardise ((x - mean) / std, 0 where std is 0, as Spark's StandardScaler),
         PCA (``components``: feature_dim x k; Spark's PCA does not centre) and the logistic
@@ -74,7 +84,7 @@ class LinearScorer:
         inverse_std = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
         projection = (inverse_std[:, None] * components) @ coefficients.T  # (d, n_classes)
         bias = intercepts - (mean * inverse_std) @ components @ coefficients.T
-        return cls(projection, bias, classes, threshold, top_k, detector, kinds)
+        return cls(projection, bias, classes, threshold, top_k, detector, kinds, variety_thresholds)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         margins = features.astype(np.float64) @ self.weights + self.bias
