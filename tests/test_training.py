@@ -243,6 +243,10 @@ def test_one_training_on_two_datasets_merges_their_varieties_through_the_taxonom
     assert set(metrics["validation"]["variety_thresholds"]) == {"fruits360", "grocery"}
     meta = ModelRegistry(config).files().meta
     assert len(meta["variety_thresholds"]) == len(meta["classes"])
+    scorer = ModelRegistry(config).files().scorer()  # what the stream and the pyfunc answer with
+    assert scorer is not None and scorer.rule.variety_thresholds == tuple(
+        meta["variety_thresholds"]
+    )
 
 
 def test_a_dataset_s_own_validation_split_is_kept_and_the_rest_is_split_by_video(

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,23 @@ def kinds_of(classes: Sequence[str], kinds: Sequence[str] | None = None) -> tupl
     return tuple(taxonomy.kind(c) for c in classes)
 
 
+class AnswersLikeAModel(Protocol):
+    """What a model keeps of its answer rule (FruitModel, LinearScorer)."""
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+    @property
+    def kinds(self) -> tuple[str, ...]: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def detector(self) -> UnknownDetector | None: ...
+    @property
+    def variety_thresholds(self) -> tuple[float, ...]: ...
+
+
 @dataclass(frozen=True)
 class AnswerRule:
     """What a model answers from its class probabilities; picklable (shipped to the UDFs)."""
@@ -88,6 +106,18 @@ class AnswerRule:
             raise ValueError(
                 f"{len(self.variety_thresholds)} variety thresholds for {len(self.classes)} classes"
             )
+
+    @classmethod
+    def of(cls, model: AnswersLikeAModel) -> AnswerRule:
+        """A model's rule; its kinds, or the package's taxonomy's for a model without them."""
+        return cls(
+            model.classes,
+            kinds_of(model.classes, model.kinds),
+            model.threshold,
+            model.top_k,
+            model.detector,
+            model.variety_thresholds,
+        )
 
     @cached_property
     def _kind_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

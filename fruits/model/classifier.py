@@ -67,15 +67,7 @@ class FruitModel:
 
     @property
     def rule(self) -> AnswerRule:
-        kinds = kinds_of(self.classes, self.kinds)
-        return AnswerRule(
-            self.classes,
-            kinds,
-            self.threshold,
-            self.top_k,
-            self.detector,
-            self.variety_thresholds,
-        )
+        return AnswerRule.of(self)
 
     def predict(self, df: DataFrame, *, with_scores: bool = False) -> DataFrame:
         """``df`` with a ``features`` array column -> the same rows plus the answer's columns

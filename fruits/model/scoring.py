@@ -23,7 +23,7 @@ import pandas as pd
 
 from fruits.decode import Rejection
 from fruits.features.featurizer import ExtractorSpec, featurize_photos, photo_ids, prepare_backend
-from fruits.model.answers import ANSWER_COLUMNS, ANSWER_SCHEMA, AnswerRule, kinds_of
+from fruits.model.answers import ANSWER_COLUMNS, ANSWER_SCHEMA, AnswerRule
 from fruits.model.unknown import UnknownDetector
 
 __all__ = ["PREDICTION_RESULT_SCHEMA", "LinearScorer", "predict_frame", "predict_udf"]
@@ -52,15 +52,7 @@ class LinearScorer:
 
     @cached_property  # once per scorer (a UDF answers many batches with it)
     def rule(self) -> AnswerRule:
-        kinds = kinds_of(self.classes, self.kinds)
-        return AnswerRule(
-            self.classes,
-            kinds,
-            self.threshold,
-            self.top_k,
-            self.detector,
-            self.variety_thresholds,
-        )
+        return AnswerRule.of(self)
 
     @classmethod
     def fold(
